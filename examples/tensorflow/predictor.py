@@ -1,0 +1,35 @@
+"""TensorFlow predictor for the iris example: two models, chosen by ?model=<name>."""
+
+import numpy as np
+
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+DEFAULT_LABELS = ("setosa", "versicolor", "virginica")
+
+
+def payload_to_features(payload):
+    """Turn {"sepal_length": ..., ...} into a float32 batch of one row, in model order."""
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be a JSON object with keys " + ", ".join(FEATURES))
+    missing = [name for name in FEATURES if name not in payload]
+    if missing:
+        raise ValueError("payload is missing " + ", ".join(missing))
+    return np.array([[float(payload[name]) for name in FEATURES]], dtype=np.float32)
+
+
+class TensorFlowPredictor:
+    def __init__(self, tensorflow_client, config):
+        config = config or {}
+        self.client = tensorflow_client
+        self.default_model = config.get("default_model", "iris")
+        self.labels = list(config.get("labels") or DEFAULT_LABELS)
+
+    def predict(self, payload, query_params):
+        model_name = (query_params or {}).get("model") or self.default_model
+        outputs = self.client.predict({"x": payload_to_features(payload)}, model_name)
+        scores = np.asarray(outputs["scores"]).reshape(-1)
+        # The "double" signature returns scores only; argmax is unchanged by doubling.
+        if "label" in outputs:
+            index = int(np.asarray(outputs["label"]).reshape(-1)[0])
+        else:
+            index = int(np.argmax(scores))
+        return {"label": self.labels[index], "scores": [float(s) for s in scores]}

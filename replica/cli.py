@@ -1,0 +1,114 @@
+"""The `replica` command: `replica serve SPEC` runs the supervisor, `replica validate SPEC` checks a spec."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from replica.interface import check_source
+from replica.settings import Settings, default_state_dir
+from replica.spec import ApiSpec, SpecError, load_spec
+
+log = logging.getLogger("replica")
+
+
+def _env(flag: str, default):
+    """`--poll-interval` reads REPLICA_POLL_INTERVAL when not given on the command line."""
+    return os.environ.get("REPLICA_" + flag.upper().replace("-", "_"), default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="replica", description="Serve Cortex-style predictors over HTTP.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve one API of a spec")
+    serve.add_argument("spec", type=Path)
+    serve.add_argument("--api", default=_env("api", None), help="the API to serve when the file holds several")
+    serve.add_argument("--host", default=_env("host", "127.0.0.1"), help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=int(_env("port", 8888)))
+    serve.add_argument("--state-dir", type=Path, default=_env("state-dir", None),
+                       help="the disk tree (default: under the user's cache directory)")
+    serve.add_argument("--poll-interval", type=float, default=float(_env("poll-interval", 10)),
+                       help="seconds between upstream polls (default 10)")
+    serve.add_argument("--max-request-size", type=int, default=int(_env("max-request-size", 64 << 20)),
+                       help="largest request body in bytes (default 64 MiB)")
+    serve.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"))
+    serve.add_argument("--s3-endpoint", default=_env("s3-endpoint", None),
+                       help="an S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
+    serve.add_argument("--drain-timeout", type=float, default=float(_env("drain-timeout", 30)),
+                       help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
+    validate.add_argument("spec", type=Path)
+    validate.add_argument("--api", default=_env("api", None))
+    validate.add_argument("--s3-endpoint", default=_env("s3-endpoint", None))
+    return p
+
+
+def _load(spec: Path, api: str | None) -> ApiSpec:
+    """The spec plus its predictor class, checked from source: every problem stops start-up here."""
+    parsed = load_spec(spec, api)
+    problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
+    if problems:
+        raise SpecError(str(parsed.spec_file), [f"predictor.path: {p}" for p in problems])
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    from replica.logs import configure_logging
+
+    args = _parser().parse_args(argv)
+    configure_logging(getattr(args, "log_format", "text"))
+    try:
+        api = _load(args.spec, args.api)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        return _validate(api, args.s3_endpoint)
+    settings = Settings(
+        state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(api.name),
+        host=args.host,
+        port=args.port,
+        poll_interval=args.poll_interval,
+        max_request_size=args.max_request_size,
+        log_format=args.log_format,
+        s3_endpoint=args.s3_endpoint,
+        drain_timeout=args.drain_timeout,
+    )
+    from supervisor.arbiter import Arbiter, StateDirInUse
+
+    try:
+        return Arbiter(api, settings).run()
+    except StateDirInUse as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
+    """List every model root once and report each model's versions and problems, without downloading."""
+    from supervisor.catalogue import Catalogue
+    from supervisor.upstream import make_s3_client, open_upstream
+
+    upstreams = [(s, open_upstream(s.url, lambda: make_s3_client(s3_endpoint))) for s in api.predictor.sources]
+    catalogue = Catalogue(api.predictor, upstreams)
+    catalogue.refresh()
+    bad = bool(catalogue.root_errors)
+    print(f"API {api.name}: {api.predictor.type} predictor, {len(catalogue.models)} model(s)")
+    for url, err in catalogue.root_errors.items():
+        print(f"  error: {url}: {err}")
+    for name, entry in sorted(catalogue.models.items()):
+        if entry.listing.error:
+            bad = True
+            print(f"  model {name}: error: {entry.listing.error}")
+            continue
+        for version, v in sorted(entry.listing.versions.items()):
+            state = "ok" if v.error is None else f"error: {v.error}"
+            bad |= v.error is not None
+            print(f"  model {name} version {version}: {len(v.files)} file(s), {state}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The disk tree under the state directory, and the lock protocol between its writer and its readers.
+
+Layout::
+
+    STATE/models/NAME/VERSION/model/...     the version's files, as upstream has them
+    STATE/models/NAME/VERSION/manifest.json its fingerprint and file list
+    STATE/locks/NAME/VERSION.lock            a read-write lock per version (SQLite-backed, cross-process)
+    STATE/tmp/                               downloads in progress (same filesystem, so renames are atomic)
+    STATE/state.json                         what the supervisor knows: catalogue, disk state, errors
+    STATE/run/                               heartbeat, worker readiness, the supervisor's socket
+
+Only the supervisor writes `models/`, `tmp/` and `state.json`: a version appears with one atomic rename
+under its exclusive lock and disappears under the same lock, and workers load it under the shared lock, so a
+worker never sees a half-written or half-deleted version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import ReadWriteLock
+
+from replica.spec import MODEL_NAME_RE
+
+MODEL_DIR = "model"
+MANIFEST = "manifest.json"
+
+
+class UnsafeName(ValueError):
+    """A model name or key that could escape the state directory."""
+
+
+def safe_relpath(key: str) -> str:
+    """Return `key` if it stays inside the folder it is joined to; raise UnsafeName otherwise."""
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+        raise UnsafeName(f"unsafe object key {key!r}")
+    return key
+
+
+class DiskTree:
+    """Paths of the disk tree and the operations on it; the write operations are the supervisor's alone."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.models = self.root / "models"
+        self.locks = self.root / "locks"
+        self.tmp = self.root / "tmp"
+        self.run = self.root / "run"
+        self.state_file = self.root / "state.json"
+        self.heartbeat_file = self.run / "heartbeat"
+        self.workers_dir = self.run / "workers"
+        self.socket_path = self.run / "supervisor.sock"
+
+    # -- paths --------------------------------------------------------------------------------------------
+    def version_dir(self, name: str, version: int) -> Path:
+        if not MODEL_NAME_RE.match(name):
+            raise UnsafeName(f"unsafe model name {name!r}")
+        return self.models / name / str(int(version))
+
+    def model_path(self, name: str, version: int) -> Path:
+        """The folder a predictor loads: the version's files, exactly as upstream holds them."""
+        return self.version_dir(name, version) / MODEL_DIR
+
+    def lock_file(self, name: str, version: int) -> Path:
+        if not MODEL_NAME_RE.match(name):
+            raise UnsafeName(f"unsafe model name {name!r}")
+        return self.locks / name / f"{int(version)}.lock"
+
+    # -- locks --------------------------------------------------------------------------------------------
+    def _lock(self, name: str, version: int) -> ReadWriteLock:
+        path = self.lock_file(name, version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One instance per use: an instance coordinates processes, not threads.
+        return ReadWriteLock(path, is_singleton=False)
+
+    @contextlib.contextmanager
+    def read_lock(self, name: str, version: int) -> Iterator[None]:
+        lock = self._lock(name, version)
+        try:
+            with lock.read_lock():
+                yield
+        finally:
+            lock.close()
+
+    @contextlib.contextmanager
+    def write_lock(self, name: str, version: int) -> Iterator[None]:
+        lock = self._lock(name, version)
+        try:
+            with lock.write_lock():
+                yield
+        finally:
+            lock.close()
+
+    # -- reading (workers and supervisor) -------------------------------------------------------------------
+    def manifest(self, name: str, version: int) -> dict | None:
+        """The manifest of an installed version, or None when the version is not on disk."""
+        try:
+            return json.loads((self.version_dir(name, version) / MANIFEST).read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+
+    def installed(self) -> dict[str, dict[int, str]]:
+        """Every version on disk with its fingerprint: what a restart can re-use without downloading."""
+        found: dict[str, dict[int, str]] = {}
+        if not self.models.is_dir():
+            return found
+        for mdir in self.models.iterdir():
+            if not mdir.is_dir() or not MODEL_NAME_RE.match(mdir.name):
+                continue
+            for vdir in mdir.iterdir():
+                if vdir.name.isdigit():
+                    m = self.manifest(mdir.name, int(vdir.name))
+                    if m is not None:
+                        found.setdefault(mdir.name, {})[int(vdir.name)] = m["fingerprint"]
+        return found
+
+    def read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    # -- writing (supervisor only) ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for d in (self.models, self.locks, self.tmp, self.run, self.workers_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():  # downloads interrupted by a crash
+            shutil.rmtree(leftover, ignore_errors=True)
+        for marker in self.workers_dir.iterdir():
+            marker.unlink(missing_ok=True)
+
+    def new_staging_dir(self, name: str, version: int) -> Path:
+        """A fresh folder for a download; `install` moves it into place."""
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=self.tmp))
+        (staging / MODEL_DIR).mkdir()
+        return staging
+
+    def install(self, staging: Path, name: str, version: int, manifest: dict[str, Any]) -> None:
+        """Move a downloaded version into place atomically, replacing an older copy of the same version."""
+        write_json_atomic(staging / MANIFEST, manifest)
+        target = self.version_dir(name, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        trash = None
+        with self.write_lock(name, version):
+            if target.exists():
+                trash = Path(tempfile.mkdtemp(prefix="old-", dir=self.tmp))
+                os.rename(target, trash / "v")
+            os.rename(staging, target)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def remove(self, name: str, version: int) -> None:
+        """Delete a version under its exclusive lock (after the rename, deletion happens outside the tree)."""
+        target = self.version_dir(name, version)
+        trash = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp))
+        with self.write_lock(name, version):
+            if target.exists():
+                os.rename(target, trash / "v")
+        shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()  # only succeeds once the model has no version left
+
+    def write_state(self, state: dict) -> None:
+        write_json_atomic(self.state_file, state)
+
+    def touch_heartbeat(self) -> None:
+        self.heartbeat_file.touch()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,153 @@
+"""Model layouts: turn one upstream listing into models, versions, fingerprints and validity.
+
+Everything here is pure: the same listing always gives the same result, whether it came from S3 or a local
+directory, so the watcher, `replica validate` and the tests share one definition of what a model is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from replica.spec import MODEL_NAME_RE
+
+VERSION_RE = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One upstream file: its path relative to the model (or version) root, size, and change tag.
+
+    The tag is the ETag on S3 and the modification time in nanoseconds for a local file.
+    """
+
+    key: str
+    size: int
+    tag: str
+
+
+@dataclass(frozen=True)
+class VersionListing:
+    version: int
+    files: tuple[ObjectInfo, ...]  # keys relative to the version root
+    fingerprint: str
+    error: str | None = None  # why this version cannot be loaded; None when valid
+    prefix: str = ""  # where the version's files start, relative to the model root ("3/" or "")
+
+
+@dataclass
+class ModelListing:
+    name: str
+    versions: dict[int, VersionListing] = field(default_factory=dict)
+    error: str | None = None  # a model-level problem (unsafe name, mixed layout); its versions are then empty
+
+
+def fingerprint(files: tuple[ObjectInfo, ...]) -> str:
+    """A digest of relative paths, sizes and tags: equal fingerprints mean the same content upstream."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.key):
+        h.update(f"{f.key}\0{f.size}\0{f.tag}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _ignored(key: str) -> bool:
+    """Dotfiles (at any depth) and S3 folder markers are not part of a model."""
+    return key.endswith("/") or any(part.startswith(".") for part in key.split("/"))
+
+
+def validate_version(predictor_type: str, files: tuple[ObjectInfo, ...], allow_inferentia: bool = False) -> str | None:
+    """Return why a version's files are not a loadable model of this type, or None when they are."""
+    keys = {f.key for f in files}
+    if not keys:
+        return "the version holds no files"
+    if predictor_type == "tensorflow":
+        if "saved_model.pb" not in keys:
+            return "not a TensorFlow SavedModel: saved_model.pb is missing"
+        if allow_inferentia and keys == {"saved_model.pb"}:
+            return None
+        if "variables/variables.index" not in keys:
+            return "incomplete SavedModel: variables/variables.index is missing"
+        if not any(k.startswith("variables/variables.data-") for k in keys):
+            return "incomplete SavedModel: no variables/variables.data-* file"
+    elif predictor_type == "onnx":
+        onnx_files = [k for k in keys if "/" not in k and k.endswith(".onnx")]
+        if len(onnx_files) != 1:
+            found = ", ".join(sorted(onnx_files)) or "none"
+            return f"an ONNX model needs exactly one .onnx file at its root (found: {found})"
+    return None
+
+
+def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow_inferentia: bool = False) -> ModelListing:
+    """Group one model's objects (keys relative to the model root) into versions.
+
+    Versioned when every child is an integer-named folder; unversioned (version 1) when none is; a mix is an
+    error for the whole model (typically a restructure in progress), so nothing of it is replaced.
+    """
+    model = ModelListing(name=name)
+    if not MODEL_NAME_RE.match(name):
+        model.error = f"unsafe model name {name!r}: use letters, digits, '_' and '-'"
+        return model
+    objects = [o for o in objects if not _ignored(o.key)]
+    if not objects:
+        model.error = "no model files upstream"
+        return model
+    versioned = [o for o in objects if "/" in o.key and VERSION_RE.match(o.key.split("/", 1)[0])]
+    if versioned and len(versioned) != len(objects):
+        others = sorted({o.key.split("/", 1)[0] for o in objects if o not in versioned})
+        model.error = (
+            "mixes integer version folders with other entries ("
+            + ", ".join(others[:5])
+            + "); use only version folders or none"
+        )
+        return model
+    groups: dict[int, tuple[str, list[ObjectInfo]]] = {}
+    if versioned:
+        for o in versioned:
+            head, rest = o.key.split("/", 1)
+            prefix, files = groups.setdefault(int(head), (f"{head}/", []))
+            if prefix != f"{head}/":
+                model.error = f"version folders {prefix!r} and {head + '/'!r} name the same version {int(head)}"
+                return model
+            files.append(ObjectInfo(rest, o.size, o.tag))
+    else:
+        groups[1] = ("", objects)
+    for version, (prefix, files) in sorted(groups.items()):
+        ftuple = tuple(sorted(files, key=lambda f: f.key))
+        model.versions[version] = VersionListing(
+            version=version,
+            files=ftuple,
+            fingerprint=fingerprint(ftuple),
+            error=validate_version(predictor_type, ftuple, allow_inferentia),
+            prefix=prefix,
+        )
+    return model
+
+
+def split_models_dir(objects: list[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
+    """Split a `models.dir` listing into its child models, keys made relative to each child."""
+    children: dict[str, list[ObjectInfo]] = {}
+    for o in objects:
+        if "/" not in o.key or _ignored(o.key):
+            continue  # a loose file beside the model folders is not a model
+        head, rest = o.key.split("/", 1)
+        children.setdefault(head, []).append(ObjectInfo(rest, o.size, o.tag))
+    return children
+
+
+def parse_version(value: object) -> int | None:
+    """`model_version` as users pass it: None or "latest" mean the highest version (None here).
+
+    Raises ValueError with a message for anything that is not a non-negative integer.
+    """
+    if value is None or value == "latest":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"invalid model version {value!r}: use 'latest' or a non-negative integer")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid model version {value}: versions are non-negative integers")
+        return value
+    if isinstance(value, str) and VERSION_RE.match(value.strip()):
+        return int(value.strip())
+    raise ValueError(f"invalid model version {value!r}: use 'latest' or a non-negative integer")

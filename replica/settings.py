@@ -1,0 +1,32 @@
+"""Replica settings that are not part of the API spec: flags of `replica serve`, each with an env variable."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import platformdirs
+
+
+def default_state_dir(api_name: str) -> Path:
+    return Path(platformdirs.user_cache_dir("model-replica")) / api_name
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8888
+    poll_interval: float = 10.0
+    max_request_size: int = 64 << 20
+    log_format: str = "text"
+    s3_endpoint: str | None = None
+    drain_timeout: float = 30.0
+
+    @property
+    def s3_client_factory(self) -> Callable:
+        from supervisor.upstream import make_s3_client
+
+        return functools.partial(make_s3_client, self.s3_endpoint)

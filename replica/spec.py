@@ -1,0 +1,335 @@
+"""Load and validate an API spec (Cortex v0.22 field names).
+
+Every rule of the contract is checked up front and all violations are reported together, each naming the
+key path and the fix, so a user fixes a spec in one round instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PREDICTOR_TYPES = ("python", "tensorflow", "onnx")
+API_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Keys of a Cortex spec that only make sense on a Cortex cluster: accepted so that a Cortex user's spec works
+# unchanged, and ignored with a log line saying so.
+CLUSTER_ONLY_API_KEYS = ("networking", "compute", "autoscaling", "update_strategy", "monitoring")
+CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size", "server_side_batching", "log_level")
+
+API_KEYS = ("name", "kind", "predictor") + CLUSTER_ONLY_API_KEYS
+PREDICTOR_KEYS = (
+    "type",
+    "path",
+    "model_path",
+    "signature_key",
+    "models",
+    "processes_per_replica",
+    "threads_per_process",
+    "config",
+    "python_path",
+    "env",
+) + CLUSTER_ONLY_PREDICTOR_KEYS
+MODELS_KEYS = ("paths", "dir", "signature_key", "cache_size", "disk_cache_size")
+PATH_ENTRY_KEYS = ("name", "model_path", "signature_key")
+
+
+class SpecError(Exception):
+    """A spec that cannot be served; `problems` lists every violation, each naming its key path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid API spec {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One upstream root: either a single model (`model_path`, a `paths` entry) or a folder of models (`dir`)."""
+
+    url: str  # s3://bucket/prefix/ or an absolute local directory
+    name: str | None  # the model's name; None for a `dir` root, whose children name themselves
+    signature_key: str | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.name is None
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    type: str
+    path: Path
+    sources: tuple[ModelSource, ...]
+    processes_per_replica: int = 1
+    threads_per_process: int = 1
+    config: dict = field(default_factory=dict)
+    python_path: Path | None = None
+    env: dict = field(default_factory=dict)
+    signature_key: str | None = None
+    cache_size: int | None = None
+    disk_cache_size: int | None = None
+    single_model: str | None = None  # the model's name when the spec uses `model_path`
+
+    @property
+    def caching(self) -> bool:
+        return self.cache_size is not None
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    name: str
+    kind: str
+    predictor: PredictorSpec
+    spec_file: Path
+
+
+def load_spec(path: str | Path, api_name: str | None = None) -> ApiSpec:
+    """Read a spec file and return the API to serve; raises SpecError naming every problem."""
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(str(path), ["the spec file does not exist"]) from None
+    except yaml.YAMLError as e:
+        raise SpecError(str(path), [f"not valid YAML: {e}"]) from None
+    apis = raw if isinstance(raw, list) else [raw]
+    if not apis or not all(isinstance(a, dict) for a in apis):
+        raise SpecError(str(path), ["the file must hold an API mapping or a list of API mappings"])
+    names = [a.get("name") for a in apis]
+    if api_name is None:
+        if len(apis) > 1:
+            raise SpecError(str(path), [f"the file holds {len(apis)} APIs ({', '.join(map(str, names))}): choose one with --api NAME"])
+        index = 0
+    else:
+        if api_name not in names:
+            raise SpecError(str(path), [f"--api {api_name}: no API of that name; the file holds {', '.join(map(str, names))}"])
+        index = names.index(api_name)
+    prefix = f"[{index}]" if isinstance(raw, list) else ""
+    return _parse_api(apis[index], prefix, path)
+
+
+def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> list[str]:
+    problems = []
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
+            problems.append(f"{where}{key}: unknown key{hint}")
+    return problems
+
+
+def _key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _positive_int(value: Any, where: str, problems: list[str], lo: int = 1, hi: int | None = None) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}: must be an integer, got {value!r}")
+        return None
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        problems.append(f"{where}: must be {bound}, got {value}")
+        return None
+    return value
+
+
+def _model_url(value: Any, where: str, base: Path, problems: list[str]) -> str | None:
+    """An upstream root as s3://bucket/prefix/ or an absolute local directory (relative to the spec folder)."""
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: must be an s3://bucket/prefix path or a local directory")
+        return None
+    if value.startswith("s3://"):
+        bucket, _, prefix = value[5:].partition("/")
+        if not bucket:
+            problems.append(f"{where}: '{value}' has no bucket; write s3://BUCKET/prefix/")
+            return None
+        if ".." in prefix.split("/"):
+            problems.append(f"{where}: '{value}' contains '..'; write the prefix without it")
+            return None
+        prefix = prefix.strip("/")
+        return f"s3://{bucket}/{prefix + '/' if prefix else ''}"
+    if "://" in value:
+        problems.append(f"{where}: '{value}' uses an unsupported scheme; use s3:// or a local directory")
+        return None
+    return str((base / value).resolve())
+
+
+def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
+    problems: list[str] = []
+    dot = f"{prefix}." if prefix else ""
+    problems += _unknown_keys(api, API_KEYS, dot)
+    for key in CLUSTER_ONLY_API_KEYS:
+        if key in api:
+            log.info("spec key %s%s applies to a Cortex cluster only and is ignored here", dot, key)
+
+    name = api.get("name")
+    if name is None:
+        problems.append(f"{dot}name: required; give the API a name of lowercase letters, digits and '-'")
+    elif not isinstance(name, str) or not API_NAME_RE.match(name):
+        problems.append(f"{dot}name: '{name}' is not valid; use lowercase letters, digits and '-' (e.g. iris-classifier)")
+    kind = api.get("kind", "RealtimeAPI")
+    if kind != "RealtimeAPI":
+        problems.append(f"{dot}kind: '{kind}' is not supported; the only kind is RealtimeAPI")
+
+    pred = api.get("predictor")
+    where = f"{dot}predictor"
+    if not isinstance(pred, dict):
+        problems.append(f"{where}: required mapping with at least 'type' and 'path'")
+        raise SpecError(str(spec_file), problems)
+    problems += _unknown_keys(pred, PREDICTOR_KEYS, f"{where}.")
+    for key in CLUSTER_ONLY_PREDICTOR_KEYS:
+        if key in pred:
+            log.info("spec key %s.%s applies to a Cortex cluster only and is ignored here", where, key)
+
+    ptype = pred.get("type")
+    if ptype not in PREDICTOR_TYPES:
+        problems.append(f"{where}.type: must be one of {', '.join(PREDICTOR_TYPES)}, got {ptype!r}")
+    base = spec_file.parent
+    ppath = pred.get("path")
+    predictor_file = None
+    if not isinstance(ppath, str) or not ppath:
+        problems.append(f"{where}.path: required; the predictor's .py file, relative to the spec's folder")
+    else:
+        predictor_file = (base / ppath).resolve()
+        if predictor_file.suffix != ".py":
+            problems.append(f"{where}.path: '{ppath}' must be a .py file")
+        elif not predictor_file.is_file():
+            problems.append(f"{where}.path: '{ppath}' does not exist (looked in {predictor_file})")
+
+    processes = _positive_int(pred.get("processes_per_replica", 1), f"{where}.processes_per_replica", problems, 1, 100)
+    threads = _positive_int(pred.get("threads_per_process", 1), f"{where}.threads_per_process", problems, 1)
+    config = pred.get("config", {}) or {}
+    if not isinstance(config, dict):
+        problems.append(f"{where}.config: must be a mapping, got {type(config).__name__}")
+        config = {}
+    env = pred.get("env", {}) or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        problems.append(f"{where}.env: must be a mapping of variable names to values")
+        env = {}
+    python_path = None
+    if pred.get("python_path") is not None:
+        python_path = (base / str(pred["python_path"])).resolve()
+        if not python_path.is_dir():
+            problems.append(f"{where}.python_path: '{pred['python_path']}' is not a directory")
+
+    signature_key = pred.get("signature_key")
+    if signature_key is not None and ptype != "tensorflow":
+        problems.append(f"{where}.signature_key: only the tensorflow predictor takes a signature_key; remove it")
+
+    sources: list[ModelSource] = []
+    cache_size = disk_cache_size = None
+    single_model = None
+    has_model_path = "model_path" in pred and pred["model_path"] is not None
+    models = pred.get("models")
+    if has_model_path and models is not None:
+        problems.append(f"{where}: set either model_path or models, not both")
+    elif has_model_path:
+        url = _model_url(pred["model_path"], f"{where}.model_path", base, problems)
+        if url and isinstance(name, str):
+            single_model = name
+            sources.append(ModelSource(url=url, name=name, signature_key=signature_key))
+    elif models is not None:
+        mwhere = f"{where}.models"
+        if not isinstance(models, dict):
+            problems.append(f"{mwhere}: must be a mapping with 'paths' or 'dir'")
+            models = {}
+        problems += _unknown_keys(models, MODELS_KEYS, f"{mwhere}.")
+        default_sig = models.get("signature_key", signature_key)
+        if models.get("signature_key") is not None and ptype != "tensorflow":
+            problems.append(f"{mwhere}.signature_key: only the tensorflow predictor takes a signature_key; remove it")
+        has_paths, has_dir = models.get("paths") is not None, models.get("dir") is not None
+        if has_paths == has_dir:
+            problems.append(f"{mwhere}: set exactly one of paths (a list of named models) or dir (a folder of models)")
+        elif has_dir:
+            url = _model_url(models["dir"], f"{mwhere}.dir", base, problems)
+            if url:
+                sources.append(ModelSource(url=url, name=None, signature_key=default_sig))
+        else:
+            sources += _parse_paths(models["paths"], f"{mwhere}.paths", base, ptype, default_sig, problems)
+        cache_size, disk_cache_size = _parse_cache(models, mwhere, processes, problems)
+    if ptype in ("tensorflow", "onnx") and not has_model_path and models is None:
+        problems.append(f"{where}: the {ptype} predictor needs models; set model_path or models.paths / models.dir")
+
+    if problems:
+        raise SpecError(str(spec_file), problems)
+    assert predictor_file is not None and processes is not None and threads is not None
+    return ApiSpec(
+        name=name,
+        kind=kind,
+        spec_file=spec_file,
+        predictor=PredictorSpec(
+            type=ptype,
+            path=predictor_file,
+            sources=tuple(sources),
+            processes_per_replica=processes,
+            threads_per_process=threads,
+            config=config,
+            python_path=python_path,
+            env={k: str(v) for k, v in env.items()},
+            signature_key=signature_key,
+            cache_size=cache_size,
+            disk_cache_size=disk_cache_size,
+            single_model=single_model,
+        ),
+    )
+
+
+def _parse_paths(paths: Any, where: str, base: Path, ptype: Any, default_sig: str | None, problems: list[str]) -> list[ModelSource]:
+    if not isinstance(paths, list) or not paths:
+        problems.append(f"{where}: must be a non-empty list of {{name, model_path}} entries")
+        return []
+    sources, seen = [], set()
+    for i, entry in enumerate(paths):
+        ewhere = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{ewhere}: must be a mapping with name and model_path")
+            continue
+        problems += _unknown_keys(entry, PATH_ENTRY_KEYS, f"{ewhere}.")
+        mname = entry.get("name")
+        if not isinstance(mname, str) or not MODEL_NAME_RE.match(mname):
+            problems.append(f"{ewhere}.name: {mname!r} is not a valid model name; use letters, digits, '_' and '-'")
+        elif mname in seen:
+            problems.append(f"{ewhere}.name: model name '{mname}' is used twice; model names must be unique")
+        else:
+            seen.add(mname)
+        if entry.get("signature_key") is not None and ptype != "tensorflow":
+            problems.append(f"{ewhere}.signature_key: only the tensorflow predictor takes a signature_key; remove it")
+        if "model_path" not in entry:
+            problems.append(f"{ewhere}.model_path: required; an s3:// prefix or a local directory")
+            continue
+        url = _model_url(entry["model_path"], f"{ewhere}.model_path", base, problems)
+        if url and isinstance(mname, str):
+            sources.append(ModelSource(url=url, name=mname, signature_key=entry.get("signature_key", default_sig)))
+    return sources
+
+
+def _parse_cache(models: dict, where: str, processes: int | None, problems: list[str]) -> tuple[int | None, int | None]:
+    cache, disk = models.get("cache_size"), models.get("disk_cache_size")
+    if cache is None and disk is None:
+        return None, None
+    if (cache is None) != (disk is None):
+        missing = "disk_cache_size" if disk is None else "cache_size"
+        problems.append(f"{where}.{missing}: cache_size and disk_cache_size are set together; add {missing}")
+        return None, None
+    cache = _positive_int(cache, f"{where}.cache_size", problems)
+    disk = _positive_int(disk, f"{where}.disk_cache_size", problems)
+    if cache is not None and disk is not None and cache > disk:
+        problems.append(f"{where}.disk_cache_size: must be >= cache_size ({disk} < {cache}); every model in memory is also on disk")
+    if processes is not None and processes > 1:
+        problems.append(
+            f"{where}.cache_size: model caching needs processes_per_replica: 1 (got {processes}); each worker process "
+            "would hold its own cache and the bounds could not be kept. Remove cache_size/disk_cache_size or set "
+            "processes_per_replica: 1"
+        )
+    return cache, disk

@@ -1,0 +1,82 @@
+"""The catalogue: which models and versions upstream holds, declared from one listing per root per poll.
+
+Like a TF Serving Source it only declares what should exist; the watcher reconciles the disk tree with it.
+A root whose listing fails keeps its previous declaration, so an outage never looks like a removal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from replica.layout import ModelListing, build_model, split_models_dir
+from replica.spec import ModelSource, PredictorSpec
+from supervisor.upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CatalogueEntry:
+    """A model as declared upstream, with where its files live."""
+
+    listing: ModelListing
+    upstream: Upstream
+    prefix: str  # the model root relative to the upstream root ("" or "child/")
+    signature_key: str | None
+
+
+class Catalogue:
+    def __init__(self, predictor: PredictorSpec, upstreams: list[tuple[ModelSource, Upstream]], allow_inferentia: bool = False):
+        self.predictor = predictor
+        self.roots = upstreams
+        self.allow_inferentia = allow_inferentia
+        self.models: dict[str, CatalogueEntry] = {}
+        self.root_errors: dict[str, str] = {}  # upstream url -> last listing error
+        self._by_root: dict[str, dict[str, CatalogueEntry]] = {}
+        self.list_calls = 0
+        self.last_success: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every root has been listed successfully at least once and none failed on the last refresh."""
+        return not self.root_errors and len(self._by_root) == len(self.roots)
+
+    def refresh(self) -> None:
+        """List every root once; a failing root keeps its previous models and records its error."""
+        for source, upstream in self.roots:
+            self.list_calls += 1
+            try:
+                objects = upstream.list()
+            except UpstreamError as e:
+                if self.root_errors.get(upstream.url) != str(e):
+                    log.warning("listing failed, keeping the previous state of %s: %s", upstream.url, e)
+                self.root_errors[upstream.url] = str(e)
+                continue
+            except Exception as e:  # an unexpected error must not look like an empty bucket either
+                log.exception("listing %s failed unexpectedly", upstream.url)
+                self.root_errors[upstream.url] = f"{type(e).__name__}: {e}"
+                continue
+            if upstream.url in self.root_errors:
+                log.info("listing %s works again", upstream.url)
+                self.root_errors.pop(upstream.url)
+            self._by_root[upstream.url] = self._declare(source, upstream, objects)
+        models: dict[str, CatalogueEntry] = {}
+        for root in self._by_root.values():
+            for name, entry in root.items():
+                models.setdefault(name, entry)  # `paths` names are unique; a `dir` child cannot shadow them
+        self.models = models
+        if not self.root_errors:
+            self.last_success = time.time()
+
+    def _declare(self, source: ModelSource, upstream: Upstream, objects) -> dict[str, CatalogueEntry]:
+        ptype = self.predictor.type
+        if source.name is not None:
+            listing = build_model(source.name, ptype, objects, self.allow_inferentia)
+            return {source.name: CatalogueEntry(listing, upstream, "", source.signature_key)}
+        out = {}
+        for child, child_objects in sorted(split_models_dir(objects).items()):
+            listing = build_model(child, ptype, child_objects, self.allow_inferentia)
+            out[child] = CatalogueEntry(listing, upstream, f"{child}/", source.signature_key)
+        return out

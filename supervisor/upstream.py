@@ -1,0 +1,173 @@
+"""Upstreams: where models come from. One interface for S3 and for a local directory.
+
+An upstream answers two questions: what is under the root now (one paginated listing, never one request
+per model or per file), and give me this file as listed. A file whose tag no longer matches the listing
+raises `ChangedDuringDownload`, so a version that changes while it downloads is fetched again instead of
+being served mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from replica.disktree import safe_relpath
+from replica.layout import ObjectInfo
+
+
+class UpstreamError(Exception):
+    """The upstream could not be listed or read (network, credentials, missing bucket)."""
+
+
+class ChangedDuringDownload(Exception):
+    """A file changed upstream between the listing and its download."""
+
+
+class Upstream(Protocol):
+    url: str
+
+    def list(self) -> list[ObjectInfo]:
+        """Every file under the root, keys relative to it."""
+
+    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+        """Copy one listed file to `dest`; return its size. Raises ChangedDuringDownload or UpstreamError."""
+
+
+class LocalUpstream:
+    """A directory on this machine; the tag is the modification time, so an in-place rewrite is seen."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.url = str(self.root)
+        self.list_calls = 0
+
+    def list(self) -> list[ObjectInfo]:
+        self.list_calls += 1
+        if not self.root.is_dir():
+            raise UpstreamError(f"{self.root} is not a directory")
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue  # removed while listing
+                out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, str(st.st_mtime_ns)))
+        return out
+
+    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+        src = self.root / safe_relpath(obj.key)
+        try:
+            before = src.stat()
+            if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
+                raise ChangedDuringDownload(obj.key)
+            shutil.copyfile(src, dest)
+            after = src.stat()
+        except FileNotFoundError:
+            raise ChangedDuringDownload(obj.key) from None
+        except OSError as e:
+            raise UpstreamError(f"cannot read {src}: {e}") from e
+        if (after.st_size, str(after.st_mtime_ns)) != (obj.size, obj.tag):
+            raise ChangedDuringDownload(obj.key)
+        return obj.size
+
+
+class S3Upstream:
+    """An S3 prefix. The client comes from the standard AWS chain; see `make_s3_client`."""
+
+    def __init__(self, url: str, client):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        self.url = url
+        self.bucket = bucket
+        self.prefix = prefix  # empty or ending in '/'
+        self.client = client
+        self.list_calls = 0
+
+    def list(self) -> list[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.list_calls += 1
+        out = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self.prefix):]
+                    if key:
+                        out.append(ObjectInfo(key, int(item["Size"]), item["ETag"].strip('"')))
+        except (BotoCoreError, ClientError) as e:
+            raise UpstreamError(f"listing {self.url} failed: {_describe(e)}") from e
+        return out
+
+    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self.prefix + safe_relpath(obj.key)
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            if resp["ETag"].strip('"') != obj.tag:
+                resp["Body"].close()
+                raise ChangedDuringDownload(obj.key)
+            with open(dest, "wb") as f:
+                for chunk in resp["Body"].iter_chunks(1 << 20):
+                    f.write(chunk)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ChangedDuringDownload(obj.key) from None
+            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}") from e
+        except BotoCoreError as e:
+            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}") from e
+        return obj.size
+
+
+def _describe(e: Exception) -> str:
+    """A one-line reason, never with credentials (botocore messages do not carry them)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
+    return str(e)
+
+
+_client_lock = threading.Lock()
+
+
+def make_s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client from the standard credential chain; unsigned when no credentials exist.
+
+    With an endpoint (flag or AWS_ENDPOINT_URL) the client uses path-style addressing, which S3-compatible
+    stores expect. Retries use botocore's adaptive mode, so throttling slows the watcher instead of failing it.
+    """
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    with _client_lock:  # boto3 sessions are not thread-safe to create
+        session = boto3.session.Session()
+        extra = {}
+        if session.get_credentials() is None:
+            extra["signature_version"] = UNSIGNED
+        config = Config(
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            retries={"max_attempts": 3, "mode": "adaptive"},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=32,
+            **extra,
+        )
+        region = session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def open_upstream(url: str, s3_client_factory=make_s3_client) -> Upstream:
+    """The upstream for a spec root: s3://... or an absolute local directory."""
+    if url.startswith("s3://"):
+        return S3Upstream(url, s3_client_factory())
+    return LocalUpstream(url)

@@ -1,0 +1,205 @@
+"""The watcher: reconcile the disk tree with the catalogue, once at start and then every poll.
+
+One pass: refresh the catalogue (one listing per root), download every valid version whose fingerprint
+differs from the copy on disk, remove what upstream really removed, and publish the result in state.json for
+the workers. Every pass is guarded: an error is logged and retried with backoff, and never removes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from replica.disktree import MODEL_DIR, DiskTree, safe_relpath
+from replica.layout import VersionListing
+from supervisor.catalogue import Catalogue, CatalogueEntry
+from supervisor.upstream import ChangedDuringDownload, UpstreamError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 300.0
+
+
+class Watcher:
+    def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8):
+        self.tree = tree
+        self.catalogue = catalogue
+        self.poll_interval = poll_interval
+        self.download_threads = download_threads
+        self.installed: dict[str, dict[int, str]] = {}  # name -> version -> fingerprint on disk
+        self.version_errors: dict[tuple[str, int], str] = {}  # download/install problems, by version
+        self.ready = False
+        self.failures = 0  # consecutive passes with an error, for the backoff
+        self.last_pass: float | None = None
+        self.bytes_downloaded = 0
+        self._retry_soon = False
+        self._had_disk_copies = False
+
+    # -- one pass ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Adopt what a previous run left on disk: versions whose fingerprint still matches are re-used."""
+        self.tree.prepare()
+        self.installed = self.tree.installed()
+        self._had_disk_copies = any(self.installed.values())
+        if self._had_disk_copies:
+            count = sum(len(v) for v in self.installed.values())
+            log.info("found %d model versions on disk from a previous run; re-using those that still match", count)
+
+    def sync_once(self) -> None:
+        self.catalogue.refresh()
+        jobs = []
+        for name, entry in self.catalogue.models.items():
+            if entry.listing.error:
+                continue  # keep whatever is on disk: a half-done restructure must not remove anything
+            for version, listing in entry.listing.versions.items():
+                if listing.error is None and self.installed.get(name, {}).get(version) != listing.fingerprint:
+                    jobs.append((name, entry, listing))
+        if jobs:
+            with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
+                list(pool.map(lambda job: self._download(*job), jobs))
+        self._remove_gone()
+        self.last_pass = time.time()
+        if self.catalogue.complete or self._had_disk_copies:
+            if not self.ready:
+                log.info("first sync done: %d models, %d versions on disk", len(self.installed),
+                         sum(len(v) for v in self.installed.values()))
+            self.ready = True
+        self.publish()
+
+    def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> None:
+        version = listing.version
+        staging = self.tree.new_staging_dir(name, version)
+        try:
+            total = 0
+            for f in listing.files:
+                dest = staging / MODEL_DIR / safe_relpath(f.key)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest)
+                if dest.stat().st_size != f.size:
+                    raise ChangedDuringDownload(f.key)
+            manifest = {
+                "name": name,
+                "version": version,
+                "fingerprint": listing.fingerprint,
+                "source": entry.upstream.url + entry.prefix + listing.prefix,
+                "files": [[f.key, f.size, f.tag] for f in listing.files],
+                "installed_at": time.time(),
+            }
+            replaced = version in self.installed.get(name, {})
+            self.tree.install(staging, name, version, manifest)
+            self.installed.setdefault(name, {})[version] = listing.fingerprint
+            self.version_errors.pop((name, version), None)
+            self.bytes_downloaded += total
+            log.info("model %s version %s %s (%d files, %d bytes)", name, version,
+                     "updated" if replaced else "downloaded", len(listing.files), total)
+        except ChangedDuringDownload as e:
+            self.version_errors[(name, version)] = f"changed upstream during download ({e}); fetching again"
+            log.info("model %s version %s changed upstream during download (%s); fetching it again", name, version, e)
+            self._retry_soon = True
+        except UpstreamError as e:
+            self.version_errors[(name, version)] = f"download failed: {e}"
+            log.warning("model %s version %s: download failed: %s", name, version, e)
+        except Exception as e:
+            self.version_errors[(name, version)] = f"download failed: {type(e).__name__}: {e}"
+            log.exception("model %s version %s: download failed", name, version)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _remove_gone(self) -> None:
+        """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
+        for name in list(self.installed):
+            entry = self.catalogue.models.get(name)
+            if entry is None:
+                if not self.catalogue.complete:
+                    continue  # an unlisted root might still hold it
+                versions = list(self.installed[name])
+            elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
+                continue
+            else:
+                versions = [v for v in self.installed[name] if v not in entry.listing.versions]
+            for version in versions:
+                self.tree.remove(name, version)
+                del self.installed[name][version]
+                self.version_errors.pop((name, version), None)
+                log.info("model %s version %s removed (gone upstream)", name, version)
+            if not self.installed[name]:
+                del self.installed[name]
+
+    # -- what workers read ------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Every model and version known upstream or on disk, with where it is and its last error."""
+        models: dict[str, dict] = {}
+        for name, entry in self.catalogue.models.items():
+            m = models.setdefault(name, {"error": entry.listing.error, "versions": {}})
+            for version, listing in entry.listing.versions.items():
+                m["versions"][str(version)] = {"upstream": True, "upstream_error": listing.error}
+        for name, versions in self.installed.items():
+            m = models.setdefault(name, {"error": None, "versions": {}})
+            for version, fp in versions.items():
+                v = m["versions"].setdefault(str(version), {"upstream": False, "upstream_error": None})
+                v["disk"] = True
+                v["fingerprint"] = fp
+        for m_name, m in models.items():
+            for version, v in m["versions"].items():
+                v.setdefault("disk", False)
+                v.setdefault("fingerprint", None)
+                err = self.version_errors.get((m_name, int(version))) or v.pop("upstream_error")
+                v.pop("upstream_error", None)
+                if err and v["disk"]:
+                    err += "; serving the last good copy"
+                v["error"] = err
+            if m["error"] and any(v["disk"] for v in m["versions"].values()):
+                m["error"] += "; serving the last good copy"
+        return models
+
+    def publish(self) -> None:
+        self.tree.write_state({
+            "ready": self.ready,
+            "models": self.status(),
+            "root_errors": self.catalogue.root_errors,
+            "list_calls": self.catalogue.list_calls,
+            "last_poll": self.last_pass,
+            "last_success": self.catalogue.last_success,
+            "bytes_downloaded": self.bytes_downloaded,
+        })
+        self.tree.touch_heartbeat()
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def next_delay(self) -> float:
+        if self._retry_soon:
+            self._retry_soon = False
+            return min(1.0, self.poll_interval)
+        if self.failures:
+            return min(MAX_BACKOFF, self.poll_interval * 2 ** min(self.failures, 8)) * random.uniform(0.8, 1.0)
+        return self.poll_interval * random.uniform(0.9, 1.1)
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set. Nothing escapes this loop: a dead watcher would silently freeze models."""
+        while not stop.is_set():
+            try:
+                self.sync_once()
+                self.failures = 0 if self.catalogue.complete else self.failures + 1
+            except Exception:
+                self.failures += 1
+                log.exception("watcher pass failed; retrying with backoff")
+                try:
+                    self.tree.touch_heartbeat()
+                except OSError:
+                    pass
+            stop.wait(self.next_delay())
+
+
+def _prefixed(prefix: str, f):
+    from replica.layout import ObjectInfo
+
+    return ObjectInfo(prefix + f.key, f.size, f.tag)
+
+
+def models_root(tree: DiskTree) -> Path:
+    return tree.models

@@ -1,0 +1,54 @@
+"""Shared pytest fixtures. Keep each concern in its own section."""
+import uuid
+
+import pytest
+
+from tests.s3server import SeaweedS3, delete_bucket
+
+
+# ==========================================================================
+# pytest configuration (markers)
+# ==========================================================================
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: test takes more than ~15 s")
+
+
+# ==========================================================================
+# S3 (SeaweedFS `weed mini` on 127.0.0.1) -- helpers live in tests/s3server.py
+# ==========================================================================
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A running SeaweedS3 for the whole session (bucket "models" pre-made).
+
+    Tests may call s3.restart() / s3.stop()+s3.start()+s3.wait_ready() to
+    simulate an outage; the fixture must be left running afterwards."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), buckets=["models"])
+    server.start()
+    try:
+        server.wait_ready(timeout=60)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_client(s3):
+    """A boto3 S3 client for the `s3` server."""
+    return s3.client()
+
+
+@pytest.fixture
+def bucket(s3, s3_client):
+    """A fresh, empty, uniquely named bucket; emptied and deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    try:
+        if not s3.running:  # a test left the server stopped: bring it back
+            s3.start()
+            s3.wait_ready()
+        delete_bucket(s3_client, name)
+    except Exception:
+        pass

@@ -1,0 +1,262 @@
+"""The WSGI app each gunicorn worker runs: the predictor behind Cortex's HTTP contract.
+
+A worker builds everything after fork: the predictor class, its client, and the model registry whose thread
+loads models from the disk tree. It writes a readiness marker once its predictor's `__init__` has run and
+the models on disk have been loaded, which `/readyz` counts across workers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from flask import Flask, Response, request
+
+from replica.disktree import DiskTree
+from replica.spec import ApiSpec
+from workers import encoding
+from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
+from workers.predictor import load_predictor_class
+from workers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """One worker's predictor, clients and registry."""
+
+    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float):
+        self.api = api
+        self.tree = tree
+        self.heartbeat_timeout = heartbeat_timeout
+        pred = api.predictor
+        cls = load_predictor_class(api)
+        self.registry = ModelRegistry(tree, load=self._load_model, unload=None, single_model=pred.single_model)
+        self.client = self._make_client()
+        kwargs = {"config": dict(pred.config)}
+        init_params = inspect.signature(cls.__init__).parameters
+        client_arg = {"python": "python_client", "tensorflow": "tensorflow_client", "onnx": "onnx_client"}[pred.type]
+        if client_arg in init_params:
+            kwargs[client_arg] = self.client
+        self.predictor = cls(**kwargs)
+        self.unload_hook = getattr(self.predictor, "unload_model", None)
+        self.registry._unload_fn = self.unload_hook
+        self.predict_args = tuple(inspect.signature(self.predictor.predict).parameters)
+        post = getattr(self.predictor, "post_predict", None)
+        self.post_predict = post
+        self.post_predict_args = tuple(inspect.signature(post).parameters) if post else ()
+        if pred.sources:
+            self.registry.start()
+        else:
+            self.registry.initial_sync_done.set()
+        threading.Thread(target=self._mark_ready, name="ready-marker", daemon=True).start()
+
+    def _make_client(self):
+        pred = self.api.predictor
+        if pred.type == "onnx":
+            from workers.onnx_client import ONNXClient, execution_providers, onnx_loader
+
+            providers = execution_providers(pred.config)
+            log.info("onnxruntime execution providers: %s", ", ".join(providers))
+            self._loader = onnx_loader(providers)
+            return ONNXClient(self.registry)
+        if pred.type == "tensorflow":
+            from workers.tensorflow_client import TensorFlowClient, tensorflow_loader
+
+            keys = {s.name: s.signature_key for s in pred.sources if s.name}
+            dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
+            self._loader = tensorflow_loader(keys, dir_key)
+            return TensorFlowClient(self.registry)
+        from workers.python_client import PythonClient
+
+        self._loader = None  # the predictor's load_model, bound once the predictor exists
+        return PythonClient(self.registry)
+
+    def _load_model(self, model_path: str, name: str, version: int) -> Any:
+        if self._loader is not None:
+            return self._loader(model_path, name, version)
+        return self.predictor.load_model(model_path)
+
+    def _mark_ready(self) -> None:
+        self.registry.initial_sync_done.wait()
+        marker = self.tree.workers_dir / str(os.getpid())
+        marker.write_text(str(time.time()))
+        log.info("worker %d ready", os.getpid())
+
+    # -- health ----------------------------------------------------------------------------------------------
+    def supervisor_alive(self) -> tuple[bool, str]:
+        try:
+            age = time.time() - self.tree.heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            return False, "the supervisor has not written a heartbeat"
+        if age > self.heartbeat_timeout:
+            return False, f"the supervisor's watcher last polled {age:.0f}s ago"
+        return True, "ok"
+
+    def ready_workers(self) -> list[int]:
+        pids = []
+        for marker in self.tree.workers_dir.iterdir():
+            if marker.name.isdigit() and psutil.pid_exists(int(marker.name)):
+                pids.append(int(marker.name))
+        return pids
+
+
+def _parse_payload() -> Any:
+    """Cortex's body rules: JSON -> object, text/plain -> str, forms -> form data, anything else -> bytes."""
+    ctype = (request.mimetype or "").lower()
+    if ctype == "application/json" or ctype.endswith("+json"):
+        raw = request.get_data(cache=False)
+        if not raw:
+            raise BadRequest("empty body: send a JSON document")
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise BadRequest(f"malformed JSON body: {e}") from None
+    if ctype == "text/plain":
+        try:
+            return request.get_data(cache=False).decode(request.mimetype_params.get("charset", "utf-8"))
+        except (UnicodeDecodeError, LookupError) as e:
+            raise BadRequest(f"text body is not valid {request.mimetype_params.get('charset', 'utf-8')}: {e}") from None
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return request.form
+    return request.get_data(cache=False)
+
+
+def _to_response(result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, str):
+        return Response(result, mimetype="text/plain")
+    if isinstance(result, (bytes, bytearray)):
+        return Response(bytes(result), mimetype="application/octet-stream")
+    return Response(encoding.dumps(result), mimetype="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
+
+
+def create_app(runtime: Runtime, max_request_size: int) -> Flask:
+    app = Flask("replica")
+    app.config["MAX_CONTENT_LENGTH"] = max_request_size
+    api = runtime.api
+
+    @app.errorhandler(ReplicaHTTPError)
+    def _replica_error(e: ReplicaHTTPError):
+        return _error(e.status, e.message, e.headers)
+
+    @app.errorhandler(413)
+    def _too_large(e):
+        return _error(413, f"request body over the limit of {max_request_size} bytes (--max-request-size)")
+
+    @app.errorhandler(404)
+    def _no_route(e):
+        return _error(404, f"no route {request.path}; POST / or /predict runs the predictor, GET / describes the API")
+
+    @app.errorhandler(405)
+    def _bad_method(e):
+        return _error(405, f"{request.method} is not allowed on {request.path}")
+
+    @app.route("/", methods=["POST"])
+    @app.route("/predict", methods=["POST"])
+    def predict():
+        if not runtime.registry.initial_sync_done.is_set():
+            raise Unavailable("the replica is still loading its models", retry_after=2)
+        available = {"payload": None, "query_params": request.args.to_dict(), "headers": dict(request.headers)}
+        if "payload" in runtime.predict_args or "payload" in runtime.post_predict_args:
+            available["payload"] = _parse_payload()
+        with runtime.registry.request_scope():
+            try:
+                result = runtime.predictor.predict(**{k: available[k] for k in runtime.predict_args})
+            except ReplicaHTTPError:
+                raise
+            except Exception as e:
+                log.exception("predictor raised %s", type(e).__name__)
+                return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
+            try:
+                response = _to_response(result)
+            except TypeError as e:
+                log.exception("cannot serialize the prediction")
+                return _error(500, f"cannot serialize the prediction: {e}")
+        if runtime.post_predict is not None:
+            available["response"] = response
+            args = {k: available[k] for k in runtime.post_predict_args}
+
+            def _post() -> None:
+                try:
+                    runtime.post_predict(**args)
+                except Exception:
+                    log.exception("post_predict raised")
+
+            response.call_on_close(_post)
+        return response
+
+    @app.route("/", methods=["GET"])
+    def usage():
+        models = runtime.registry.status()
+        lines = [
+            f"API {api.name}: a {api.predictor.type} predictor.",
+            "POST / (or /predict) with a JSON body to get a prediction; GET /v1/models for model states.",
+            "",
+        ]
+        for m in models:
+            states = ", ".join(f"v{v['version']} {v['state']}" for v in m["model_version_status"]) or "no versions"
+            lines.append(f"model {m['name']}: {states}")
+        return Response("\n".join(lines) + "\n", mimetype="text/plain")
+
+    @app.route("/healthz")
+    def healthz():
+        ok, why = runtime.supervisor_alive()
+        if not ok:
+            return _error(503, why)
+        return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+
+    @app.route("/readyz")
+    def readyz():
+        runtime.registry.refresh_state()
+        if not runtime.registry.supervisor_ready:
+            raise Unavailable("the first sync of models to disk has not finished", retry_after=2)
+        ready = len(runtime.ready_workers())
+        wanted = api.predictor.processes_per_replica
+        if ready < wanted or not runtime.registry.initial_sync_done.is_set():
+            raise Unavailable(f"{ready} of {wanted} workers ready", retry_after=2)
+        return Response(json.dumps({"status": "ready", "workers": ready}), mimetype="application/json")
+
+    @app.route("/v1/models")
+    def models():
+        return Response(encoding.dumps({"models": runtime.registry.status()}), mimetype="application/json")
+
+    @app.route("/v1/models/<name>")
+    @app.route("/v1/models/<name>/versions/<version>")
+    def model(name: str, version: str | None = None):
+        if not runtime.registry.known(name):
+            return _error(404, f"model '{name}' not found")
+        status = runtime.registry.status(name)[0]
+        if version is not None:
+            if not version.isdigit():
+                return _error(400, f"invalid model version {version!r}: use a non-negative integer")
+            rows = [r for r in status["model_version_status"] if r["version"] == str(int(version))]
+            if not rows:
+                return _error(404, f"model '{name}' has no version {version}")
+            status = {**status, "model_version_status": rows}
+        return Response(encoding.dumps(status), mimetype="application/json")
+
+    return app
+
+
+def runtime_from_env() -> tuple[Runtime, int]:
+    """Build the worker from the settings the supervisor passes in the environment."""
+    from replica.spec import load_spec
+
+    api = load_spec(os.environ["REPLICA_SPEC"], os.environ.get("REPLICA_API") or None)
+    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]))
+    poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
+    runtime = Runtime(api, tree, heartbeat_timeout=max(30.0, 4 * poll))
+    return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))

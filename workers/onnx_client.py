@@ -1,0 +1,116 @@
+"""The client an ONNXPredictor receives: onnxruntime sessions, created after fork in each worker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.errors import BadRequest
+from workers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+ONNX_TO_NUMPY = {
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+
+
+def execution_providers(config: dict) -> list[str]:
+    """CUDA when the predictor's config asks for a GPU and onnxruntime has it, else the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wants_gpu = str(config.get("device", "auto")).lower() in ("auto", "cuda", "gpu")
+    if wants_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def onnx_loader(providers: list[str]):
+    def load(model_path: str, name: str, version: int) -> dict:
+        import onnxruntime as ort
+
+        files = sorted(Path(model_path).glob("*.onnx"))
+        if len(files) != 1:
+            raise ValueError(f"expected exactly one .onnx file in the version, found {len(files)}")
+        session = ort.InferenceSession(str(files[0]), providers=providers)
+        inputs = session.get_inputs()
+        return {
+            "session": session,
+            "signatures": inputs,
+            "input_signatures": {
+                i.name: {"shape": list(i.shape), "type": np.dtype(ONNX_TO_NUMPY.get(i.type, np.object_)).name}
+                for i in inputs
+            },
+        }
+
+    return load
+
+
+class ONNXClient:
+    def __init__(self, registry: ModelRegistry):
+        self._registry = registry
+
+    def get_model(self, model_name: str | None = None, model_version: Any = "latest") -> dict:
+        """{"session": InferenceSession, "signatures": its inputs, "input_signatures": {name: {shape, type}}}."""
+        return self._registry.get(model_name, model_version).model
+
+    def predict(self, model_input: Any, model_name: str | None = None, model_version: Any = "latest") -> list:
+        """Run the model; returns the session's outputs (a list of numpy arrays, in output order)."""
+        lv = self._registry.get(model_name, model_version)
+        feeds = to_feeds(model_input, lv.model["signatures"], lv.name)
+        try:
+            return lv.model["session"].run(None, feeds)
+        except Exception as e:
+            if type(e).__name__ in ("InvalidArgument", "Fail") or "INVALID_ARGUMENT" in str(e):
+                raise BadRequest(f"model '{lv.name}' rejected the input: {e}") from e
+            raise
+
+
+def to_feeds(model_input: Any, inputs: list, model_name: str) -> dict[str, np.ndarray]:
+    """A dict keyed by input name or, for a single-input model, the raw value, as typed numpy arrays."""
+    names = [i.name for i in inputs]
+    if isinstance(model_input, dict):
+        missing = [n for n in names if n not in model_input]
+        if missing:
+            raise BadRequest(f"model '{model_name}' input is missing key(s) {', '.join(missing)} (expected: {', '.join(names)})")
+        return {i.name: _to_array(model_input[i.name], i, model_name) for i in inputs}
+    if len(inputs) != 1:
+        raise BadRequest(f"model '{model_name}' has {len(inputs)} inputs: pass a dict with keys {', '.join(names)}")
+    return {inputs[0].name: _to_array(model_input, inputs[0], model_name)}
+
+
+def _to_array(value: Any, meta, model_name: str) -> np.ndarray:
+    dtype = ONNX_TO_NUMPY.get(meta.type)
+    if dtype is None:
+        raise BadRequest(f"model '{model_name}' input '{meta.name}' has unsupported type {meta.type}")
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"model '{model_name}' input '{meta.name}' expects {np.dtype(dtype).name}: {e}") from None
+    shape = [d if isinstance(d, int) and d >= 0 else -1 for d in meta.shape]
+    if shape and shape.count(-1) <= 1 and list(arr.shape) != shape:
+        try:
+            arr = arr.reshape(shape)
+        except ValueError:
+            raise BadRequest(
+                f"model '{model_name}' input '{meta.name}' expects shape {list(meta.shape)}, got {list(arr.shape)}"
+            ) from None
+    elif len(shape) != arr.ndim:
+        raise BadRequest(f"model '{model_name}' input '{meta.name}' expects {len(shape)} dimensions {list(meta.shape)}, got shape {list(arr.shape)}")
+    return arr

@@ -1,0 +1,344 @@
+"""The models a worker holds in memory, kept in step with the disk tree the supervisor publishes.
+
+A background thread stats `state.json` (one cheap `stat` per tick, no upstream or directory scans), loads new
+or changed versions under their shared lock, and swaps each in only once it has loaded. Requests pin the
+version they use for their whole duration: a replaced or removed version is unloaded only once its last
+request has finished, so no request fails because of a reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from replica.disktree import DiskTree
+from replica.layout import parse_version
+from workers.errors import BadRequest, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+LOAD_RETRY_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    name: str
+    version: int
+    fingerprint: str
+    model: Any
+    load_seconds: float
+    refs: int = 0
+    retired: bool = False
+
+
+@dataclass
+class LoadFailure:
+    fingerprint: str
+    error: str
+    retry_at: float
+
+
+@dataclass
+class _Scope:
+    """The versions one request has pinned."""
+
+    pinned: list[LoadedVersion] = field(default_factory=list)
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        tree: DiskTree,
+        load: Callable[[str, str, int], Any],
+        unload: Callable[[Any], None] | None = None,
+        single_model: str | None = None,
+        tick: float = 0.2,
+    ):
+        self.tree = tree
+        self._load_fn = load  # (model_path, name, version) -> model object
+        self._unload_fn = unload
+        self.single_model = single_model
+        self.tick = tick
+        self._cond = threading.Condition()
+        self._loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self._retired: list[LoadedVersion] = []
+        self._loading: dict[tuple[str, int], threading.Event] = {}
+        self._failures: dict[tuple[str, int], LoadFailure] = {}
+        self._state: dict = {}
+        self._state_key: tuple | None = None
+        self._scope = threading.local()
+        self.initial_sync_done = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- state from the supervisor ------------------------------------------------------------------------
+    def refresh_state(self) -> bool:
+        """Re-read state.json when it changed; return whether it did."""
+        try:
+            st = self.tree.state_file.stat()
+        except FileNotFoundError:
+            return False
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key == self._state_key:
+            return False
+        state = self.tree.read_state()
+        if state is None:
+            return False
+        self._state_key = key
+        self._state = state
+        return True
+
+    @property
+    def supervisor_ready(self) -> bool:
+        return bool(self._state.get("ready"))
+
+    def _disk_versions(self) -> dict[str, dict[int, str]]:
+        out: dict[str, dict[int, str]] = {}
+        for name, m in self._state.get("models", {}).items():
+            for v, info in m.get("versions", {}).items():
+                if info.get("disk") and info.get("fingerprint"):
+                    out.setdefault(name, {})[int(v)] = info["fingerprint"]
+        return out
+
+    # -- the sync loop ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+                if self.supervisor_ready and not self.initial_sync_done.is_set():
+                    self.initial_sync_done.set()
+            except Exception:
+                log.exception("model sync failed; retrying")
+            self._stop.wait(self.tick)
+
+    def sync(self) -> None:
+        """Load what is new on disk, retire what left it, unload retired versions nobody uses any more."""
+        self.refresh_state()
+        disk = self._disk_versions()
+        now = time.time()
+        for name, versions in disk.items():
+            for version, fp in sorted(versions.items(), reverse=True):  # newest first: "latest" moves sooner
+                current = self._loaded.get(name, {}).get(version)
+                if current is not None and current.fingerprint == fp:
+                    continue
+                failure = self._failures.get((name, version))
+                if failure and failure.fingerprint == fp and failure.retry_at > now:
+                    continue
+                self.load(name, version)
+        with self._cond:
+            for name in list(self._loaded):
+                for version in list(self._loaded[name]):
+                    if version not in disk.get(name, {}):
+                        self._retire(self._loaded[name].pop(version), "removed")
+                if not self._loaded[name]:
+                    del self._loaded[name]
+            for key in [k for k in self._failures if k[1] not in disk.get(k[0], {})]:
+                del self._failures[key]
+            idle = [lv for lv in self._retired if lv.refs == 0]
+            self._retired = [lv for lv in self._retired if lv.refs > 0]
+        for lv in idle:
+            self._unload(lv)
+
+    def _retire(self, lv: LoadedVersion, why: str) -> None:
+        lv.retired = True
+        self._retired.append(lv)
+        log.info("model %s version %s %s; unloading once idle", lv.name, lv.version, why)
+
+    def _unload(self, lv: LoadedVersion) -> None:
+        model, lv.model = lv.model, None
+        if self._unload_fn is not None:
+            try:
+                self._unload_fn(model)
+            except Exception:
+                log.exception("unload hook failed for model %s version %s", lv.name, lv.version)
+        del model
+        gc.collect()
+        log.info("model %s version %s unloaded", lv.name, lv.version)
+
+    # -- loading (single flight per version) ------------------------------------------------------------------
+    def load(self, name: str, version: int) -> LoadedVersion | None:
+        """Load a version from disk unless another thread already is; return what is loaded afterwards."""
+        key = (name, version)
+        with self._cond:
+            event = self._loading.get(key)
+            owner = event is None
+            if owner:
+                event = self._loading[key] = threading.Event()
+        if not owner:
+            event.wait()
+            return self._loaded.get(name, {}).get(version)
+        try:
+            return self._load_owned(name, version)
+        finally:
+            with self._cond:
+                del self._loading[key]
+                self._cond.notify_all()
+            event.set()
+
+    def _load_owned(self, name: str, version: int) -> LoadedVersion | None:
+        start = time.perf_counter()
+        with self.tree.read_lock(name, version):
+            manifest = self.tree.manifest(name, version)
+            if manifest is None:
+                return None  # removed meanwhile
+            fp = manifest["fingerprint"]
+            current = self._loaded.get(name, {}).get(version)
+            if current is not None and current.fingerprint == fp:
+                return current
+            log.info("loading model %s version %s", name, version)
+            try:
+                model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+            except Exception as e:
+                self._failures[(name, version)] = LoadFailure(fp, f"{type(e).__name__}: {e}", time.time() + LOAD_RETRY_SECONDS)
+                log.exception("model %s version %s failed to load; %s", name, version,
+                              "the previous copy keeps serving" if current else "it is not served")
+                return current
+        lv = LoadedVersion(name, version, fp, model, time.perf_counter() - start)
+        with self._cond:
+            old = self._loaded.setdefault(name, {}).get(version)
+            self._loaded[name][version] = lv
+            self._failures.pop((name, version), None)
+            if old is not None:
+                self._retire(old, "replaced by a new copy")
+        log.info("model %s version %s loaded in %.3fs", name, version, lv.load_seconds)
+        return lv
+
+    # -- requests --------------------------------------------------------------------------------------------
+    def resolve_name(self, model_name: str | None) -> str:
+        if model_name is None:
+            if self.single_model is not None:
+                return self.single_model
+            names = sorted(self._state.get("models", {}))
+            raise BadRequest(f"model_name is required: this API serves {len(names)} models ({', '.join(names[:10])})")
+        if not isinstance(model_name, str):
+            raise BadRequest(f"model_name must be a string, got {type(model_name).__name__}")
+        return model_name
+
+    @contextlib.contextmanager
+    def request_scope(self) -> Iterator[None]:
+        """Pin every version a request touches until it ends."""
+        scope = _Scope()
+        self._scope.current = scope
+        try:
+            yield
+        finally:
+            self._scope.current = None
+            with self._cond:
+                for lv in scope.pinned:
+                    lv.refs -= 1
+
+    def get(self, model_name: str | None, model_version: Any = "latest") -> LoadedVersion:
+        """The loaded version a request asked for, pinned for the rest of the request."""
+        name = self.resolve_name(model_name)
+        try:
+            version = parse_version(model_version)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        scope = getattr(self._scope, "current", None)
+        for _ in range(3):  # a version retired between its load and the pin is looked up again
+            with self._cond:
+                lv = self._find(name, version)
+                if lv is not None:
+                    if scope is not None:
+                        lv.refs += 1
+                        scope.pinned.append(lv)
+                    return lv
+            self._load_on_demand(name, version)
+        raise ModelNotFound(f"model '{name}' is being replaced; try again")
+
+    def _find(self, name: str, version: int | None) -> LoadedVersion | None:
+        """The loaded version to use (the caller holds the lock); "latest" is the highest loaded version."""
+        versions = self._loaded.get(name)
+        if not versions:
+            return None
+        if version is None:
+            return versions[max(versions)]
+        return versions.get(version)
+
+    def _load_on_demand(self, name: str, version: int | None) -> LoadedVersion:
+        """A version on disk that this worker has not loaded yet (it just arrived): load it now."""
+        self.refresh_state()
+        model = self._state.get("models", {}).get(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' not found")
+        on_disk = self._disk_versions().get(name, {})
+        target = (max(on_disk) if on_disk else None) if version is None else version
+        if target is None or target not in on_disk:
+            raise ModelNotFound(self._not_found_reason(name, version, model))
+        lv = self.load(name, target)
+        if lv is None:
+            failure = self._failures.get((name, target))
+            reason = f": {failure.error}" if failure else ""
+            raise ModelNotFound(f"model '{name}' version {target} is not available{reason}")
+        return lv
+
+    @staticmethod
+    def _not_found_reason(name: str, version: int | None, model: dict) -> str:
+        versions = model.get("versions", {})
+        if version is not None and str(version) not in versions:
+            have = ", ".join(sorted(versions, key=int)) or "none"
+            return f"model '{name}' has no version {version} (versions: {have})"
+        errors = [f"version {v}: {i['error']}" for v, i in versions.items() if i.get("error")]
+        reason = model.get("error") or "; ".join(errors) or "no version is on disk yet"
+        which = f"version {version}" if version is not None else "no version"
+        return f"model '{name}' {which} is not available ({reason})"
+
+    # -- status ----------------------------------------------------------------------------------------------
+    def status(self, name: str | None = None) -> list[dict]:
+        """TF Serving's model_version_status per model, plus where each version is and its last error."""
+        self.refresh_state()
+        models = self._state.get("models", {})
+        names = sorted(set(models) | set(self._loaded)) if name is None else [name]
+        out = []
+        with self._cond:
+            for n in names:
+                info = models.get(n, {"versions": {}, "error": None})
+                loaded = self._loaded.get(n, {})
+                versions = sorted({int(v) for v in info.get("versions", {})} | set(loaded), reverse=True)
+                rows = []
+                for v in versions:
+                    vi = info.get("versions", {}).get(str(v), {})
+                    lv = loaded.get(v)
+                    failure = self._failures.get((n, v))
+                    error = vi.get("error") or (failure.error if failure else None) or None
+                    if lv is not None:
+                        state = "AVAILABLE"
+                    elif (n, v) in self._loading:
+                        state = "LOADING"
+                    elif error and not vi.get("disk"):
+                        state = "END"
+                    elif failure:
+                        state = "END"
+                    else:
+                        state = "START"
+                    rows.append({
+                        "version": str(v),
+                        "state": state,
+                        "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error or ""},
+                        "upstream": bool(vi.get("upstream")),
+                        "disk": bool(vi.get("disk")),
+                        "memory": lv is not None,
+                        "error": error,
+                    })
+                for lv in self._retired:
+                    if lv.name == n:
+                        rows.append({"version": str(lv.version), "state": "UNLOADING",
+                                     "status": {"error_code": "OK", "error_message": ""},
+                                     "upstream": False, "disk": False, "memory": True, "error": None})
+                out.append({"name": n, "error": info.get("error"), "model_version_status": rows})
+        return out
+
+    def known(self, name: str) -> bool:
+        return name in self._state.get("models", {}) or name in self._loaded
