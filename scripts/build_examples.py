@@ -100,10 +100,14 @@ def build(model: ExampleModel, force: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild models that already exist")
+    parser.add_argument("--only", choices=sorted({m.example for m in MODELS}), action="append",
+                        help="build only this example's models (repeatable)")
     args = parser.parse_args(argv)
 
     failed = 0
     for model in MODELS:
+        if args.only and model.example not in args.only:
+            continue
         rel = model.path.relative_to(REPO_ROOT)
         try:
             outcome = build(model, args.force)

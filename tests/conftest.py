@@ -11,7 +11,8 @@ from tests.s3server import SeaweedS3, delete_bucket
 # ==========================================================================
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: test takes more than ~15 s")
+    config.addinivalue_line("markers", "slow: test takes more than ~15 s; left out of `make test`")
+    config.addinivalue_line("markers", "tensorflow: imports TensorFlow (slow to import); runs by default")
 
 
 # ==========================================================================
@@ -52,3 +53,29 @@ def bucket(s3, s3_client):
         delete_bucket(s3_client, name)
     except Exception:
         pass
+
+
+# ==========================================================================
+# Replica processes (supervisor + gunicorn) -- helpers in tests/replica_proc.py
+# ==========================================================================
+
+@pytest.fixture
+def replica(tmp_path):
+    """A factory: replica(spec_path, **kw) starts a real replica and waits for /readyz.
+
+    Every replica started is stopped by PID at the end of the test."""
+    from tests.replica_proc import ReplicaProcess
+
+    started = []
+
+    def start(spec, *, wait=True, state_dir=None, **kw):
+        r = ReplicaProcess(spec, state_dir or tmp_path / f"state-{len(started)}", **kw)
+        started.append(r)
+        r.start()
+        if wait:
+            r.wait_ready()
+        return r
+
+    yield start
+    for r in started:
+        r.stop()

@@ -1,0 +1,51 @@
+# The two commands: `make run-local` (serve the bundled ONNX example) and `make test` (the test suite).
+# Each creates or reuses the virtualenv in .venv/ and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8888
+STATE_DIR ?= .state/iris-onnx
+
+.PHONY: help venv install install-test run-local examples test test-all lint clean
+
+help:
+	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
+	@echo "make test        run the test suite (everything not marked slow)"
+	@echo "make test-all    run every test, slow ones included"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Stamps re-run the install when setup.cfg changes.
+$(VENV)/.installed-run: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[examples]'
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed-run
+install-test: $(VENV)/.installed-test
+
+examples: $(VENV)/.installed-run
+	$(PY) scripts/build_examples.py --only onnx
+
+run-local: examples
+	@echo
+	@echo "Serving examples/onnx/api.yaml on http://$(HOST):$(PORT) (Ctrl-C stops). In another terminal:"
+	@echo "  curl -s -X POST -H 'Content-Type: application/json' -d @examples/onnx/sample.json http://$(HOST):$(PORT)/"
+	@echo
+	exec $(VENV)/bin/replica serve examples/onnx/api.yaml --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf .state .pytest_cache build *.egg-info

@@ -1,0 +1,53 @@
+"""Small helpers shared by the tests: write an API spec and its predictor into a folder.
+
+Others add helpers here too: append, do not rewrite.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_api(
+    folder: Path,
+    predictor_source: str,
+    *,
+    type: str,
+    name: str = "test-api",
+    model_path: str | Path | None = None,
+    models: dict | None = None,
+    config: dict | None = None,
+    spec_file: str = "api.yaml",
+    predictor_file: str = "predictor.py",
+    **predictor_keys: Any,
+) -> Path:
+    """Write `predictor.py` (dedented) and a one-API Cortex-style spec into `folder`; return the spec's path.
+
+    `predictor_keys` go into the spec's `predictor` mapping as they are (processes_per_replica=3, ...).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / predictor_file).write_text(textwrap.dedent(predictor_source).lstrip())
+    predictor: dict[str, Any] = {"type": type, "path": predictor_file}
+    if model_path is not None:
+        predictor["model_path"] = str(model_path)
+    if models is not None:
+        predictor["models"] = models
+    if config is not None:
+        predictor["config"] = config
+    predictor.update(predictor_keys)
+    spec = folder / spec_file
+    spec.write_text(yaml.safe_dump([{"name": name, "kind": "RealtimeAPI", "predictor": predictor}], sort_keys=False))
+    return spec
+
+
+def write_spec(folder: Path, text: str, spec_file: str = "api.yaml") -> Path:
+    """Write a spec as literal YAML text (dedented), for specs a dict cannot express, such as wrong keys."""
+    spec = Path(folder) / spec_file
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(textwrap.dedent(text).lstrip())
+    return spec
