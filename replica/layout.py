@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from replica.spec import MODEL_NAME_RE
 
-VERSION_RE = re.compile(r"^[0-9]+$")
+VERSION_RE = re.compile(r"^[0-9]+\Z")  # \Z, not $: "$" also matches before a final newline
 
 
 @dataclass(frozen=True)

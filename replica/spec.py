@@ -18,8 +18,8 @@ import yaml
 log = logging.getLogger(__name__)
 
 PREDICTOR_TYPES = ("python", "tensorflow", "onnx")
-API_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+API_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")  # \Z, not $: "$" also matches before a final newline
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 # Keys of a Cortex spec that only make sense on a Cortex cluster: accepted so that a Cortex user's spec works
 # unchanged, and ignored with a log line saying so.

@@ -22,6 +22,8 @@ from replica.disktree import DiskTree
 from replica.settings import Settings
 from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
+from supervisor.control import control_socket_path, serve_control
+from supervisor.disk_cache import DiskCache
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -44,7 +46,10 @@ class Arbiter:
         self.tree = DiskTree(settings.state_dir)
         upstreams = [(s, open_upstream(s.url, settings.s3_client_factory)) for s in api.predictor.sources]
         self.catalogue = Catalogue(api.predictor, upstreams)
-        self.watcher = Watcher(self.tree, self.catalogue, poll_interval=settings.poll_interval)
+        pred = api.predictor
+        self.watcher = Watcher(self.tree, self.catalogue, poll_interval=settings.poll_interval, prefetch=not pred.caching)
+        self.disk_cache = DiskCache(self.watcher, pred.disk_cache_size) if pred.caching else None
+        self._control = None
         self.stop_event = threading.Event()
         self.signal_queue: list[int] = []
         self.gunicorn: subprocess.Popen | None = None
@@ -83,6 +88,11 @@ class Arbiter:
     def _run(self) -> int:
         self._install_signals()
         self.watcher.start()
+        if self.disk_cache is not None:
+            self.disk_cache.trim()
+            path = control_socket_path(self.tree.run)
+            self._control = serve_control(path, self.disk_cache.fetch)
+            self.watcher.control_socket = str(path)
         self.watcher.publish()
         self._start_watcher()
         self._spawn_gunicorn()
@@ -189,5 +199,8 @@ class Arbiter:
                 self.gunicorn.wait()
         if self._watcher_thread is not None:
             self._watcher_thread.join(timeout=10)
+        if self._control is not None:
+            self._control.shutdown()
+            self._control.server_close()
         log.info("replica stopped")
         return 0

@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Callable
 
 from replica.disktree import MODEL_DIR, DiskTree, safe_relpath
 from replica.layout import VersionListing
@@ -25,9 +25,19 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 
 
+class DiskFull(Exception):
+    """Every version on disk is in use, so the disk cache cannot take another one now."""
+
+
 class Watcher:
-    def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8):
+    def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
+                 prefetch: bool = True):
+        """`prefetch=False` (model caching) keeps the catalogue and refreshes what is on disk, but downloads
+        new versions only when `fetch_version` asks for them."""
         self.tree = tree
+        self.prefetch = prefetch
+        self.lock = threading.RLock()  # guards `installed` against the on-demand fetches of the disk cache
+        self.before_install: Callable[[str, int], None] | None = None  # makes room on disk (disk cache)
         self.catalogue = catalogue
         self.poll_interval = poll_interval
         self.download_threads = download_threads
@@ -39,6 +49,7 @@ class Watcher:
         self.bytes_downloaded = 0
         self._retry_soon = False
         self._had_disk_copies = False
+        self.control_socket: str | None = None  # where workers ask for versions (model caching)
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -57,12 +68,14 @@ class Watcher:
             if entry.listing.error:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
             for version, listing in entry.listing.versions.items():
-                if listing.error is None and self.installed.get(name, {}).get(version) != listing.fingerprint:
+                on_disk = self.installed.get(name, {}).get(version)
+                if listing.error is None and on_disk != listing.fingerprint and (self.prefetch or on_disk):
                     jobs.append((name, entry, listing))
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
                 list(pool.map(lambda job: self._download(*job), jobs))
-        self._remove_gone()
+        with self.lock:
+            self._remove_gone()
         self.last_pass = time.time()
         if self.catalogue.complete or self._had_disk_copies:
             if not self.ready:
@@ -71,7 +84,20 @@ class Watcher:
             self.ready = True
         self.publish()
 
-    def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> None:
+    def fetch_version(self, name: str, version: int) -> str | None:
+        """Download one catalogued version now (for the disk cache); return why not, or None when on disk."""
+        entry = self.catalogue.models.get(name)
+        listing = entry.listing.versions.get(version) if entry else None
+        if listing is None:
+            return f"model '{name}' version {version} is not upstream"
+        if listing.error:
+            return listing.error
+        if self.installed.get(name, {}).get(version) == listing.fingerprint:
+            return None
+        return self._download(name, entry, listing)
+
+    def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
+        """Fetch a version into a staging folder, then install it; return the error, or None on success."""
         version = listing.version
         staging = self.tree.new_staging_dir(name, version)
         try:
@@ -90,26 +116,34 @@ class Watcher:
                 "files": [[f.key, f.size, f.tag] for f in listing.files],
                 "installed_at": time.time(),
             }
-            replaced = version in self.installed.get(name, {})
-            self.tree.install(staging, name, version, manifest)
-            self.installed.setdefault(name, {})[version] = listing.fingerprint
-            self.version_errors.pop((name, version), None)
+            with self.lock:
+                replaced = version in self.installed.get(name, {})
+                if not replaced and self.before_install is not None:
+                    self.before_install(name, version)
+                self.tree.install(staging, name, version, manifest)
+                self.installed.setdefault(name, {})[version] = listing.fingerprint
+                self.version_errors.pop((name, version), None)
             self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
                      "updated" if replaced else "downloaded", len(listing.files), total)
+            return None
         except ChangedDuringDownload as e:
-            self.version_errors[(name, version)] = f"changed upstream during download ({e}); fetching again"
+            error = f"changed upstream during download ({e}); fetching again"
             log.info("model %s version %s changed upstream during download (%s); fetching it again", name, version, e)
             self._retry_soon = True
+        except DiskFull as e:
+            return str(e)  # a saturated cache is not a property of the version
         except UpstreamError as e:
-            self.version_errors[(name, version)] = f"download failed: {e}"
+            error = f"download failed: {e}"
             log.warning("model %s version %s: download failed: %s", name, version, e)
         except Exception as e:
-            self.version_errors[(name, version)] = f"download failed: {type(e).__name__}: {e}"
+            error = f"download failed: {type(e).__name__}: {e}"
             log.exception("model %s version %s: download failed", name, version)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+        self.version_errors[(name, version)] = error
+        return error
 
     def _remove_gone(self) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
@@ -134,6 +168,10 @@ class Watcher:
     # -- what workers read ------------------------------------------------------------------------------
     def status(self) -> dict:
         """Every model and version known upstream or on disk, with where it is and its last error."""
+        with self.lock:
+            return self._status()
+
+    def _status(self) -> dict:
         models: dict[str, dict] = {}
         for name, entry in self.catalogue.models.items():
             m = models.setdefault(name, {"error": entry.listing.error, "versions": {}})
@@ -159,15 +197,19 @@ class Watcher:
         return models
 
     def publish(self) -> None:
-        self.tree.write_state({
-            "ready": self.ready,
-            "models": self.status(),
-            "root_errors": self.catalogue.root_errors,
-            "list_calls": self.catalogue.list_calls,
-            "last_poll": self.last_pass,
-            "last_success": self.catalogue.last_success,
-            "bytes_downloaded": self.bytes_downloaded,
-        })
+        """Write state.json for the workers; under the lock, so a newer state is never overwritten by an older one."""
+        with self.lock:
+            self.tree.write_state({
+                "ready": self.ready,
+                "caching": not self.prefetch,
+                "control_socket": self.control_socket,
+                "models": self._status(),
+                "root_errors": self.catalogue.root_errors,
+                "list_calls": self.catalogue.list_calls,
+                "last_poll": self.last_pass,
+                "last_success": self.catalogue.last_success,
+                "bytes_downloaded": self.bytes_downloaded,
+            })
         self.tree.touch_heartbeat()
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -199,7 +241,3 @@ def _prefixed(prefix: str, f):
     from replica.layout import ObjectInfo
 
     return ObjectInfo(prefix + f.key, f.size, f.tag)
-
-
-def models_root(tree: DiskTree) -> Path:
-    return tree.models

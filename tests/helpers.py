@@ -5,11 +5,15 @@ Others add helpers here too: append, do not rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.replica_proc import ReplicaProcess
 
 
 def write_api(
@@ -51,3 +55,19 @@ def write_spec(folder: Path, text: str, spec_file: str = "api.yaml") -> Path:
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(textwrap.dedent(text).lstrip())
     return spec
+
+
+@contextlib.contextmanager
+def serving(spec: Path, state_dir: Path, **kw: Any) -> Iterator["ReplicaProcess"]:
+    """A real replica for a module-scoped fixture: started, ready, and stopped by PID at the end.
+
+    Function-scoped tests use the `replica` fixture of conftest.py instead.
+    """
+    from tests.replica_proc import ReplicaProcess
+
+    r = ReplicaProcess(spec, state_dir, **kw).start()
+    try:
+        r.wait_ready()
+        yield r
+    finally:
+        r.stop()

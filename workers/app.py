@@ -38,7 +38,8 @@ class Runtime:
         self.heartbeat_timeout = heartbeat_timeout
         pred = api.predictor
         cls = load_predictor_class(api)
-        self.registry = ModelRegistry(tree, load=self._load_model, unload=None, single_model=pred.single_model)
+        self.registry = ModelRegistry(tree, load=self._load_model, unload=None, single_model=pred.single_model,
+                                      cache_size=pred.cache_size)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters

@@ -104,13 +104,20 @@ def _to_array(value: Any, meta, model_name: str) -> np.ndarray:
     except (ValueError, TypeError) as e:
         raise BadRequest(f"model '{model_name}' input '{meta.name}' expects {np.dtype(dtype).name}: {e}") from None
     shape = [d if isinstance(d, int) and d >= 0 else -1 for d in meta.shape]
-    if shape and shape.count(-1) <= 1 and list(arr.shape) != shape:
-        try:
-            arr = arr.reshape(shape)
-        except ValueError:
+    if arr.ndim == len(shape):
+        # Same rank: every fixed dimension must match. Never reshape here: [[a, b], [c, d]] for a [batch, 4]
+        # input is a wrong input, not one example of four features.
+        if any(d != -1 and d != n for d, n in zip(shape, arr.shape)):
             raise BadRequest(
                 f"model '{model_name}' input '{meta.name}' expects shape {list(meta.shape)}, got {list(arr.shape)}"
-            ) from None
-    elif len(shape) != arr.ndim:
-        raise BadRequest(f"model '{model_name}' input '{meta.name}' expects {len(shape)} dimensions {list(meta.shape)}, got shape {list(arr.shape)}")
-    return arr
+            )
+        return arr
+    if shape and shape.count(-1) <= 1:
+        # A different rank (one example without its batch dimension): reshape when the sizes allow it.
+        try:
+            return arr.reshape(shape)
+        except ValueError:
+            pass
+    raise BadRequest(
+        f"model '{model_name}' input '{meta.name}' expects {len(shape)} dimensions {list(meta.shape)}, got shape {list(arr.shape)}"
+    )

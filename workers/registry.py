@@ -14,15 +14,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from replica.disktree import DiskTree
 from replica.layout import parse_version
-from workers.errors import BadRequest, ModelNotFound
+from workers.errors import BadRequest, ModelNotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
 LOAD_RETRY_SECONDS = 30.0
+LOAD_RETRY_SECONDS_HINT = 5
+FETCH_RETRY_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -58,6 +61,8 @@ class ModelRegistry:
         unload: Callable[[Any], None] | None = None,
         single_model: str | None = None,
         tick: float = 0.2,
+        cache_size: int | None = None,
+        admission_wait: float = 5.0,
     ):
         self.tree = tree
         self._load_fn = load  # (model_path, name, version) -> model object
@@ -75,6 +80,12 @@ class ModelRegistry:
         self.initial_sync_done = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Model caching: at most `cache_size` versions in memory (loaded, loading or draining), LRU by request.
+        self.cache_size = cache_size
+        self.admission_wait = admission_wait
+        self._reserved: set[tuple[str, int]] = set()
+        self._last_used: dict[tuple[str, int], float] = {}
+        self.evictions = 0
 
     # -- state from the supervisor ------------------------------------------------------------------------
     def refresh_state(self) -> bool:
@@ -131,6 +142,12 @@ class ModelRegistry:
         for name, versions in disk.items():
             for version, fp in sorted(versions.items(), reverse=True):  # newest first: "latest" moves sooner
                 current = self._loaded.get(name, {}).get(version)
+                if self.cache_size is not None:
+                    if current is not None and current.fingerprint != fp:
+                        with self._cond:  # updated upstream: drop it, the next request loads the new copy
+                            if self._loaded.get(name, {}).get(version) is current:
+                                self._retire(self._loaded[name].pop(version), "updated upstream")
+                    continue
                 if current is not None and current.fingerprint == fp:
                     continue
                 failure = self._failures.get((name, version))
@@ -150,6 +167,9 @@ class ModelRegistry:
             self._retired = [lv for lv in self._retired if lv.refs > 0]
         for lv in idle:
             self._unload(lv)
+        if idle:
+            with self._cond:
+                self._cond.notify_all()
 
     def _retire(self, lv: LoadedVersion, why: str) -> None:
         lv.retired = True
@@ -238,6 +258,9 @@ class ModelRegistry:
             with self._cond:
                 for lv in scope.pinned:
                     lv.refs -= 1
+                    self._last_used[(lv.name, lv.version)] = time.monotonic()
+                if self.cache_size is not None:
+                    self._cond.notify_all()
 
     def get(self, model_name: str | None, model_version: Any = "latest") -> LoadedVersion:
         """The loaded version a request asked for, pinned for the rest of the request."""
@@ -273,6 +296,8 @@ class ModelRegistry:
         model = self._state.get("models", {}).get(name)
         if model is None:
             raise ModelNotFound(f"model '{name}' not found")
+        if self.cache_size is not None:
+            return self._load_cached(name, version, model)
         on_disk = self._disk_versions().get(name, {})
         target = (max(on_disk) if on_disk else None) if version is None else version
         if target is None or target not in on_disk:
@@ -294,6 +319,81 @@ class ModelRegistry:
         reason = model.get("error") or "; ".join(errors) or "no version is on disk yet"
         which = f"version {version}" if version is not None else "no version"
         return f"model '{name}' {which} is not available ({reason})"
+
+    # -- model caching ---------------------------------------------------------------------------------------
+    def _load_cached(self, name: str, version: int | None, model: dict) -> LoadedVersion:
+        """A cache miss: admit the version (evicting the LRU idle one), have it put on disk, load it."""
+        upstream = [int(v) for v, i in model.get("versions", {}).items() if i.get("upstream") and not i.get("error")]
+        target = (max(upstream) if upstream else None) if version is None else version
+        if target is None or target not in upstream:
+            raise ModelNotFound(self._not_found_reason(name, version, model))
+        key = (name, target)
+        failure = self._failures.get(key)
+        if failure and failure.retry_at > time.time():  # fail fast: a broken model evicts nothing
+            raise Unavailable(f"model '{name}' version {target} failed to load ({failure.error}); retrying later",
+                              retry_after=max(1, int(failure.retry_at - time.time())))
+        with self._cond:
+            # Another request already bringing it in holds its slot: share that fetch and load.
+            shared = key in self._reserved or key in self._loading or self._find(name, target) is not None
+            if not shared:
+                self._admit(key)
+        try:
+            lv = self._fetch_and_load(name, target)
+        finally:
+            if not shared:
+                with self._cond:
+                    self._reserved.discard(key)
+                    self._cond.notify_all()
+        if lv is None:
+            failure = self._failures.get(key)
+            raise Unavailable(f"model '{name}' version {target} could not be loaded"
+                              + (f" ({failure.error})" if failure else ""), retry_after=LOAD_RETRY_SECONDS_HINT)
+        return lv
+
+    def _admit(self, key: tuple[str, int]) -> None:
+        """Reserve a memory slot (caller holds the lock), evicting the LRU idle version; 503 when all are busy."""
+        deadline = time.monotonic() + self.admission_wait
+        while True:
+            held = sum(len(v) for v in self._loaded.values()) + len(self._retired) + len(self._reserved)
+            if held < self.cache_size:
+                self._reserved.add(key)
+                return
+            idle = [lv for versions in self._loaded.values() for lv in versions.values() if lv.refs == 0]
+            if idle:
+                victim = min(idle, key=lambda lv: self._last_used.get((lv.name, lv.version), 0.0))
+                del self._loaded[victim.name][victim.version]
+                if not self._loaded[victim.name]:
+                    del self._loaded[victim.name]
+                self.evictions += 1
+                log.info("model %s version %s evicted from memory (least recently used)", victim.name, victim.version)
+                self._unload(victim)  # released before the new model loads: the bound holds at every instant
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving requests",
+                                  retry_after=1)
+            self._cond.wait(remaining)
+
+    def _fetch_and_load(self, name: str, version: int) -> LoadedVersion | None:
+        """Ask the supervisor for the version unless it is on disk, then load it (single flight)."""
+        from workers.supervisor_client import request_fetch
+
+        for _ in range(2):  # the disk copy can be evicted between the fetch and the load: fetch again once
+            if self._find(name, version) is not None:
+                return self._find(name, version)
+            if self.tree.manifest(name, version) is None:
+                with self._cond:
+                    resident = [list(k) for k in self._reserved] + [
+                        [lv.name, lv.version] for vs in self._loaded.values() for lv in vs.values()]
+                error = request_fetch(Path(self._state["control_socket"]), name, version, resident)
+                if error:
+                    self._failures[(name, version)] = LoadFailure("", error, time.time() + FETCH_RETRY_SECONDS)
+                    log.warning("model %s version %s could not be fetched: %s", name, version, error)
+                    return None
+            lv = self.load(name, version)
+            if lv is not None or (name, version) in self._failures:
+                return lv
+        return None
 
     # -- status ----------------------------------------------------------------------------------------------
     def status(self, name: str | None = None) -> list[dict]:
