@@ -34,7 +34,8 @@ class Catalogue:
         self.allow_inferentia = allow_inferentia
         self.models: dict[str, CatalogueEntry] = {}
         self.root_errors: dict[str, str] = {}  # upstream url -> last listing error
-        self._by_root: dict[str, dict[str, CatalogueEntry]] = {}
+        # by root index, not url: two `paths` entries may share a model_path (one model under two names)
+        self._by_root: dict[int, dict[str, CatalogueEntry]] = {}
         self.list_calls = 0
         self.last_success: float | None = None
 
@@ -45,7 +46,7 @@ class Catalogue:
 
     def refresh(self) -> None:
         """List every root once; a failing root keeps its previous models and records its error."""
-        for source, upstream in self.roots:
+        for index, (source, upstream) in enumerate(self.roots):
             self.list_calls += 1
             try:
                 objects = upstream.list()
@@ -61,7 +62,7 @@ class Catalogue:
             if upstream.url in self.root_errors:
                 log.info("listing %s works again", upstream.url)
                 self.root_errors.pop(upstream.url)
-            self._by_root[upstream.url] = self._declare(source, upstream, objects)
+            self._by_root[index] = self._declare(source, upstream, objects)
         models: dict[str, CatalogueEntry] = {}
         for root in self._by_root.values():
             for name, entry in root.items():

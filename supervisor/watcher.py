@@ -69,7 +69,10 @@ class Watcher:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
             for version, listing in entry.listing.versions.items():
                 on_disk = self.installed.get(name, {}).get(version)
-                if listing.error is None and on_disk != listing.fingerprint and (self.prefetch or on_disk):
+                if listing.error is not None or on_disk == listing.fingerprint:
+                    # an old download error must not hide the current state (its layout error, or up to date)
+                    self.version_errors.pop((name, version), None)
+                elif self.prefetch or on_disk:
                     jobs.append((name, entry, listing))
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
@@ -112,7 +115,7 @@ class Watcher:
                 "name": name,
                 "version": version,
                 "fingerprint": listing.fingerprint,
-                "source": entry.upstream.url + entry.prefix + listing.prefix,
+                "source": entry.upstream.url.rstrip("/") + "/" + entry.prefix + listing.prefix,  # local urls lack the "/"
                 "files": [[f.key, f.size, f.tag] for f in listing.files],
                 "installed_at": time.time(),
             }

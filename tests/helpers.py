@@ -71,3 +71,17 @@ def serving(spec: Path, state_dir: Path, **kw: Any) -> Iterator["ReplicaProcess"
         yield r
     finally:
         r.stop()
+
+
+def put_objects(client, bucket: str, objects: dict[str, bytes], threads: int = 16) -> None:
+    """PutObject every `key -> body` of `objects` from a thread pool (fast uploads of many tiny models).
+
+    Give `client` a `max_pool_connections` of at least `threads` (SeaweedS3.client(config=...)).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(item):
+        client.put_object(Bucket=bucket, Key=item[0], Body=item[1])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(put, objects.items()))

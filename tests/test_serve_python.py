@@ -81,6 +81,7 @@ NO_MODEL_PREDICTOR = """
 import json
 
 import numpy as np
+from flask import Response
 
 
 class PythonPredictor:
@@ -99,12 +100,16 @@ class PythonPredictor:
             return f"{self.greeting}, {payload}"
         if kind == "bytes":
             return bytes(range(256))
+        if kind == "response":
+            return Response("a,b\\n1,2\\n", status=201, mimetype="text/csv", headers={"X-Model": "none"})
         # describe: what the predictor received
         if isinstance(payload, bytes):
             return {"type": "bytes", "value": list(payload)}
         return {"type": type(payload).__name__, "value": payload}
 
     def post_predict(self, response, payload, query_params):
+        if query_params.get("tag") == "raise":
+            raise ValueError("post_predict failed on purpose")
         if "tag" in query_params:
             with open(self.post_file, "a") as f:
                 f.write(json.dumps({"tag": query_params["tag"], "status": response.status_code,
@@ -151,6 +156,14 @@ def test_bytes_is_octet_stream(no_models):
     assert resp.content == bytes(range(256))
 
 
+def test_flask_response_is_sent_as_is(no_models):
+    resp = no_models.post("/?kind=response", json={})
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["Content-Type"].startswith("text/csv")
+    assert resp.headers["X-Model"] == "none"
+    assert resp.text == "a,b\n1,2\n"
+
+
 @pytest.mark.parametrize("kwargs, want", [
     ({"json": {"a": [1, 2]}}, {"type": "dict", "value": {"a": [1, 2]}}),
     ({"json": [1, "x"]}, {"type": "list", "value": [1, "x"]}),
@@ -182,3 +195,12 @@ def test_post_predict_runs_after_the_response(no_models):
 
     records = wait_for(written, timeout=10, message="post_predict's file")
     assert records == [{"tag": "first", "status": 200, "mimetype": "text/plain", "payload": "there"}]
+
+
+def test_post_predict_error_is_logged_and_the_response_stands(no_models):
+    resp = no_models.post("/?kind=list&tag=raise", json={})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == [1, 2.5, "three"]
+    wait_for(lambda: "post_predict failed on purpose" in no_models.log(), timeout=10, message="post_predict's error in the log")
+    assert "ValueError: post_predict failed on purpose" in no_models.log()
+    assert no_models.post("/?kind=str", data="again", headers={"Content-Type": "text/plain"}).text == "hello, again"

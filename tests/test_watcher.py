@@ -1,0 +1,571 @@
+"""The upstream watcher (DESIGN.md sections 5 and 6) against a local directory upstream; no servers."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from replica.disktree import DiskTree
+from replica.spec import load_spec
+from supervisor.catalogue import Catalogue
+from supervisor.upstream import ChangedDuringDownload, LocalUpstream, UpstreamError
+from supervisor.watcher import Watcher
+
+_MTIME = [1_600_000_000_000_000_000]
+
+
+def put(path: Path, data: bytes | str = b"x") -> Path:
+    """Write a file with a fresh, strictly increasing mtime (so a rewrite is always seen as a change)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    _MTIME[0] += 1_000_000_000
+    os.utime(path, ns=(_MTIME[0], _MTIME[0]))
+    return path
+
+
+class Env:
+    """A spec over tmp directories, a state dir, and a factory for watchers over them."""
+
+    def __init__(self, tmp_path: Path, predictor: dict, ptype: str = "python"):
+        self.tmp = tmp_path
+        self.state = tmp_path / "state"
+        (tmp_path / "predictor.py").write_text("")
+        spec = {"name": "m", "predictor": {"type": ptype, "path": "predictor.py", **predictor}}
+        (tmp_path / "api.yaml").write_text(yaml.safe_dump(spec))
+        self.predictor = load_spec(tmp_path / "api.yaml").predictor
+        self.upstream_cls = LocalUpstream
+
+    def watcher(self, upstream_cls=None) -> Watcher:
+        cls = upstream_cls or self.upstream_cls
+        upstreams = [(s, cls(s.url)) for s in self.predictor.sources]
+        w = Watcher(DiskTree(self.state), Catalogue(self.predictor, upstreams), poll_interval=0.01,
+                    download_threads=2)
+        w.start()
+        return w
+
+    def installed_file(self, name: str, version: int, key: str) -> Path:
+        return self.state / "models" / name / str(version) / "model" / key
+
+    def tmp_leftovers(self) -> list[Path]:
+        return list((self.state / "tmp").iterdir())
+
+
+@pytest.fixture
+def single(tmp_path):
+    """model_path -> tmp/up/m (python predictor: any file is a model); the model is named after the API."""
+    up = tmp_path / "up" / "m"
+    put(up / "1" / "a.bin", "one")
+    put(up / "2" / "b.bin", "two")
+    put(up / "2" / "sub" / "c.bin", "three")
+    env = Env(tmp_path, {"model_path": "up/m"})
+    env.up = up
+    return env
+
+
+@pytest.fixture
+def many(tmp_path):
+    """models.dir -> tmp/up (python predictor)."""
+    up = tmp_path / "up"
+    put(up / "alpha" / "1" / "w.bin", "alpha1")
+    put(up / "beta" / "model.bin", "beta")  # unversioned: version 1
+    env = Env(tmp_path, {"models": {"dir": "up"}})
+    env.up = up
+    return env
+
+
+# -- first sync -----------------------------------------------------------------------------------------
+
+def test_first_sync_installs_every_version_with_manifest(single):
+    w = single.watcher()
+    assert not w.ready
+    w.sync_once()
+    assert w.ready
+    assert single.installed_file("m", 1, "a.bin").read_text() == "one"
+    assert single.installed_file("m", 2, "b.bin").read_text() == "two"
+    assert single.installed_file("m", 2, "sub/c.bin").read_text() == "three"
+    listing = w.catalogue.models["m"].listing
+    for version in (1, 2):
+        manifest = json.loads((single.state / "models" / "m" / str(version) / "manifest.json").read_text())
+        assert manifest["name"] == "m" and manifest["version"] == version
+        assert manifest["fingerprint"] == listing.versions[version].fingerprint
+        assert manifest["source"].endswith(f"/up/m/{version}/")
+    manifest2 = DiskTree(single.state).manifest("m", 2)
+    assert sorted(f[0] for f in manifest2["files"]) == ["b.bin", "sub/c.bin"]
+    assert DiskTree(single.state).installed() == {"m": {v: listing.versions[v].fingerprint for v in (1, 2)}}
+    assert w.bytes_downloaded == len("one") + len("two") + len("three")
+    assert single.tmp_leftovers() == []
+    status = w.status()
+    assert set(status) == {"m"} and status["m"]["error"] is None
+    for v in ("1", "2"):
+        assert status["m"]["versions"][v]["disk"] is True
+        assert status["m"]["versions"][v]["upstream"] is True
+        assert status["m"]["versions"][v]["error"] is None
+
+
+def test_models_dir_installs_each_child(many):
+    w = many.watcher()
+    w.sync_once()
+    assert many.installed_file("alpha", 1, "w.bin").read_text() == "alpha1"
+    assert many.installed_file("beta", 1, "model.bin").read_text() == "beta"
+    assert sorted(w.status()) == ["alpha", "beta"]
+
+
+def test_one_listing_per_root_per_pass(many):
+    for i in range(5):
+        put(many.up / f"extra{i}" / "1" / "f.bin", str(i))
+    w = many.watcher()
+    for passes in (1, 2, 3):
+        w.sync_once()
+        (_, upstream), = w.catalogue.roots
+        assert upstream.list_calls == passes
+        assert w.catalogue.list_calls == passes
+
+
+def test_second_pass_without_changes_downloads_nothing(single):
+    w = single.watcher()
+    w.sync_once()
+    before = w.bytes_downloaded
+    inode = single.installed_file("m", 1, "a.bin").stat().st_ino
+    w.sync_once()
+    assert w.bytes_downloaded == before
+    assert single.installed_file("m", 1, "a.bin").stat().st_ino == inode
+
+
+# -- changes ----------------------------------------------------------------------------------------------
+
+def test_changed_file_is_downloaded_again(single):
+    w = single.watcher()
+    w.sync_once()
+    old_fp = DiskTree(single.state).manifest("m", 1)["fingerprint"]
+    before = w.bytes_downloaded
+    put(single.up / "1" / "a.bin", "ONE")  # same size, new mtime
+    w.sync_once()
+    assert single.installed_file("m", 1, "a.bin").read_text() == "ONE"
+    assert DiskTree(single.state).manifest("m", 1)["fingerprint"] != old_fp
+    assert w.bytes_downloaded == before + 3  # only the changed version
+    assert single.tmp_leftovers() == []
+
+
+def test_new_version_is_added(single):
+    w = single.watcher()
+    w.sync_once()
+    put(single.up / "3" / "new.bin", "new")
+    w.sync_once()
+    assert single.installed_file("m", 3, "new.bin").read_text() == "new"
+    assert sorted(w.installed["m"]) == [1, 2, 3]
+
+
+def test_removed_version_is_removed(single):
+    w = single.watcher()
+    w.sync_once()
+    shutil.rmtree(single.up / "2")
+    w.sync_once()
+    assert not (single.state / "models" / "m" / "2").exists()
+    assert single.installed_file("m", 1, "a.bin").exists()
+    assert set(w.installed["m"]) == {1}
+    assert "2" not in w.status()["m"]["versions"]
+    assert single.tmp_leftovers() == []
+
+
+def test_removed_model_in_models_dir_is_removed(many):
+    w = many.watcher()
+    w.sync_once()
+    shutil.rmtree(many.up / "beta")
+    w.sync_once()
+    assert not (many.state / "models" / "beta").exists()
+    assert "beta" not in w.status()
+    assert many.installed_file("alpha", 1, "w.bin").exists()
+
+
+# -- invalid upstream versions keep the last good copy ---------------------------------------------------
+
+@pytest.fixture
+def onnx(tmp_path):
+    up = tmp_path / "up" / "m"
+    put(up / "1" / "model.onnx", "onnx-v1")
+    env = Env(tmp_path, {"model_path": "up/m"}, ptype="onnx")
+    env.up = up
+    return env
+
+
+def test_invalid_new_version_is_not_installed(onnx):
+    put(onnx.up / "2" / "a.onnx", "a")
+    put(onnx.up / "2" / "b.onnx", "b")
+    w = onnx.watcher()
+    w.sync_once()
+    assert onnx.installed_file("m", 1, "model.onnx").exists()
+    assert not (onnx.state / "models" / "m" / "2").exists()
+    v2 = w.status()["m"]["versions"]["2"]
+    assert v2["disk"] is False and v2["upstream"] is True
+    assert "exactly one .onnx" in v2["error"] and "a.onnx" in v2["error"]
+    assert "last good copy" not in v2["error"]
+    assert w.status()["m"]["versions"]["1"]["error"] is None
+
+
+def test_version_turning_invalid_keeps_last_good_copy(onnx):
+    w = onnx.watcher()
+    w.sync_once()
+    good = onnx.installed_file("m", 1, "model.onnx")
+    inode = good.stat().st_ino
+    put(onnx.up / "1" / "second.onnx", "x")  # now two .onnx files: invalid
+    w.sync_once()
+    assert good.read_text() == "onnx-v1" and good.stat().st_ino == inode
+    assert not onnx.installed_file("m", 1, "second.onnx").exists()
+    v1 = w.status()["m"]["versions"]["1"]
+    assert v1["disk"] is True
+    assert "exactly one .onnx" in v1["error"] and "serving the last good copy" in v1["error"]
+    state = DiskTree(onnx.state).read_state()
+    assert "exactly one .onnx" in state["models"]["m"]["versions"]["1"]["error"]
+    # valid again -> the error goes away (the original file is unchanged, so nothing is downloaded)
+    (onnx.up / "1" / "second.onnx").unlink()
+    before = w.bytes_downloaded
+    w.sync_once()
+    assert w.status()["m"]["versions"]["1"]["error"] is None
+    assert w.bytes_downloaded == before
+
+
+def test_invalid_changed_version_is_not_half_replaced(onnx):
+    w = onnx.watcher()
+    w.sync_once()
+    (onnx.up / "1" / "model.onnx").unlink()
+    put(onnx.up / "1" / "readme.txt", "no model here")
+    w.sync_once()
+    assert onnx.installed_file("m", 1, "model.onnx").read_text() == "onnx-v1"
+    assert not onnx.installed_file("m", 1, "readme.txt").exists()
+
+
+def test_mixed_layout_keeps_everything(single):
+    w = single.watcher()
+    w.sync_once()
+    put(single.up / "stray.bin", "restructure in progress")
+    w.sync_once()
+    assert sorted(w.installed["m"]) == [1, 2]
+    assert single.installed_file("m", 2, "b.bin").exists()
+    m = w.status()["m"]
+    assert "mixes integer version folders" in m["error"] and "serving the last good copy" in m["error"]
+
+
+def test_empty_model_root_keeps_last_good_copy(single):
+    w = single.watcher()
+    w.sync_once()
+    shutil.rmtree(single.up)
+    single.up.mkdir()
+    w.sync_once()
+    assert sorted(w.installed["m"]) == [1, 2]
+    assert w.status()["m"]["error"].startswith("no model files upstream")
+
+
+# -- listing errors never remove anything ---------------------------------------------------------------
+
+def test_listing_error_removes_nothing(single):
+    w = single.watcher()
+    w.sync_once()
+    single.up.rename(single.up.with_name("moved"))
+    w.sync_once()
+    assert sorted(w.installed["m"]) == [1, 2]
+    assert single.installed_file("m", 1, "a.bin").read_text() == "one"
+    url = w.catalogue.predictor.sources[0].url
+    assert "not a directory" in w.catalogue.root_errors[url]
+    state = DiskTree(single.state).read_state()
+    assert url in state["root_errors"]
+    assert state["ready"] is True  # it was ready; an outage does not make it unready
+    assert sorted(state["models"]["m"]["versions"]) == ["1", "2"]
+    # back again: the error clears and nothing is downloaded again
+    single.up.with_name("moved").rename(single.up)
+    before = w.bytes_downloaded
+    w.sync_once()
+    assert w.catalogue.root_errors == {}
+    assert DiskTree(single.state).read_state()["root_errors"] == {}
+    assert w.bytes_downloaded == before
+
+
+def test_listing_error_of_models_dir_removes_nothing(many):
+    w = many.watcher()
+    w.sync_once()
+    many.up.rename(many.tmp / "gone")
+    w.sync_once()
+    assert sorted(w.installed) == ["alpha", "beta"]
+    assert many.installed_file("beta", 1, "model.bin").exists()
+    assert w.catalogue.root_errors
+
+
+def test_listing_error_on_first_pass_is_not_ready(single):
+    single.up.rename(single.up.with_name("moved"))
+    w = single.watcher()
+    w.sync_once()
+    assert not w.ready
+    state = DiskTree(single.state).read_state()
+    assert state["ready"] is False and state["root_errors"]
+
+
+def test_unexpected_listing_exception_is_a_root_error(single):
+    class Broken(LocalUpstream):
+        def list(self):
+            raise RuntimeError("boom")
+
+    w = single.watcher()
+    w.sync_once()
+    w2 = single.watcher(Broken)
+    w2.sync_once()
+    assert "RuntimeError: boom" in next(iter(w2.catalogue.root_errors.values()))
+    assert sorted(w2.installed["m"]) == [1, 2]
+
+
+def test_download_error_is_reported_and_retried(single):
+    calls = []
+
+    class Failing(LocalUpstream):
+        def fetch(self, obj, dest):
+            calls.append(obj.key)
+            if len(calls) == 1:
+                raise UpstreamError("network down")
+            return super().fetch(obj, dest)
+
+    w = single.watcher(Failing)
+    w.download_threads = 1
+    w.sync_once()
+    failed = [v for v, s in w.status()["m"]["versions"].items() if s["error"]]
+    assert len(failed) == 1 and "network down" in w.status()["m"]["versions"][failed[0]]["error"]
+    assert single.tmp_leftovers() == []
+    w.sync_once()
+    assert sorted(w.installed["m"]) == [1, 2]
+    assert all(s["error"] is None for s in w.status()["m"]["versions"].values())
+
+
+# -- warm restart ------------------------------------------------------------------------------------------
+
+def test_warm_restart_reuses_matching_versions(single):
+    single.watcher().sync_once()
+    inode = single.installed_file("m", 2, "b.bin").stat().st_ino
+    w = single.watcher()
+    assert w.installed.keys() == {"m"}
+    w.sync_once()
+    assert w.bytes_downloaded == 0
+    assert single.installed_file("m", 2, "b.bin").stat().st_ino == inode
+    assert w.ready
+
+
+def test_warm_restart_downloads_only_what_changed_and_removes_what_went(single):
+    single.watcher().sync_once()
+    put(single.up / "1" / "a.bin", "uno!")
+    shutil.rmtree(single.up / "2")
+    w = single.watcher()
+    w.sync_once()
+    assert w.bytes_downloaded == 4
+    assert single.installed_file("m", 1, "a.bin").read_text() == "uno!"
+    assert not (single.state / "models" / "m" / "2").exists()
+
+
+def test_warm_restart_with_unreachable_upstream_serves_disk(single):
+    single.watcher().sync_once()
+    single.up.rename(single.up.with_name("moved"))
+    w = single.watcher()
+    w.sync_once()
+    assert w.ready  # copies from the previous run are served
+    assert sorted(w.installed["m"]) == [1, 2]
+    assert DiskTree(single.state).read_state()["models"]["m"]["versions"]["1"]["disk"] is True
+
+
+def test_warm_restart_clears_interrupted_downloads(single):
+    single.watcher().sync_once()
+    junk = single.state / "tmp" / "m-1-crashed"
+    put(junk / "model" / "half.bin", "half")
+    w = single.watcher()
+    assert single.tmp_leftovers() == []
+    w.sync_once()
+    assert w.bytes_downloaded == 0
+
+
+# -- unsafe names in models.dir ----------------------------------------------------------------------------
+
+def test_unsafe_child_name_is_skipped_with_error(many):
+    put(many.up / "bad name" / "1" / "w.bin", "bad")
+    put(many.up / "bad.dot" / "w.bin", "bad")
+    w = many.watcher()
+    w.sync_once()
+    assert sorted(p.name for p in (many.state / "models").iterdir()) == ["alpha", "beta"]
+    status = w.status()
+    for bad in ("bad name", "bad.dot"):
+        assert "unsafe model name" in status[bad]["error"]
+        assert status[bad]["versions"] == {}
+    assert status["alpha"]["error"] is None
+    assert "unsafe model name" in DiskTree(many.state).read_state()["models"]["bad name"]["error"]
+    assert w.ready  # the good models are served
+
+
+def test_hidden_children_of_models_dir_are_ignored(many):
+    put(many.up / ".git" / "config", "x")
+    put(many.up / "loose-file.txt", "x")
+    w = many.watcher()
+    w.sync_once()
+    assert sorted(w.status()) == ["alpha", "beta"]
+
+
+# -- changes during a download ---------------------------------------------------------------------------
+
+def test_changed_during_download_installs_nothing_then_retries(single):
+    raised = []
+
+    class FlakyOnce(LocalUpstream):
+        def fetch(self, obj, dest):
+            if not raised and obj.key.startswith("2/"):
+                raised.append(obj.key)
+                raise ChangedDuringDownload(obj.key)
+            return super().fetch(obj, dest)
+
+    w = single.watcher(FlakyOnce)
+    w.sync_once()
+    assert raised
+    assert not (single.state / "models" / "m" / "2").exists()  # no partial version
+    assert single.installed_file("m", 1, "a.bin").exists()  # other versions are unaffected
+    assert single.tmp_leftovers() == []
+    v2 = w.status()["m"]["versions"]["2"]
+    assert v2["disk"] is False and "changed upstream during download" in v2["error"]
+    assert w.next_delay() <= 1.0  # retried soon, not after a full poll interval
+    w.sync_once()
+    assert single.installed_file("m", 2, "sub/c.bin").read_text() == "three"
+    assert w.status()["m"]["versions"]["2"]["error"] is None
+
+
+def test_real_change_during_download_is_fetched_again_with_new_content(single):
+    touched = []
+
+    class Racing(LocalUpstream):
+        def fetch(self, obj, dest):
+            if not touched and obj.key == "2/b.bin":
+                touched.append(obj.key)
+                put(self.root / obj.key, "TWO")  # rewritten between the listing and the download
+            return super().fetch(obj, dest)
+
+    w = single.watcher(Racing)
+    w.sync_once()
+    assert touched and not (single.state / "models" / "m" / "2").exists()
+    w.sync_once()
+    assert single.installed_file("m", 2, "b.bin").read_text() == "TWO"
+    manifest = DiskTree(single.state).manifest("m", 2)
+    assert manifest["fingerprint"] == w.catalogue.models["m"].listing.versions[2].fingerprint
+
+
+def test_changed_during_download_keeps_previous_copy(single):
+    w = single.watcher()
+    w.sync_once()
+    put(single.up / "1" / "a.bin", "NEW")
+
+    class AlwaysChanging(LocalUpstream):
+        def fetch(self, obj, dest):
+            raise ChangedDuringDownload(obj.key)
+
+    w2 = single.watcher(AlwaysChanging)
+    w2.sync_once()
+    assert single.installed_file("m", 1, "a.bin").read_text() == "one"
+    assert "serving the last good copy" in w2.status()["m"]["versions"]["1"]["error"]
+
+
+# -- several sources ---------------------------------------------------------------------------------------
+
+def test_two_paths_entries_with_the_same_model_path(tmp_path):
+    up = tmp_path / "up" / "shared"
+    put(up / "1" / "w.bin", "w")
+    env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/shared"},
+                                              {"name": "b", "model_path": "up/shared"}]}})
+    w = env.watcher()
+    w.sync_once()
+    assert sorted(w.status()) == ["a", "b"]
+    assert env.installed_file("a", 1, "w.bin").exists() and env.installed_file("b", 1, "w.bin").exists()
+    assert w.catalogue.complete and w.ready
+
+
+def test_one_root_failing_keeps_the_other_roots_models(tmp_path):
+    put(tmp_path / "up" / "a" / "1" / "w.bin", "a")
+    put(tmp_path / "up" / "b" / "1" / "w.bin", "b")
+    env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
+                                              {"name": "b", "model_path": "up/b"}]}})
+    w = env.watcher()
+    w.sync_once()
+    (tmp_path / "up" / "a").rename(tmp_path / "a-moved")
+    shutil.rmtree(tmp_path / "up" / "b" / "1")
+    put(tmp_path / "up" / "b" / "2" / "w.bin", "b2")
+    w.sync_once()
+    assert sorted(w.installed) == ["a", "b"]
+    assert sorted(w.installed["a"]) == [1]  # unlisted root: untouched
+    assert sorted(w.installed["b"]) == [2]  # listed root: reconciled
+    assert not w.catalogue.complete
+
+
+# -- state.json --------------------------------------------------------------------------------------------
+
+def test_publish_writes_state_json(single):
+    put(single.up / "3" / "x.bin", "x")
+    w = single.watcher()
+    w.sync_once()
+    state = json.loads((single.state / "state.json").read_text())
+    for key in ("ready", "models", "root_errors", "list_calls", "last_poll", "last_success", "bytes_downloaded"):
+        assert key in state, key
+    assert state["ready"] is True
+    assert state["root_errors"] == {}
+    assert state["list_calls"] == 1
+    assert state["bytes_downloaded"] == w.bytes_downloaded > 0
+    assert isinstance(state["last_poll"], float) and isinstance(state["last_success"], float)
+    m = state["models"]["m"]
+    assert m["error"] is None
+    assert sorted(m["versions"]) == ["1", "2", "3"]
+    fps = w.catalogue.models["m"].listing.versions
+    for v, info in m["versions"].items():
+        assert {"upstream", "disk", "fingerprint", "error"} <= set(info)
+        assert info == {**info, "upstream": True, "disk": True, "fingerprint": fps[int(v)].fingerprint,
+                        "error": None}
+    assert (single.state / "run" / "heartbeat").exists()
+
+
+def test_publish_before_any_pass(single):
+    w = single.watcher()
+    w.publish()
+    state = DiskTree(single.state).read_state()
+    assert state["ready"] is False and state["models"] == {} and state["last_poll"] is None
+
+
+# -- errors shown are current ----------------------------------------------------------------------------
+
+def test_invalid_version_shows_its_reason_not_an_old_download_error(onnx):
+    failing = []
+
+    class FailOnce(LocalUpstream):
+        def fetch(self, obj, dest):
+            if not failing:
+                failing.append(obj.key)
+                raise UpstreamError("network down")
+            return super().fetch(obj, dest)
+
+    put(onnx.up / "2" / "model.onnx", "v2")
+    w = onnx.watcher(FailOnce)
+    w.download_threads = 1
+    w.sync_once()
+    failed = failing[0].split("/")[0]
+    assert "network down" in w.status()["m"]["versions"][failed]["error"]
+    put(onnx.up / failed / "extra.onnx", "x")  # that version becomes invalid upstream
+    w.sync_once()
+    assert "exactly one .onnx" in w.status()["m"]["versions"][failed]["error"]
+
+
+def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single):
+    w = single.watcher()
+    w.sync_once()
+    original = single.up / "1" / "a.bin"
+    st = original.stat()
+    put(original, "NEW")
+
+    class Failing(LocalUpstream):
+        def fetch(self, obj, dest):
+            raise UpstreamError("network down")
+
+    w.catalogue.roots = [(s, Failing(u.url)) for s, u in w.catalogue.roots]
+    w.sync_once()
+    assert "network down" in w.status()["m"]["versions"]["1"]["error"]
+    original.write_text("one")
+    os.utime(original, ns=(st.st_atime_ns, st.st_mtime_ns))  # upstream reverted: same as the copy on disk
+    w.sync_once()
+    assert w.status()["m"]["versions"]["1"]["error"] is None
