@@ -126,7 +126,7 @@ class Watcher:
                 self.tree.install(staging, name, version, manifest)
                 self.installed.setdefault(name, {})[version] = listing.fingerprint
                 self.version_errors.pop((name, version), None)
-            self.bytes_downloaded += total
+                self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
                      "updated" if replaced else "downloaded", len(listing.files), total)
             return None
