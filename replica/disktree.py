@@ -2,8 +2,8 @@
 
 Layout::
 
-    STATE/models/NAME/VERSION/model/...     the version's files, as upstream has them
-    STATE/models/NAME/VERSION/manifest.json its fingerprint and file list
+    STATE/models/NAME/VERSION/...           the version's files, as upstream has them (the predictor's model_path)
+    STATE/models/NAME/VERSION.manifest.json its fingerprint and file list
     STATE/locks/NAME/VERSION.lock            a read-write lock per version (SQLite-backed, cross-process)
     STATE/tmp/                               downloads in progress (same filesystem, so renames are atomic)
     STATE/state.json                         what the supervisor knows: catalogue, disk state, errors
@@ -28,8 +28,6 @@ from filelock import ReadWriteLock
 
 from replica.spec import MODEL_NAME_RE
 
-MODEL_DIR = "model"
-MANIFEST = "manifest.json"
 
 
 class UnsafeName(ValueError):
@@ -65,8 +63,15 @@ class DiskTree:
         return self.models / name / str(int(version))
 
     def model_path(self, name: str, version: int) -> Path:
-        """The folder a predictor loads: the version's files, exactly as upstream holds them."""
-        return self.version_dir(name, version) / MODEL_DIR
+        """The folder a predictor loads: the version's files, exactly as upstream holds them.
+
+        Like Cortex's, it ends in NAME/VERSION, so predictors that read the version from the path keep working.
+        """
+        return self.version_dir(name, version)
+
+    def manifest_file(self, name: str, version: int) -> Path:
+        """Beside the version folder, never inside it, so the predictor sees only the model's own files."""
+        return self.models / name / f"{int(version)}.manifest.json"
 
     def lock_file(self, name: str, version: int) -> Path:
         if not MODEL_NAME_RE.match(name):
@@ -102,7 +107,7 @@ class DiskTree:
     def manifest(self, name: str, version: int) -> dict | None:
         """The manifest of an installed version, or None when the version is not on disk."""
         try:
-            return json.loads((self.version_dir(name, version) / MANIFEST).read_text())
+            return json.loads(self.manifest_file(name, version).read_text())
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             return None
 
@@ -139,20 +144,25 @@ class DiskTree:
     def new_staging_dir(self, name: str, version: int) -> Path:
         """A fresh folder for a download; `install` moves it into place."""
         staging = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=self.tmp))
-        (staging / MODEL_DIR).mkdir()
+        staging.chmod(0o755)
         return staging
 
     def install(self, staging: Path, name: str, version: int, manifest: dict[str, Any]) -> None:
-        """Move a downloaded version into place atomically, replacing an older copy of the same version."""
-        write_json_atomic(staging / MANIFEST, manifest)
+        """Move a downloaded version into place atomically, replacing an older copy of the same version.
+
+        The folder and its manifest change together under the exclusive lock; a crash between the two leaves a
+        folder without a manifest, which counts as not installed and is downloaded again.
+        """
         target = self.version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         trash = None
         with self.write_lock(name, version):
+            self.manifest_file(name, version).unlink(missing_ok=True)
             if target.exists():
                 trash = Path(tempfile.mkdtemp(prefix="old-", dir=self.tmp))
                 os.rename(target, trash / "v")
             os.rename(staging, target)
+            write_json_atomic(self.manifest_file(name, version), manifest)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -161,6 +171,7 @@ class DiskTree:
         target = self.version_dir(name, version)
         trash = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp))
         with self.write_lock(name, version):
+            self.manifest_file(name, version).unlink(missing_ok=True)
             if target.exists():
                 os.rename(target, trash / "v")
         shutil.rmtree(trash, ignore_errors=True)

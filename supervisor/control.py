@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import socketserver
 import tempfile
 import threading
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # socketserver's default backlog is 5, and a Unix-socket connect() beyond the backlog fails at once with
+    # EAGAIN (it does not wait as TCP does): every concurrent cache miss of a worker's threads must fit.
+    request_queue_size = socket.SOMAXCONN
 
 
 def control_socket_path(run_dir: Path) -> Path:

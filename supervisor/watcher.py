@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from replica.disktree import MODEL_DIR, DiskTree, safe_relpath
+from replica.disktree import DiskTree, safe_relpath
 from replica.layout import VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
 from supervisor.upstream import ChangedDuringDownload, UpstreamError
@@ -106,7 +106,7 @@ class Watcher:
         try:
             total = 0
             for f in listing.files:
-                dest = staging / MODEL_DIR / safe_relpath(f.key)
+                dest = staging / safe_relpath(f.key)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest)
                 if dest.stat().st_size != f.size:

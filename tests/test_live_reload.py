@@ -481,7 +481,7 @@ def test_s3_outage_keeps_serving_and_recovers(s3, s3_client, bucket, build, repl
             s3.start()
         s3.wait_ready(timeout=60)
     assert set(answers) == {1.0}, answers
-    assert (state_dir / "models" / "iris" / "1" / "manifest.json").exists()
+    assert (state_dir / "models" / "iris" / "1.manifest.json").exists()
 
     # after recovery, a change is picked up
     store.put("2", build("onnx", 2))
@@ -624,7 +624,7 @@ def test_restart_downloads_only_what_changed(s3, s3_client, bucket, build, repli
     store.put("b/1", build("onnx", 5))
     spec = write_api(tmp_path / "api", "onnx", paths={"a": store.url + "a/", "b": store.url + "b/"})
     state_dir = tmp_path / "state"
-    manifests = {v: state_dir / "models" / v / "manifest.json" for v in ("a/1", "a/2", "b/1")}
+    manifests = {v: state_dir / "models" / f"{v}.manifest.json" for v in ("a/1", "a/2", "b/1")}
 
     def inodes() -> dict[str, int]:
         return {v: p.stat().st_ino for v, p in manifests.items()}

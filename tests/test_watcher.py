@@ -48,7 +48,7 @@ class Env:
         return w
 
     def installed_file(self, name: str, version: int, key: str) -> Path:
-        return self.state / "models" / name / str(version) / "model" / key
+        return self.state / "models" / name / str(version) / key
 
     def tmp_leftovers(self) -> list[Path]:
         return list((self.state / "tmp").iterdir())
@@ -89,7 +89,7 @@ def test_first_sync_installs_every_version_with_manifest(single):
     assert single.installed_file("m", 2, "sub/c.bin").read_text() == "three"
     listing = w.catalogue.models["m"].listing
     for version in (1, 2):
-        manifest = json.loads((single.state / "models" / "m" / str(version) / "manifest.json").read_text())
+        manifest = json.loads((single.state / "models" / "m" / f"{version}.manifest.json").read_text())
         assert manifest["name"] == "m" and manifest["version"] == version
         assert manifest["fingerprint"] == listing.versions[version].fingerprint
         assert manifest["source"].endswith(f"/up/m/{version}/")
