@@ -22,7 +22,7 @@ from supervisor.upstream import ChangedDuringDownload, UpstreamError
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 300.0
+MAX_BACKOFF = 60.0  # seconds; an outage is retried at least this often, so changes show soon after
 
 
 class DiskFull(Exception):
@@ -237,7 +237,22 @@ class Watcher:
                     self.tree.touch_heartbeat()
                 except OSError:
                     pass
-            stop.wait(self.next_delay())
+            self._wait(stop, self.next_delay())
+
+    def _wait(self, stop: threading.Event, delay: float) -> None:
+        """Sleep until the next pass, touching the heartbeat at least every poll interval (5 s at most): a
+        backoff of up to MAX_BACKOFF during an upstream outage must not make /healthz call the replica dead."""
+        end = time.monotonic() + delay
+        while not stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if stop.wait(min(left, self.poll_interval, 5.0)):
+                return
+            try:
+                self.tree.touch_heartbeat()
+            except OSError:
+                pass
 
 
 def _prefixed(prefix: str, f):
