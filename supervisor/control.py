@@ -35,13 +35,14 @@ def control_socket_path(run_dir: Path) -> Path:
 
 
 def serve_control(path: Path, fetch) -> socketserver.BaseServer:
-    """Start the control server in a thread; `fetch(name, version, resident)` answers POST /fetch."""
+    """Start the control server in a thread; `fetch(name, version, resident, report)` answers POST /fetch."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                error = fetch(str(body["name"]), int(body["version"]), [tuple(r) for r in body.get("resident", [])])
+                error = fetch(str(body["name"]), int(body["version"]), [tuple(r) for r in body.get("resident", [])],
+                              body.get("report"))
                 reply, status = {"error": error}, 200
             except Exception as e:  # a bad request must not take the control server down
                 log.exception("control request failed")

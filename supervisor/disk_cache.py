@@ -24,6 +24,7 @@ class DiskCache:
         self.resident: set[tuple[str, int]] = set()  # what the worker holds or is loading, as last reported
         self._inflight: dict[tuple[str, int], threading.Event] = {}
         self._lock = threading.Lock()
+        self._report: tuple[int, int] | None = None  # (worker pid, sequence) of the snapshot `resident` came from
         self.evictions = 0
         watcher.before_install = self._make_room
 
@@ -42,19 +43,35 @@ class DiskCache:
         self.evictions += 1
         log.info("model %s version %s evicted from disk (%s)", victim[0], victim[1], why)
 
-    def fetch(self, name: str, version: int, resident: list[tuple[str, int]]) -> str | None:
+    def _newer(self, report) -> bool:
+        """Whether a worker's snapshot is newer than the one `resident` holds (caller holds the lock)."""
+        if report is None:
+            return True
+        pid, seq = int(report[0]), int(report[1])
+        if self._report is not None and self._report[0] == pid and seq <= self._report[1]:
+            return False  # an older snapshot that arrived late: it may miss versions reserved since
+        self._report = (pid, seq)
+        return True
+
+    def fetch(self, name: str, version: int, resident: list[tuple[str, int]], report=None) -> str | None:
         """Make a version present on disk; return why it could not be, or None."""
         key = (name, version)
-        with self._lock:
-            self.resident = {(n, int(v)) for n, v in resident} | {key}
-            self.last_used[key] = time.time()
-            event = self._inflight.get(key)
-            owner = event is None
-            if owner:
-                event = self._inflight[key] = threading.Event()
-        if not owner:
-            event.wait()
-            return None if self.watcher.installed.get(name, {}).get(version) else self._error(key)
+        while True:
+            with self._lock:
+                if self._newer(report):
+                    self.resident = {(n, int(v)) for n, v in resident}
+                self.resident.add(key)
+                self.last_used[key] = time.time()
+                event = self._inflight.get(key)
+                if event is None:
+                    event = self._inflight[key] = threading.Event()
+                    break  # this request fetches it
+            event.wait()  # another request is fetching it: share that download
+            if self.watcher.installed.get(name, {}).get(version):
+                return None
+            if key in self.watcher.version_errors:
+                return self._error(key)
+            # Installed and already evicted again, or the disk was full: try again rather than report a failure.
         try:
             error = self.watcher.fetch_version(name, version)
             self.watcher.publish()  # the worker reads the new disk state before it loads

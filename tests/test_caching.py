@@ -202,7 +202,7 @@ def _walk_with_hot_set(r, models: dict[str, dict], walk: list[str]) -> dict:
     return {"errors": errors, "samples": samples, "counts": counts, "latency": miss_latency}
 
 
-def _assert_walk(result: dict, walked: int) -> None:
+def _assert_walk(r, result: dict, walked: int) -> None:
     s = result["samples"]
     print(f"\nwalked {result['counts']['walk']} models, {result['counts']['hot']} hot requests, "
           f"{s['n']} samples; max memory {s['max_memory']}, max disk {s['max_disk']}; walk latency "
@@ -214,9 +214,14 @@ def _assert_walk(result: dict, walked: int) -> None:
     assert not s["over"], f"bounds exceeded in {len(s['over'])} samples, first: {s['over'][0]}"
     assert s["max_memory"] <= CACHE and s["max_disk"] <= DISK
     assert s["max_memory"] >= 1 and s["max_disk"] >= 1
+    # Nothing was removed upstream: a version leaving memory as "removed" lost its disk copy while loaded (or a
+    # stale state.json made the worker think so). Every eviction is an admission's, and nothing went wrong.
+    assert log_count(r, r"removed; unloading once idle") == 0
+    assert log_count(r, r" (WARNING|ERROR) ") == 0, [line for line in r.log().splitlines() if " WARNING " in line
+                                                     or " ERROR " in line][:5]
 
 
-WALK_DEFAULT = 150  # a bounded part of the 1,000-model catalogue; the whole walk is the slow variant
+WALK_DEFAULT = 80  # a bounded part of the 1,000-model catalogue; the whole walk is the slow variant
 
 
 def test_catalogue_walk_keeps_hard_bounds(catalogue_replica):
@@ -224,7 +229,7 @@ def test_catalogue_walk_keeps_hard_bounds(catalogue_replica):
     names = list(models)
     walk = names[HOT:HOT + WALK_DEFAULT // 2] + names[-(WALK_DEFAULT - WALK_DEFAULT // 2):]  # both ends of the listing
     result = _walk_with_hot_set(r, models, walk)
-    _assert_walk(result, len(walk))
+    _assert_walk(r, result, len(walk))
     assert log_count(r, r"evicted from memory") > 0 and log_count(r, r"evicted from disk") > 0
 
 
@@ -232,7 +237,7 @@ def test_catalogue_walk_keeps_hard_bounds(catalogue_replica):
 def test_catalogue_walk_all_1000_models_keeps_hard_bounds(catalogue_replica):
     r, models = catalogue_replica
     result = _walk_with_hot_set(r, models, list(models))
-    _assert_walk(result, CATALOGUE)
+    _assert_walk(r, result, CATALOGUE)
 
 
 # -- 2. unknown names --------------------------------------------------------------------------------------
@@ -318,10 +323,6 @@ def test_saturated_cache_answers_503_with_retry_after(s3, bucket, replica, tmp_p
 
 # -- 5. a failed load evicts nothing ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: ModelRegistry._admit evicts the LRU idle version before _fetch_and_load tries the new one, so "
-    "the first failed load of a model evicts a healthy one (DESIGN.md 7 says a failed load evicts nothing); "
-    "later attempts fail fast and evict nothing. Remove this mark once the load is validated before eviction."))
 def test_failed_load_evicts_nothing(s3, bucket, replica, tmp_path):
     models = {"a": {"name": "a"}, "b": {"name": "b"}, "c": {"name": "c", "broken": True}}
     upload_models(s3, bucket, models)
@@ -346,8 +347,12 @@ def test_failed_load_evicts_nothing(s3, bucket, replica, tmp_path):
     for name in ("a", "b"):
         assert check_answer(ask(r, name), name, models[name]) is None
     reloaded = [n for n, before in (("a", loads_a), ("b", loads_b)) if log_count(r, loading(n)) > before]
-    assert in_memory == [("a", "1"), ("b", "1")] and not reloaded, (
-        f"a failed load of c evicted a model: in memory after the failure {in_memory}, reloaded {reloaded}")
+    if in_memory != [("a", "1"), ("b", "1")] or reloaded:
+        # Known product bug, reported rather than hidden: everything above is enforced, this part is not yet.
+        pytest.xfail(
+            "product bug: ModelRegistry._admit evicts the LRU idle version before _fetch_and_load tries the new "
+            "one, so the first failed load of a model evicts a healthy one (DESIGN.md 7: a failed load evicts "
+            f"nothing). Observed: in memory after the failure {in_memory}, reloaded {reloaded}")
 
 
 # -- 6. live reloading with caching ------------------------------------------------------------------------
@@ -369,7 +374,7 @@ def test_cached_model_updated_or_removed_upstream(s3, s3_client, bucket, replica
     wait_for(lambda: _state_fingerprint(r, "a") not in (None, old), timeout=20, message="the new copy of a on disk")
     time.sleep(1.0)  # the worker notices state.json within its 0.2 s tick
     assert check_answer(ask(r, "a"), "a", fresh) is None
-    assert log_count(r, r"model a version 1 updated ") == 1
+    assert log_count(r, r"model a version 1 updated \(") == 1  # the supervisor downloaded it once
 
     wait_for(lambda: "b/1" not in disk_versions(r.state_dir), timeout=20, message="b removed from disk")
     time.sleep(1.0)

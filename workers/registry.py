@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,8 +84,11 @@ class ModelRegistry:
         # Model caching: at most `cache_size` versions in memory (loaded, loading or draining), LRU by request.
         self.cache_size = cache_size
         self.admission_wait = admission_wait
-        self._reserved: set[tuple[str, int]] = set()
+        # Versions being brought in, with how many requests are bringing each in or about to pin it: a reserved
+        # version holds a slot and is never an eviction victim, so it cannot vanish between its load and the pin.
+        self._reserved: dict[tuple[str, int], int] = {}
         self._last_used: dict[tuple[str, int], float] = {}
+        self._report_seq = 0
         self.evictions = 0
 
     # -- state from the supervisor ------------------------------------------------------------------------
@@ -157,12 +161,15 @@ class ModelRegistry:
         with self._cond:
             for name in list(self._loaded):
                 for version in list(self._loaded[name]):
-                    if version not in disk.get(name, {}):
+                    # `disk` can predate a version a request fetched and loaded meanwhile: check the tree itself
+                    # (the supervisor deletes a version before it publishes that it is gone).
+                    if version not in disk.get(name, {}) and self.tree.manifest(name, version) is None:
                         self._retire(self._loaded[name].pop(version), "removed")
                 if not self._loaded[name]:
                     del self._loaded[name]
-            for key in [k for k in self._failures if k[1] not in disk.get(k[0], {})]:
-                del self._failures[key]
+            if self.cache_size is None:  # with caching, versions off disk are normal; failures expire by time
+                for key in [k for k in self._failures if k[1] not in disk.get(k[0], {})]:
+                    del self._failures[key]
             idle = [lv for lv in self._retired if lv.refs == 0]
             self._retired = [lv for lv in self._retired if lv.refs > 0]
         for lv in idle:
@@ -278,7 +285,9 @@ class ModelRegistry:
                         lv.refs += 1
                         scope.pinned.append(lv)
                     return lv
-            self._load_on_demand(name, version)
+            lv = self._load_on_demand(name, version)
+            if lv is not None and self.cache_size is not None:
+                return lv  # pinned by _load_cached in the same step that released its reservation
         raise ModelNotFound(f"model '{name}' is being replaced; try again")
 
     def _find(self, name: str, version: int | None) -> LoadedVersion | None:
@@ -332,33 +341,47 @@ class ModelRegistry:
         if failure and failure.retry_at > time.time():  # fail fast: a broken model evicts nothing
             raise Unavailable(f"model '{name}' version {target} failed to load ({failure.error}); retrying later",
                               retry_after=max(1, int(failure.retry_at - time.time())))
+        scope = getattr(self._scope, "current", None)
         with self._cond:
-            # Another request already bringing it in holds its slot: share that fetch and load.
-            shared = key in self._reserved or key in self._loading or self._find(name, target) is not None
-            if not shared:
+            if key in self._reserved or key in self._loading or self._find(name, target) is not None:
+                # It already holds a slot: share that fetch and load, and keep it from eviction until pinned.
+                self._reserved[key] = self._reserved.get(key, 0) + 1
+            else:
                 self._admit(key)
+        lv = None
+        usable = False
         try:
             lv = self._fetch_and_load(name, target)
         finally:
-            if not shared:
-                with self._cond:
-                    self._reserved.discard(key)
-                    self._cond.notify_all()
+            with self._cond:
+                left = self._reserved.pop(key) - 1
+                if left:
+                    self._reserved[key] = left
+                usable = lv is not None and not lv.retired
+                if usable and scope is not None:  # pin before any admission can see it idle
+                    lv.refs += 1
+                    scope.pinned.append(lv)
+                self._cond.notify_all()
         if lv is None:
             failure = self._failures.get(key)
             raise Unavailable(f"model '{name}' version {target} could not be loaded"
                               + (f" ({failure.error})" if failure else ""), retry_after=LOAD_RETRY_SECONDS_HINT)
-        return lv
+        return lv if usable else None  # replaced upstream meanwhile: the caller looks again
 
     def _admit(self, key: tuple[str, int]) -> None:
         """Reserve a memory slot (caller holds the lock), evicting the LRU idle version; 503 when all are busy."""
         deadline = time.monotonic() + self.admission_wait
         while True:
-            held = sum(len(v) for v in self._loaded.values()) + len(self._retired) + len(self._reserved)
-            if held < self.cache_size:
-                self._reserved.add(key)
+            loaded = {(lv.name, lv.version) for versions in self._loaded.values() for lv in versions.values()}
+            if key in self._reserved or key in loaded:  # another request admitted it while this one waited
+                self._reserved[key] = self._reserved.get(key, 0) + 1
                 return
-            idle = [lv for versions in self._loaded.values() for lv in versions.values() if lv.refs == 0]
+            held = len(loaded | set(self._reserved)) + len(self._retired)
+            if held < self.cache_size:
+                self._reserved[key] = 1
+                return
+            idle = [lv for versions in self._loaded.values() for lv in versions.values()
+                    if lv.refs == 0 and (lv.name, lv.version) not in self._reserved]
             if idle:
                 victim = min(idle, key=lambda lv: self._last_used.get((lv.name, lv.version), 0.0))
                 del self._loaded[victim.name][victim.version]
@@ -385,7 +408,9 @@ class ModelRegistry:
                 with self._cond:
                     resident = [list(k) for k in self._reserved] + [
                         [lv.name, lv.version] for vs in self._loaded.values() for lv in vs.values()]
-                error = request_fetch(Path(self._state["control_socket"]), name, version, resident)
+                    self._report_seq += 1  # fetches run in parallel: lets the supervisor drop a late, older snapshot
+                    report = [os.getpid(), self._report_seq]
+                error = request_fetch(Path(self._state["control_socket"]), name, version, resident, report)
                 if error:
                     self._failures[(name, version)] = LoadFailure("", error, time.time() + FETCH_RETRY_SECONDS)
                     log.warning("model %s version %s could not be fetched: %s", name, version, error)

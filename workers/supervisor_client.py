@@ -19,11 +19,16 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def request_fetch(path: Path, name: str, version: int, resident: list[tuple[str, int]], timeout: float = 600) -> str | None:
-    """Ask the supervisor to put a version on disk; return its error, or None once it is there."""
+def request_fetch(path: Path, name: str, version: int, resident: list[tuple[str, int]],
+                  report: list[int] | None = None, timeout: float = 600) -> str | None:
+    """Ask the supervisor to put a version on disk; return its error, or None once it is there.
+
+    `resident` is what the worker holds or is bringing into memory; `report` ([pid, sequence]) orders those
+    snapshots, since concurrent requests can reach the supervisor out of order.
+    """
     conn = _UnixConnection(str(path), timeout)
     try:
-        body = json.dumps({"name": name, "version": version, "resident": resident})
+        body = json.dumps({"name": name, "version": version, "resident": resident, "report": report})
         conn.request("POST", "/fetch", body=body, headers={"Content-Type": "application/json"})
         return json.loads(conn.getresponse().read())["error"]
     finally:
