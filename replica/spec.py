@@ -129,10 +129,6 @@ def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> list[s
     return problems
 
 
-def _key(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
 def _positive_int(value: Any, where: str, problems: list[str], lo: int = 1, hi: int | None = None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         problems.append(f"{where}: must be an integer, got {value!r}")

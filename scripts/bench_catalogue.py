@@ -80,17 +80,8 @@ def upload(s3: SeaweedS3, bucket: str, n: int, threads: int) -> float:
 def wait_ready(r: ReplicaProcess, timeout: float) -> float:
     """Seconds from now until /readyz answers 200 (polled every 50 ms)."""
     start = time.perf_counter()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if r.proc.poll() is not None:
-            raise RuntimeError(f"replica exited with {r.proc.returncode}:\n{r.log()[-4000:]}")
-        try:
-            if requests.get(r.base + "/readyz", timeout=2).status_code == 200:
-                return time.perf_counter() - start
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"replica not ready after {timeout}s:\n{r.log()[-4000:]}")
+    r.wait_ready(timeout=timeout, interval=0.05)
+    return time.perf_counter() - start
 
 
 def list_calls_per_poll(state_file: Path, polls: int, timeout: float) -> tuple[float, int]:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from replica.disktree import DiskTree, safe_relpath
-from replica.layout import VersionListing
+from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
 from supervisor.upstream import ChangedDuringDownload, UpstreamError
 
@@ -255,7 +255,6 @@ class Watcher:
                 pass
 
 
-def _prefixed(prefix: str, f):
-    from replica.layout import ObjectInfo
-
+def _prefixed(prefix: str, f: ObjectInfo) -> ObjectInfo:
+    """A version file's key relative to the upstream root, as the upstream fetches it."""
     return ObjectInfo(prefix + f.key, f.size, f.tag)

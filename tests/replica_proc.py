@@ -47,7 +47,8 @@ class ReplicaProcess:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 
-    def wait_ready(self, timeout: float = 90) -> "ReplicaProcess":
+    def wait_ready(self, timeout: float = 90, interval: float = 0.2) -> "ReplicaProcess":
+        """Poll /readyz every `interval` seconds until it answers 200; raise with the log tail otherwise."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -57,7 +58,7 @@ class ReplicaProcess:
                     return self
             except requests.RequestException:
                 pass
-            time.sleep(0.2)
+            time.sleep(interval)
         raise TimeoutError(f"replica not ready after {timeout}s:\n{self.log()[-4000:]}")
 
     def wait_exit(self, timeout: float = 60) -> int:

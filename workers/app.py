@@ -20,6 +20,7 @@ import psutil
 from flask import Flask, Response, request
 
 from replica.disktree import DiskTree
+from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
 from workers import encoding
 from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
@@ -38,17 +39,15 @@ class Runtime:
         self.heartbeat_timeout = heartbeat_timeout
         pred = api.predictor
         cls = load_predictor_class(api)
-        self.registry = ModelRegistry(tree, load=self._load_model, unload=None, single_model=pred.single_model,
-                                      cache_size=pred.cache_size)
+        self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
+                                      single_model=pred.single_model, cache_size=pred.cache_size)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters
-        client_arg = {"python": "python_client", "tensorflow": "tensorflow_client", "onnx": "onnx_client"}[pred.type]
+        client_arg = CLIENT_ARG[pred.type]
         if client_arg in init_params:
             kwargs[client_arg] = self.client
         self.predictor = cls(**kwargs)
-        self.unload_hook = getattr(self.predictor, "unload_model", None)
-        self.registry._unload_fn = self.unload_hook
         self.predict_args = tuple(inspect.signature(self.predictor.predict).parameters)
         post = getattr(self.predictor, "post_predict", None)
         self.post_predict = post
@@ -84,6 +83,12 @@ class Runtime:
         if self._loader is not None:
             return self._loader(model_path, name, version)
         return self.predictor.load_model(model_path)
+
+    def _unload_model(self, model: Any) -> None:
+        """The predictor's optional `unload_model(model)` hook, called when a version leaves memory."""
+        hook = getattr(self.predictor, "unload_model", None)
+        if hook is not None:
+            hook(model)
 
     def _mark_ready(self) -> None:
         self.registry.initial_sync_done.wait()

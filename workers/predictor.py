@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from typing import Any, Callable
 
 from replica.interface import CLASS_NAMES, check_methods
 from replica.spec import ApiSpec
@@ -40,9 +39,3 @@ def load_predictor_class(api: ApiSpec) -> type:
     if problems:
         raise PredictorError("; ".join(problems))
     return cls
-
-
-def call_with_declared(fn: Callable, available: dict[str, Any]) -> Any:
-    """Call a method with only the arguments it declares (Cortex's contract)."""
-    params = inspect.signature(fn).parameters
-    return fn(**{name: available[name] for name in params if name in available})

@@ -14,12 +14,3 @@ class PythonClient:
     def get_model(self, model_name: str | None = None, model_version: Any = "latest") -> Any:
         """The model for a name and version ("latest", None, an int or a digit string)."""
         return self._registry.get(model_name, model_version).model
-
-
-def python_loader(predictor: Any):
-    """The registry's load function for a python predictor: its own `load_model(model_path)`."""
-
-    def load(model_path: str, name: str, version: int) -> Any:
-        return predictor.load_model(model_path)
-
-    return load

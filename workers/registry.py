@@ -79,7 +79,6 @@ class ModelRegistry:
         self._state_key: tuple | None = None
         self._scope = threading.local()
         self.initial_sync_done = threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Model caching: at most `cache_size` versions in memory (loaded, loading or draining), LRU by request.
         self.cache_size = cache_size
@@ -125,18 +124,15 @@ class ModelRegistry:
         self._thread = threading.Thread(target=self._run, name="model-sync", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 self.sync()
                 if self.supervisor_ready and not self.initial_sync_done.is_set():
                     self.initial_sync_done.set()
             except Exception:
                 log.exception("model sync failed; retrying")
-            self._stop.wait(self.tick)
+            time.sleep(self.tick)
 
     def sync(self) -> None:
         """Load what is new on disk, retire what left it, unload retired versions nobody uses any more."""
@@ -402,8 +398,10 @@ class ModelRegistry:
         from workers.supervisor_client import request_fetch
 
         for _ in range(2):  # the disk copy can be evicted between the fetch and the load: fetch again once
-            if self._find(name, version) is not None:
-                return self._find(name, version)
+            with self._cond:
+                lv = self._find(name, version)
+            if lv is not None:
+                return lv
             if self.tree.manifest(name, version) is None:
                 with self._cond:
                     resident = [list(k) for k in self._reserved] + [
