@@ -1,0 +1,160 @@
+"""The servers the hot-path figure compares, each on a free port on 127.0.0.1 and stopped by PID:
+
+- `Floor`: a bare gunicorn + Flask app (`scripts/bench_floor_app.py`) with the replica's gunicorn flags;
+- `MLServer`: Seldon MLServer with `parallel_workers` workers and a custom ONNX runtime
+  (`scripts/mlserver_runtime/`), from its own virtualenv (`.venv-mlserver/`, created on first use).
+
+The replica itself runs through `tests.replica_proc.ReplicaProcess`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.replica_proc import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MLSERVER_VENV = ROOT / ".venv-mlserver"
+# MLServer pins protobuf below 7, which clashes with onnx and TensorFlow: it gets its own virtualenv.
+# uvloop 0.23 crashes MLServer 1.7.1 at start with parallel workers ("There is no current event loop").
+MLSERVER_PINS = ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime==1.32.0", "numpy==2.4.6"]
+V2_BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                  "data": [5.1, 3.5, 1.4, 0.2]}]})
+
+
+class Server:
+    """A process in its own session, ready when GET `ready_path` answers 200."""
+
+    ready_path = "/"
+
+    def __init__(self, name: str, log_path: Path):
+        self.name = name
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _popen(self, cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     cwd=cwd, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.base + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the process group by the leader's PID (its session), SIGKILL what is left."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # workers that outlived their master
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        self.proc = None
+
+
+class Floor(Server):
+    """gunicorn + Flask + onnxruntime, nothing else; the same gunicorn flags as the replica's supervisor."""
+
+    ready_path = "/readyz"
+
+    def __init__(self, model_file: Path, workers: int, work: Path):
+        super().__init__(f"floor-{workers}", work / f"floor-{workers}.log")
+        self.model_file, self.workers = model_file, workers
+
+    def start(self) -> "Floor":
+        self._popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                     "--workers", str(self.workers), "--threads", "1", "--worker-class", "gthread",
+                     "--keep-alive", "5", "--backlog", "2048", "--log-level", "warning",
+                     "scripts.bench_floor_app:app"],
+                    env={"BENCH_ONNX_MODEL": str(self.model_file), "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        return self
+
+
+def ensure_mlserver_venv(log_path: Path) -> tuple[Path | None, str]:
+    """(the MLServer virtualenv's python, "") or (None, why it could not be set up)."""
+    py = MLSERVER_VENV / "bin" / "python"
+    stamp = MLSERVER_VENV / ".installed"
+    if stamp.exists() and stamp.read_text() == " ".join(MLSERVER_PINS):
+        return py, ""
+    with open(log_path, "ab") as log:
+        try:
+            if not py.exists():
+                subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True, stdout=log, stderr=log)
+            subprocess.run([str(py), "-m", "pip", "install", "--quiet", *MLSERVER_PINS], check=True,
+                           stdout=log, stderr=log, timeout=1200)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+            return None, f"could not install {' '.join(MLSERVER_PINS)} into {MLSERVER_VENV.name}/ ({e}; see {log_path})"
+    stamp.write_text(" ".join(MLSERVER_PINS))
+    return py, ""
+
+
+def mlserver_version(py: Path) -> str:
+    out = subprocess.run([str(py), "-c", "import mlserver; print(mlserver.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+class MLServer(Server):
+    """`mlserver start` on a folder holding settings.json and one model (the ONNX runtime)."""
+
+    ready_path = "/v2/models/iris/ready"
+
+    def __init__(self, py: Path, model_file: Path, workers: int, work: Path):
+        super().__init__(f"mlserver-{workers}", work / f"mlserver-{workers}.log")
+        self.py, self.model_file, self.workers = py, model_file, workers
+        self.folder = work / f"mlserver-{workers}"
+
+    def start(self) -> "MLServer":
+        model_dir = self.folder / "iris"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "scripts" / "mlserver_runtime" / "runtime.py", self.folder / "runtime.py")
+        (self.folder / "settings.json").write_text(json.dumps({
+            "host": "127.0.0.1", "http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(),
+            "parallel_workers": self.workers, "debug": False,
+            # Its metrics server costs 7-10% of throughput; the replica's figures have none, so neither does this.
+            "metrics_endpoint": None,
+        }))
+        (model_dir / "model-settings.json").write_text(json.dumps({
+            "name": "iris", "implementation": "runtime.ONNXIrisRuntime",
+            "parameters": {"uri": str(self.model_file)},
+        }))
+        self._popen([str(self.py.parent / "mlserver"), "start", str(self.folder)], cwd=self.folder,
+                    env={"PYTHONPATH": str(self.folder)})
+        return self
