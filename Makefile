@@ -1,5 +1,6 @@
 # The two commands: `make run-local` (serve the bundled ONNX example) and `make test` (the test suite).
-# Each creates or reuses the virtualenv in .venv/ and installs what it needs.
+# Each creates or reuses the virtualenv in .venv/ and installs what it needs (the test extras include the
+# `frameworks` extra: PyTorch (CPU build), MLflow, scikit-learn, pandas, pyarrow, for tests/test_frameworks.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,7 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,frameworks]'
 	touch $@
 
 install: $(VENV)/.installed-run

@@ -63,6 +63,19 @@ def _python_iris(root: Path) -> None:
     mf.write_python_linear(root / "2", mf.IRIS_WEIGHTS, mf.IRIS_BIAS_V2)
 
 
+def _framework_iris(framework: str) -> Callable[[Path], None]:
+    def build(root: Path) -> None:
+        from scripts import framework_models as fm  # needs the `frameworks` extra
+
+        fm.write_model(framework, root / "1", mf.IRIS_WEIGHTS, mf.IRIS_BIAS)
+        fm.write_model(framework, root / "2", mf.IRIS_WEIGHTS, mf.IRIS_BIAS_V2)
+
+    return build
+
+
+# Python predictors over the frameworks `load_model` is proven with (tests/test_frameworks.py).
+FRAMEWORK_EXAMPLES = ("mlflow", "sklearn", "pytorch", "numpy", "pandas", "onnx-python")
+
 MODELS: Sequence[ExampleModel] = (
     ExampleModel("onnx", "iris", _onnx_iris, "ONNX iris classifier, version 1"),
     ExampleModel("tensorflow", "iris", _tf_iris, "TF SavedModel, version 1 (serving_default)"),
@@ -71,6 +84,8 @@ MODELS: Sequence[ExampleModel] = (
         "TF SavedModel, version 1 (serving_default + double)",
     ),
     ExampleModel("python", "iris", _python_iris, "Python JSON model, versions 1 and 2"),
+    *(ExampleModel(fw, "iris", _framework_iris(fw), f"{fw} model for the Python predictor, versions 1 and 2")
+      for fw in FRAMEWORK_EXAMPLES),
 )
 
 
