@@ -1,0 +1,344 @@
+"""The measurements behind each figure of docs/benchmarks.md. Every function starts what it needs on
+127.0.0.1, stops it by PID, and returns plain dicts that `scripts/bench.py` turns into tables and plots.
+
+Noise control: the machine is shared (the load generator, the servers and anything else running compete for
+the same cores), so the targets of one figure are measured in interleaved rounds (A B C, A B C, ...) and the
+figure reports per-round ratios' medians next to the absolute numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import requests
+
+from scripts.bench_lib import load, models, servers
+from tests.helpers import put_objects, write_api
+from tests.replica_proc import ReplicaProcess
+
+CONNECTIONS = 8
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of a process and all its descendants, MiB."""
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def worker_rss_mib(r: ReplicaProcess) -> list[float]:
+    out = []
+    for pid in r.worker_pids():
+        try:
+            out.append(psutil.Process(pid).memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def replica(work: Path, name: str, *, env: dict | None = None, poll_interval: float = 1.0, **api) -> ReplicaProcess:
+    folder = work / name
+    spec = write_api(folder, api.pop("predictor", models.ONNX_PREDICTOR), type=api.pop("type", "onnx"), name=name,
+                     **api)
+    return ReplicaProcess(spec, folder / "state", env=env, poll_interval=poll_interval)
+
+
+def rounds(targets: dict[str, tuple[str, str, list[str]]], *, rounds: int, duration: float,
+           warmup: float = 1.0) -> dict[str, list[dict]]:
+    """Run wrk against every target (name -> (base URL, body, paths)) in turn, `rounds` times; per target the
+    list of per-round results."""
+    out: dict[str, list[dict]] = {name: [] for name in targets}
+    for name, (base, body, paths) in targets.items():  # warm every server once (lazy sessions, JIT caches)
+        load.run(base, body, paths, duration=max(warmup, 1), connections=CONNECTIONS)
+    for i in range(rounds):
+        for name, (base, body, paths) in targets.items():
+            res = load.run(base, body, paths, duration=duration, connections=CONNECTIONS).as_dict()
+            out[name].append(res)
+            print(f"  round {i + 1}/{rounds} {name:<22} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
+                  f"p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}", flush=True)
+    return out
+
+
+def summarize(per_round: list[dict]) -> dict:
+    return {"rps": statistics.median(r["rps"] for r in per_round),
+            "p50_ms": statistics.median(r["p50_ms"] for r in per_round),
+            "p99_ms": statistics.median(r["p99_ms"] for r in per_round),
+            "failed": sum(r["failed"] for r in per_round), "requests": sum(r["requests"] for r in per_round),
+            "rounds": per_round}
+
+
+def ratio(results: dict, a: str, b: str, key: str = "rps") -> float:
+    """Median over rounds of a[key] / b[key] (both measured in the same round)."""
+    return statistics.median(x[key] / y[key] for x, y in zip(results[a]["rounds"], results[b]["rounds"]))
+
+
+# -- 1. hot path -------------------------------------------------------------------------------------------------
+def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int = 3, duration: float = 5.0,
+             mlserver: bool = True) -> dict:
+    model_dir = work / "hot" / "iris"
+    model_file = models.iris_onnx(model_dir / "1" / "model.onnx")
+    running: list = []
+    targets: dict[str, tuple[str, str, list[str]]] = {}
+    notes: dict[str, str] = {}
+    rss: dict[str, float] = {}
+    pids: dict[str, int] = {}
+    try:
+        for n in processes:
+            r = replica(work, f"replica-p{n}", model_path=str(model_dir), processes_per_replica=n,
+                        threads_per_process=1).start()
+            running.append(r)
+            f = servers.Floor(model_file, n, work).start()
+            running.append(f)
+            targets[f"replica p{n}"] = (r.base, models.SAMPLE, ["/"])
+            targets[f"floor p{n}"] = (f.base, models.SAMPLE, ["/"])
+            pids[f"replica p{n}"], pids[f"floor p{n}"] = r.proc.pid, f.proc.pid
+        if mlserver:
+            py, why = servers.ensure_mlserver_venv(work / "mlserver-install.log")
+            if py is None:
+                notes["mlserver"] = why
+            else:
+                notes["mlserver_version"] = servers.mlserver_version(py)
+                for n in processes:
+                    m = servers.MLServer(py, model_file, n, work).start()
+                    running.append(m)
+                    targets[f"mlserver p{n}"] = (m.base, servers.V2_BODY, ["/v2/models/iris/infer"])
+                    pids[f"mlserver p{n}"] = m.proc.pid
+        for s in running:
+            try:
+                s.wait_ready(timeout=180)
+            except (RuntimeError, TimeoutError) as e:
+                if not isinstance(s, servers.MLServer):
+                    raise
+                notes["mlserver"] = f"MLServer did not start: {str(e)[-500:]}"
+                targets = {k: v for k, v in targets.items() if not k.startswith("mlserver")}
+        check_answers(targets)
+        print(f"hot path: {', '.join(targets)}; {n_rounds} rounds of {duration:g}s each, {CONNECTIONS} connections",
+              flush=True)
+        raw = rounds(targets, rounds=n_rounds, duration=duration)
+        for name, pid in pids.items():
+            if name in targets:
+                rss[name] = tree_rss_mib(pid)
+        worker_rss = {f"replica p{n}": worker_rss_mib(s) for n, s in zip(processes, running[0::2])}
+        results = {name: summarize(v) for name, v in raw.items()}
+        return {"results": results, "notes": notes, "rss_mib": rss, "replica_worker_rss_mib": worker_rss,
+                "processes": list(processes), "rounds": n_rounds, "duration": duration,
+                "tool": load.generator(), "connections": CONNECTIONS}
+    finally:
+        for s in running:
+            s.stop()
+
+
+def check_answers(targets: dict) -> None:
+    """One request per target: every server must answer the sample with setosa."""
+    for name, (base, body, paths) in targets.items():
+        resp = requests.post(base + paths[0], data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        if resp.status_code != 200 or "setosa" not in resp.text:
+            raise RuntimeError(f"{name} answered {resp.status_code}: {resp.text[:300]}")
+
+
+# -- 2. caching and 5b. resident models during a scan --------------------------------------------------------------
+def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cache_size: int = 5,
+            n_rounds: int = 3, duration: float = 5.0) -> dict:
+    model_file = models.iris_onnx(work / "cache-src" / "model.onnx")
+    client = s3.client()
+    bucket = f"cache-{int(time.time())}"
+    client.create_bucket(Bucket=bucket)
+    names = [f"m{i:03d}" for i in range(n_models)]
+    put_objects(client, bucket, {f"models/{n}/1/model.onnx": model_file.read_bytes() for n in names}, threads=8)
+    single_dir = work / "cache-single" / "iris"
+    models.iris_onnx(single_dir / "1" / "model.onnx")
+    cached = replica(work, "replica-cache", env=s3.env, processes_per_replica=1, threads_per_process=1,
+                     models={"dir": f"s3://{bucket}/models/", "cache_size": cache_size,
+                             "disk_cache_size": disk_cache_size})
+    single = replica(work, "replica-single", model_path=str(single_dir), processes_per_replica=1, threads_per_process=1)
+    out: dict = {"cache_size": cache_size, "disk_cache_size": disk_cache_size, "n_models": n_models}
+    try:
+        cached.start(), single.start()
+        cached.wait_ready(), single.wait_ready()
+        session = requests.Session()
+
+        def post(name: str) -> float:
+            t = time.perf_counter()
+            resp = session.post(cached.base + "/", params={"model": name}, data=models.SAMPLE,
+                                headers={"Content-Type": "application/json"}, timeout=120)
+            elapsed = (time.perf_counter() - t) * 1000
+            if resp.status_code != 200 or resp.text != "setosa":
+                raise RuntimeError(f"model {name}: HTTP {resp.status_code} {resp.text[:300]}")
+            return elapsed
+
+        def where(name: str) -> tuple[bool, bool]:
+            row = session.get(f"{cached.base}/v1/models/{name}", timeout=30).json()["model_version_status"][0]
+            return row["disk"], row["memory"]
+
+        first = names[:disk_cache_size]
+        for n in first:  # disk: all of `first`; memory: the last cache_size of them
+            post(n)
+        out["memory_hit_ms"] = [post(first[-1]) for _ in range(50)]
+        disk_hits = []
+        for n in first * 2:  # cycling over more models than memory holds: every request misses memory, hits disk
+            disk, memory = where(n)
+            if disk and not memory:
+                disk_hits.append(post(n))
+            else:
+                post(n)
+        out["disk_hit_ms"] = disk_hits
+        out["raw_session_ms"] = models.session_creation_ms(model_file)
+        hot = first[:cache_size]
+        for n in hot:
+            post(n)
+        targets = {"single model": (single.base, models.SAMPLE, ["/"]),
+                   "cached, 1 model": (cached.base, models.SAMPLE, [f"/?model={hot[0]}"]),
+                   f"cached, hot set of {cache_size}": (cached.base, models.SAMPLE, [f"/?model={n}" for n in hot])}
+        print(f"caching: {', '.join(targets)}", flush=True)
+        evictions_before = len(cached.log().split("evicted from memory")) - 1
+        raw = rounds(targets, rounds=n_rounds, duration=duration)
+        out["throughput"] = {k: summarize(v) for k, v in raw.items()}
+        out["hot_set_evictions"] = len(cached.log().split("evicted from memory")) - 1 - evictions_before
+        # The scan: every other model once, in order (each a full miss from S3), watching the bounds.
+        scan = []
+        worker = cached.worker_pids()[0]
+        for n in names[disk_cache_size:]:
+            disk, memory = where(n)
+            ms = post(n)
+            status = session.get(cached.base + "/v1/models", timeout=30).json()["models"]
+            rows = [v for m in status for v in m["model_version_status"]]
+            scan.append({"model": n, "full_miss": not disk and not memory, "ms": ms,
+                         "memory": sum(v["memory"] for v in rows), "disk": sum(v["disk"] for v in rows),
+                         "worker_rss_mib": psutil.Process(worker).memory_info().rss / 2**20})
+        out["scan"] = scan
+        out["full_miss_ms"] = [s["ms"] for s in scan if s["full_miss"]]
+        print(f"caching: memory hit {statistics.median(out['memory_hit_ms']):.2f} ms, disk hit "
+              f"{statistics.median(disk_hits):.2f} ms, full miss {statistics.median(out['full_miss_ms']):.1f} ms, "
+              f"InferenceSession {out['raw_session_ms']:.2f} ms", flush=True)
+        return out
+    finally:
+        cached.stop()
+        single.stop()
+
+
+# -- 3. reloads --------------------------------------------------------------------------------------------------
+def reloads(work: Path, s3, *, processes: int = 2, every: float = 3.0, n_rounds: int = 2,
+            duration: float = 12.0) -> dict:
+    client = s3.client()
+    bucket = f"reload-{int(time.time())}"
+    client.create_bucket(Bucket=bucket)
+    src = work / "reload-src"
+    a_bytes = models.iris_onnx(src / "a" / "model.onnx").read_bytes()
+    client.put_object(Bucket=bucket, Key="a/1/model.onnx", Body=a_bytes)
+    heavy = [models.heavy_onnx(src / f"b{i}" / "model.onnx", seed=i).read_bytes() for i in range(2)]
+    client.put_object(Bucket=bucket, Key="b/1/model.onnx", Body=heavy[1])
+    r = replica(work, "replica-reload", env=s3.env, processes_per_replica=processes, threads_per_process=1,
+                poll_interval=1.0,
+                models={"paths": [{"name": "a", "model_path": f"s3://{bucket}/a/"},
+                                  {"name": "b", "model_path": f"s3://{bucket}/b/"}]})
+    version = [1]
+    b_results = {"ok": 0, "failed": 0}
+
+    def publisher(stop: threading.Event) -> None:
+        """A new version of B every `every` seconds; the one before the previous is deleted."""
+        while not stop.wait(every):
+            version[0] += 1
+            v = version[0]
+            client.put_object(Bucket=bucket, Key=f"b/{v}/model.onnx", Body=heavy[v % 2])
+            if v > 2:
+                client.delete_object(Bucket=bucket, Key=f"b/{v - 2}/model.onnx")
+
+    def b_client(stop: threading.Event) -> None:
+        """Model B itself, 20 requests a second: its answers must not fail while its versions change."""
+        s = requests.Session()
+        while not stop.wait(0.05):
+            try:
+                ok = s.post(r.base + "/", params={"model": "b"}, data=models.SAMPLE,
+                            headers={"Content-Type": "application/json"}, timeout=30).status_code == 200
+            except requests.RequestException:
+                ok = False
+            b_results["ok" if ok else "failed"] += 1
+
+    try:
+        r.start().wait_ready()
+        base = (r.base, models.SAMPLE, ["/?model=a"])
+        load.run(*base, duration=2, connections=CONNECTIONS)
+        raw: dict[str, list[dict]] = {"steady": [], "B reloading": []}
+        reloads_seen = 0
+        for i in range(n_rounds):
+            for name in raw:
+                stop = threading.Event()
+                threads = [threading.Thread(target=b_client, args=(stop,))]
+                if name == "B reloading":
+                    threads.append(threading.Thread(target=publisher, args=(stop,)))
+                    before = version[0]
+                for t in threads:
+                    t.start()
+                res = load.run(*base, duration=duration, connections=CONNECTIONS).as_dict()
+                stop.set()
+                for t in threads:
+                    t.join()
+                if name == "B reloading":
+                    reloads_seen += version[0] - before
+                raw[name].append(res)
+                print(f"  round {i + 1}/{n_rounds} {name:<12} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
+                      f"p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}", flush=True)
+        loaded = [v for v in r.get("/v1/models/b").json()["model_version_status"] if v["state"] == "AVAILABLE"]
+        return {"results": {k: summarize(v) for k, v in raw.items()}, "versions_published": reloads_seen,
+                "b_latest_loaded": max((int(v["version"]) for v in loaded), default=0), "b_last": version[0],
+                "b_requests": b_results, "every": every, "processes": processes, "duration": duration,
+                "rounds": n_rounds, "b_mib": len(heavy[0]) / 2**20}
+    finally:
+        r.stop()
+
+
+# -- 4. catalogue scale (scripts/bench_catalogue.py) ---------------------------------------------------------------
+def scale(work: Path, s3, sizes: list[int]) -> tuple[list[dict], SimpleNamespace]:
+    from scripts import bench_catalogue
+
+    args = SimpleNamespace(models=sizes, upload_threads=32, poll_interval=2.0, polls=3, misses=8)
+    return [bench_catalogue.bench_one(s3, work, n, args) for n in sizes], args
+
+
+# -- 5. memory per worker ----------------------------------------------------------------------------------------
+def memory(work: Path) -> dict:
+    """Worker RSS of an idle replica and after 200 requests, for the ONNX and the TensorFlow predictor."""
+    onnx_dir = work / "mem-onnx" / "iris"
+    models.iris_onnx(onnx_dir / "1" / "model.onnx")
+    tf_dir = work / "mem-tf" / "iris"
+    models.tensorflow_iris(tf_dir / "1")
+    tf_predictor = (models.ROOT / "examples" / "tensorflow" / "predictor.py").read_text()
+    out = {}
+    for kind, kw in (("onnx", {"model_path": str(onnx_dir)}),
+                     ("tensorflow", {"type": "tensorflow", "predictor": tf_predictor,
+                                     "models": {"paths": [{"name": "iris", "model_path": str(tf_dir)}]}})):
+        r = replica(work, f"replica-mem-{kind}", processes_per_replica=1, threads_per_process=1, **kw)
+        try:
+            r.start().wait_ready(timeout=180)
+            idle = worker_rss_mib(r)
+            s = requests.Session()
+            for _ in range(200):
+                resp = s.post(r.base + "/", data=models.SAMPLE, headers={"Content-Type": "application/json"},
+                              timeout=60)
+                if resp.status_code != 200 or "setosa" not in resp.text:
+                    raise RuntimeError(f"{kind}: HTTP {resp.status_code} {resp.text[:300]}")
+            out[kind] = {"worker_idle_mib": idle[0], "worker_mib": worker_rss_mib(r)[0],
+                         "supervisor_mib": psutil.Process(r.proc.pid).memory_info().rss / 2**20,
+                         "total_mib": tree_rss_mib(r.proc.pid)}
+            print(f"memory: {kind} worker {out[kind]['worker_mib']:.0f} MiB", flush=True)
+        finally:
+            r.stop()
+    return out
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

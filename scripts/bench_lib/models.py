@@ -1,0 +1,85 @@
+"""Models and predictors the benchmark serves: the iris ONNX classifier of the examples, a heavier ONNX model
+with the same inputs and outputs (for reloads that cost something), and the TensorFlow SavedModel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts import model_factory as mf
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = (ROOT / "examples" / "onnx" / "sample.json").read_text().strip()
+
+# The examples' ONNX predictor, reading the model name from ?model= (None: the only model).
+ONNX_PREDICTOR = """
+import numpy as np
+
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+LABELS = ("setosa", "versicolor", "virginica")
+
+
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload, query_params):
+        row = np.array([[float(payload[name]) for name in FEATURES]], dtype=np.float32)
+        _scores, label = self.client.predict(row, query_params.get("model"))
+        return LABELS[int(label[0])]
+"""
+
+
+def iris_onnx(path: Path) -> Path:
+    return mf.write_onnx_linear(path, mf.IRIS_WEIGHTS, mf.IRIS_BIAS)
+
+
+def heavy_onnx(path: Path, hidden: int = 2048, seed: int = 0) -> Path:
+    """input [batch, 4] -> MatMul [4, hidden] -> MatMul [hidden, hidden] -> MatMul [hidden, 3] -> scores, label:
+    the iris model's signature with about hidden^2 * 4 bytes of weights (16 MiB at 2048), so that loading a new
+    version costs real CPU and I/O. `seed` makes each version's bytes differ."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.01, name=n)
+               for n, shape in (("W1", (4, hidden)), ("W2", (hidden, hidden)), ("W3", (hidden, 3)))]
+    nodes = [helper.make_node("MatMul", ["input", "W1"], ["h1"]), helper.make_node("MatMul", ["h1", "W2"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "W3"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "heavy", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])], initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", mf.ONNX_OPSET)])
+    model.ir_version = mf.ONNX_IR_VERSION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def tensorflow_iris(directory: Path) -> Path:
+    """The examples' TensorFlow SavedModel, written by a subprocess (TensorFlow stays out of this process)."""
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from scripts import model_factory as mf;"
+            "mf.write_tf_linear(Path(sys.argv[2]), mf.IRIS_WEIGHTS, mf.IRIS_BIAS, extra_signature=False)")
+    subprocess.run([sys.executable, "-c", code, str(ROOT), str(directory)], check=True, capture_output=True)
+    return directory
+
+
+def session_creation_ms(model_file: Path, repeat: int = 20) -> float:
+    """Median time of `onnxruntime.InferenceSession(model_file)` in a fresh process (the raw cost of a load)."""
+    code = """
+import statistics, sys, time
+import onnxruntime as ort
+times = []
+for _ in range(int(sys.argv[2]) + 2):
+    t = time.perf_counter()
+    ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    times.append(time.perf_counter() - t)
+print(statistics.median(times[2:]) * 1000)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(model_file), str(repeat)], check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
