@@ -13,6 +13,8 @@ from tests.s3server import SeaweedS3, delete_bucket
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: test takes more than ~15 s; left out of `make test`")
     config.addinivalue_line("markers", "tensorflow: imports TensorFlow (slow to import); runs by default")
+    config.addinivalue_line("markers", "frameworks: needs the `frameworks` extra (PyTorch, MLflow, scikit-learn, "
+                                       "pandas); runs by default")
 
 
 # ==========================================================================

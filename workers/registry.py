@@ -276,15 +276,32 @@ class ModelRegistry:
         for _ in range(3):  # a version retired between its load and the pin is looked up again
             with self._cond:
                 lv = self._find(name, version)
-                if lv is not None:
+                # With caching, "latest" is the highest version upstream, not the highest one that happens to be
+                # in memory: a newer version is brought in on request (live reloading applies with caching too).
+                stale = lv is not None and version is None and self._newer_upstream(name, lv.version)
+                if lv is not None and not stale:
                     if scope is not None:
                         lv.refs += 1
                         scope.pinned.append(lv)
                     return lv
-            lv = self._load_on_demand(name, version)
-            if lv is not None and self.cache_size is not None:
-                return lv  # pinned by _load_cached in the same step that released its reservation
+            try:
+                lv_new = self._load_on_demand(name, version)
+            except (Unavailable, ModelNotFound):
+                if not stale:
+                    raise
+                # The newer version cannot be served yet (still uploading, failed to load, cache saturated): keep
+                # serving the version this request would have had, loading it back if it was evicted meanwhile.
+                return self.get(name, lv.version)
+            if lv_new is not None and self.cache_size is not None:
+                return lv_new  # pinned by _load_cached in the same step that released its reservation
         raise ModelNotFound(f"model '{name}' is being replaced; try again")
+
+    def _newer_upstream(self, name: str, version: int) -> bool:
+        """With caching: whether the catalogue holds a usable version of `name` above `version`."""
+        if self.cache_size is None:
+            return False
+        versions = self._state.get("models", {}).get(name, {}).get("versions", {})
+        return any(int(v) > version and i.get("upstream") and not i.get("error") for v, i in versions.items())
 
     def _find(self, name: str, version: int | None) -> LoadedVersion | None:
         """The loaded version to use (the caller holds the lock); "latest" is the highest loaded version."""
