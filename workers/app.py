@@ -52,6 +52,7 @@ class Runtime:
         post = getattr(self.predictor, "post_predict", None)
         self.post_predict = post
         self.post_predict_args = tuple(inspect.signature(post).parameters) if post else ()
+        self.wanted_args = frozenset(self.predict_args) | frozenset(self.post_predict_args)
         if pred.sources:
             self.registry.start()
         else:
@@ -175,9 +176,11 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     def predict():
         if not runtime.registry.initial_sync_done.is_set():
             raise Unavailable("the replica is still loading its models", retry_after=2)
-        available = {"payload": None, "query_params": request.args.to_dict(), "headers": dict(request.headers)}
-        if "payload" in runtime.predict_args or "payload" in runtime.post_predict_args:
-            available["payload"] = _parse_payload()
+        # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
+        wanted = runtime.wanted_args
+        available = {"payload": _parse_payload() if "payload" in wanted else None,
+                     "query_params": request.args.to_dict() if "query_params" in wanted else None,
+                     "headers": dict(request.headers) if "headers" in wanted else None}
         with runtime.registry.request_scope():
             try:
                 result = runtime.predictor.predict(**{k: available[k] for k in runtime.predict_args})

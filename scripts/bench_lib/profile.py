@@ -19,8 +19,8 @@ from scripts.bench_lib import load, models
 # (category, substrings of a frame's "function (file:line)"), checked from the innermost frame outwards.
 CATEGORIES = [
     ("onnxruntime", ("onnxruntime",)),
-    ("predictor (user code)", ("predictor.py", "bench_floor_app.py")),
-    ("replica (workers/, replica/)", ("workers/", "replica/")),
+    ("predictor (user code)", ("(predictor.py", "bench_floor_app.py")),
+    ("replica (workers/, replica/)", ("(workers/", "(replica/")),
     ("Flask / Werkzeug", ("flask/", "werkzeug/")),
     ("gunicorn", ("gunicorn/",)),
     ("numpy / json", ("numpy/", "json/")),
@@ -70,9 +70,17 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def under_load(base: str, worker_pids: list[int], *, duration: float = 8.0, spy: bool = True) -> dict:
-    """Drive `base` with wrk for `duration` s; CPU microseconds per request of the workers, and a py-spy
-    breakdown of the first worker over the middle of the run."""
+def tree(pid: int) -> list[int]:
+    try:
+        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def under_load(base: str, worker_pids: list[int], root_pid: int, *, duration: float = 8.0, spy: bool = True) -> dict:
+    """Drive `base` with wrk for `duration` s; CPU microseconds per request of the workers and of every process
+    of the server (`root_pid` and its descendants), and a py-spy breakdown of the first worker over the middle
+    of the run."""
     result: dict = {}
 
     def spy_run():
@@ -80,13 +88,15 @@ def under_load(base: str, worker_pids: list[int], *, duration: float = 8.0, spy:
         result["categories"], result["pyspy_error"] = pyspy(worker_pids[0], duration - 2)
 
     t = threading.Thread(target=spy_run)
-    before = cpu_seconds(worker_pids)
+    everything = tree(root_pid)
+    before, before_all = cpu_seconds(worker_pids), cpu_seconds(everything)
     if spy:
         t.start()
     res = load.run(base, models.SAMPLE, ["/"], duration=duration, connections=8)
-    after = cpu_seconds(worker_pids)
+    after, after_all = cpu_seconds(worker_pids), cpu_seconds(everything)
     if spy:
         t.join()
     result["rps"] = res.rps
     result["cpu_us_per_request"] = (after - before) / max(res.requests, 1) * 1e6
+    result["all_cpu_us_per_request"] = (after_all - before_all) / max(res.requests, 1) * 1e6
     return result
