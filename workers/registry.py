@@ -303,6 +303,13 @@ class ModelRegistry:
         versions = self._state.get("models", {}).get(name, {}).get("versions", {})
         return any(int(v) > version and i.get("upstream") and not i.get("error") for v, i in versions.items())
 
+    def _copy_changed(self, key: tuple[str, int], failure: LoadFailure) -> bool:
+        """Whether the disk copy of a version that failed to load has been replaced since (say the failure was
+        a half-uploaded version and the upload has finished): then it is tried again at once."""
+        name, version = key
+        info = self._state.get("models", {}).get(name, {}).get("versions", {}).get(str(version), {})
+        return info.get("fingerprint") is not None and info.get("fingerprint") != failure.fingerprint
+
     def _find(self, name: str, version: int | None) -> LoadedVersion | None:
         """The loaded version to use (the caller holds the lock); "latest" is the highest loaded version."""
         versions = self._loaded.get(name)
@@ -351,7 +358,8 @@ class ModelRegistry:
             raise ModelNotFound(self._not_found_reason(name, version, model))
         key = (name, target)
         failure = self._failures.get(key)
-        if failure and failure.retry_at > time.time():  # fail fast: a broken model evicts nothing
+        if failure and failure.retry_at > time.time() and not self._copy_changed(key, failure):
+            # fail fast: a broken model evicts nothing (a new copy of it is tried at once)
             raise Unavailable(f"model '{name}' version {target} failed to load ({failure.error}); retrying later",
                               retry_after=max(1, int(failure.retry_at - time.time())))
         scope = getattr(self._scope, "current", None)
