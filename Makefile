@@ -9,12 +9,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test run-local examples test test-all lint clean
+.PHONY: help venv install install-test install-bench wrk run-local examples test test-all bench bench-quick lint clean
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
+	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (10-20 min)"
+	@echo "make bench-quick print the hot-path ratio replica / gunicorn + Flask floor (under a minute)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +31,13 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[test,frameworks]'
 	touch $@
 
+$(VENV)/.installed-bench: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[bench]'
+	touch $@
+
 install: $(VENV)/.installed-run
 install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
 
 examples: $(VENV)/.installed-run
 	$(PY) scripts/build_examples.py --only onnx
@@ -47,6 +54,19 @@ test: $(VENV)/.installed-test
 
 test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# The load generator: wrk from the distribution when it can be installed; without it the bench uses locust.
+# MLServer gets its own virtualenv (.venv-mlserver/, its protobuf pin clashes), created by scripts/bench.py.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+wrk:
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || ($(SUDO) apt-get update && $(SUDO) apt-get install -y wrk) \
+		|| echo "wrk could not be installed: the benchmark falls back to locust (FastHttpUser)"
+
+bench: $(VENV)/.installed-bench wrk
+	$(PY) scripts/bench.py
+
+bench-quick: $(VENV)/.installed-bench wrk
+	$(PY) scripts/bench.py --quick
 
 clean:
 	rm -rf .state .pytest_cache build *.egg-info

@@ -8,6 +8,7 @@ figure reports per-round ratios' medians next to the absolute numbers."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import threading
 import time
@@ -96,11 +97,13 @@ def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int =
     notes: dict[str, str] = {}
     rss: dict[str, float] = {}
     pids: dict[str, int] = {}
+    replicas: dict[str, ReplicaProcess] = {}
     try:
         for n in processes:
             r = replica(work, f"replica-p{n}", model_path=str(model_dir), processes_per_replica=n,
                         threads_per_process=1).start()
             running.append(r)
+            replicas[f"replica p{n}"] = r
             f = servers.Floor(model_file, n, work).start()
             running.append(f)
             targets[f"replica p{n}"] = (r.base, models.SAMPLE, ["/"])
@@ -132,7 +135,7 @@ def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int =
         for name, pid in pids.items():
             if name in targets:
                 rss[name] = tree_rss_mib(pid)
-        worker_rss = {f"replica p{n}": worker_rss_mib(s) for n, s in zip(processes, running[0::2])}
+        worker_rss = {name: worker_rss_mib(r) for name, r in replicas.items()}
         results = {name: summarize(v) for name, v in raw.items()}
         return {"results": results, "notes": notes, "rss_mib": rss, "replica_worker_rss_mib": worker_rss,
                 "processes": list(processes), "rounds": n_rounds, "duration": duration,
@@ -167,8 +170,10 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
     single = replica(work, "replica-single", model_path=str(single_dir), processes_per_replica=1, threads_per_process=1)
     out: dict = {"cache_size": cache_size, "disk_cache_size": disk_cache_size, "n_models": n_models}
     try:
-        cached.start(), single.start()
-        cached.wait_ready(), single.wait_ready()
+        cached.start()
+        single.start()
+        cached.wait_ready()
+        single.wait_ready()
         session = requests.Session()
 
         def post(name: str) -> float:
@@ -189,6 +194,7 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
             post(n)
         out["memory_hit_ms"] = [post(first[-1]) for _ in range(50)]
         disk_hits = []
+        log_mark = len(cached.log())
         for n in first * 2:  # cycling over more models than memory holds: every request misses memory, hits disk
             disk, memory = where(n)
             if disk and not memory:
@@ -196,7 +202,10 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
             else:
                 post(n)
         out["disk_hit_ms"] = disk_hits
-        out["raw_session_ms"] = models.session_creation_ms(model_file)
+        # The worker's own "loaded in" times for those loads: lock, manifest and InferenceSession creation.
+        out["disk_hit_load_ms"] = [float(x) * 1000 for x in
+                                   re.findall(r"loaded in ([0-9.]+)s", cached.log()[log_mark:])]
+        out["raw_session_ms"], out["raw_release_ms"] = models.session_timings_ms(model_file)
         hot = first[:cache_size]
         for n in hot:
             post(n)

@@ -68,18 +68,25 @@ def tensorflow_iris(directory: Path) -> Path:
     return directory
 
 
-def session_creation_ms(model_file: Path, repeat: int = 20) -> float:
-    """Median time of `onnxruntime.InferenceSession(model_file)` in a fresh process (the raw cost of a load)."""
+def session_timings_ms(model_file: Path, repeat: int = 20) -> tuple[float, float]:
+    """Median (creation, release) times of an `onnxruntime.InferenceSession(model_file)` that ran once, in a
+    fresh process: the raw cost of a load, and of dropping a session as an eviction does."""
     code = """
 import statistics, sys, time
+import numpy as np
 import onnxruntime as ort
-times = []
+create, release = [], []
 for _ in range(int(sys.argv[2]) + 2):
     t = time.perf_counter()
-    ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-    times.append(time.perf_counter() - t)
-print(statistics.median(times[2:]) * 1000)
+    s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    create.append(time.perf_counter() - t)
+    s.run(None, {s.get_inputs()[0].name: np.ones((1, 4), np.float32)})
+    t = time.perf_counter()
+    del s
+    release.append(time.perf_counter() - t)
+print(statistics.median(create[2:]) * 1000, statistics.median(release[2:]) * 1000)
 """
     out = subprocess.run([sys.executable, "-c", code, str(model_file), str(repeat)], check=True,
                          capture_output=True, text=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    create, release = out.stdout.strip().splitlines()[-1].split()
+    return float(create), float(release)
