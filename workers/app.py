@@ -7,6 +7,7 @@ the models on disk have been loaded, which `/readyz` counts across workers.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
@@ -53,6 +54,11 @@ class Runtime:
         self.post_predict = post
         self.post_predict_args = tuple(inspect.signature(post).parameters) if post else ()
         self.wanted_args = frozenset(self.predict_args) | frozenset(self.post_predict_args)
+        # What exists now (modules, the predictor) lives as long as the worker: freeze it out of the collector's
+        # way, so the full collection that releases an evicted or replaced model scans only what came after
+        # (about 100 ms less per eviction on a busy 2-core machine; see docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         if pred.sources:
             self.registry.start()
         else:
