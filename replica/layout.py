@@ -10,6 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from replica.disktree import UnsafeName, safe_relpath
 from replica.spec import MODEL_NAME_RE
 
 VERSION_RE = re.compile(r"^[0-9]+\Z")  # \Z, not $: "$" also matches before a final newline
@@ -52,8 +53,29 @@ def fingerprint(files: tuple[ObjectInfo, ...]) -> str:
 
 
 def _ignored(key: str) -> bool:
-    """Dotfiles (at any depth) and S3 folder markers are not part of a model."""
-    return key.endswith("/") or any(part.startswith(".") for part in key.split("/"))
+    """Dotfiles (at any depth) and S3 folder markers are not part of a model.
+
+    "." and ".." segments are not dotfiles: a key holding them could escape the folder it is written to, so it
+    is kept and refused by `unsafe_keys` with an error, never silently dropped."""
+    return key.endswith("/") or any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
+
+
+def unsafe_keys(keys) -> list[str]:
+    """The keys that are not plain relative paths (absolute, empty, '.' or '..' segments, backslashes, NUL):
+    written under a folder they could land outside it."""
+    bad = []
+    for key in keys:
+        try:
+            safe_relpath(key)
+        except UnsafeName:
+            bad.append(key)
+    return sorted(bad)
+
+
+def _unsafe_error(bad: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (f"unsafe file key(s) {shown}: a key must be a relative path without '.', '..' or empty segments, "
+            "so it cannot escape the model folder; nothing of it is downloaded")
 
 
 def validate_version(predictor_type: str, files: tuple[ObjectInfo, ...], allow_inferentia: bool = False) -> str | None:
@@ -61,6 +83,13 @@ def validate_version(predictor_type: str, files: tuple[ObjectInfo, ...], allow_i
     keys = {f.key for f in files}
     if not keys:
         return "the version holds no files"
+    bad = unsafe_keys(keys)
+    if bad:
+        return _unsafe_error(bad)
+    clashes = sorted(k for k in keys if any(other.startswith(k + "/") for other in keys))
+    if clashes:
+        return (f"{clashes[0]!r} is both a file and a folder upstream (a key {clashes[0] + '/...'!r} exists too); "
+                "remove one of them")
     if predictor_type == "tensorflow":
         if "saved_model.pb" not in keys:
             return "not a TensorFlow SavedModel: saved_model.pb is missing"
@@ -74,7 +103,12 @@ def validate_version(predictor_type: str, files: tuple[ObjectInfo, ...], allow_i
         onnx_files = [k for k in keys if "/" not in k and k.endswith(".onnx")]
         if len(onnx_files) != 1:
             found = ", ".join(sorted(onnx_files)) or "none"
-            return f"an ONNX model needs exactly one .onnx file at its root (found: {found})"
+            nested = sorted(k for k in keys if "/" in k and k.endswith(".onnx"))
+            hint = ""
+            if not onnx_files and nested:
+                hint = (f"; {', '.join(nested[:5])} {'is' if len(nested) == 1 else 'are'} in a sub-folder: version "
+                        "folders must be named by integers (1/, 2/, ...)")
+            return f"an ONNX model needs exactly one .onnx file at its root (found: {found}){hint}"
     return None
 
 
@@ -93,8 +127,13 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
         model.error = "no model files upstream"
         return model
     versioned = [o for o in objects if "/" in o.key and VERSION_RE.match(o.key.split("/", 1)[0])]
+    top_unsafe = unsafe_keys(o.key for o in objects if o not in versioned)
+    if top_unsafe:
+        model.error = _unsafe_error(top_unsafe)
+        return model
     if versioned and len(versioned) != len(objects):
-        others = sorted({o.key.split("/", 1)[0] for o in objects if o not in versioned})
+        others = sorted({o.key.split("/", 1)[0] + ("" if "/" in o.key else " (a file)")
+                         for o in objects if o not in versioned})
         model.error = (
             "mixes integer version folders with other entries ("
             + ", ".join(others[:5])
