@@ -60,9 +60,11 @@ def check_source(path: Path, predictor_type: str, has_models: bool) -> list[str]
     """Check a predictor file from its source without running it."""
     cls_name = CLASS_NAMES[predictor_type]
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = ast.parse(path.read_bytes(), filename=str(path))  # bytes: Python's own rules for the encoding
     except SyntaxError as e:
         return [f"{path.name}:{e.lineno}: syntax error: {e.msg}"]
+    except ValueError as e:  # null bytes, on Pythons that do not call them a syntax error
+        return [f"{path.name}: not Python source: {e}"]
     except OSError as e:
         return [f"cannot read the predictor file {path}: {e}"]
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name]

@@ -94,13 +94,40 @@ class ApiSpec:
     spec_file: Path
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML would silently keep
+    the last value, so `type: onnx` followed by `type: python` would serve something the user did not read."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor below reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first}); give each key once",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path, api_name: str | None = None) -> ApiSpec:
     """Read a spec file and return the API to serve; raises SpecError naming every problem."""
     path = Path(path).resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except FileNotFoundError:
         raise SpecError(str(path), ["the spec file does not exist"]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [f"not UTF-8 text ({e}); save the spec as UTF-8"]) from None
+    except OSError as e:
+        raise SpecError(str(path), [f"cannot read the spec file: {e.strerror or e}"]) from None
     except yaml.YAMLError as e:
         raise SpecError(str(path), [f"not valid YAML: {e}"]) from None
     apis = raw if isinstance(raw, list) else [raw]
