@@ -155,9 +155,10 @@ def test_framework_versions_eviction_and_live_reload(framework, s3, s3_client, b
     # 2. Two models, room for one in memory: b evicts a; a's model object is gone.
     resp = ask(r, "b")
     assert check_prediction(resp, "b", 1) is None, check_prediction(resp, "b", 1)
-    where = locations(r)
-    assert where["a/1"] == {"upstream": True, "disk": True, "memory": False}, where
-    assert where["b/1"] == {"upstream": True, "disk": True, "memory": True}, where
+    expected = {"a/1": {"upstream": True, "disk": True, "memory": False},
+                "b/1": {"upstream": True, "disk": True, "memory": True}}
+    # The disk column comes from the supervisor's state, which may be published a moment after the fetch.
+    wait_for(lambda: locations(r) == expected, timeout=10, message=f"/v1/models showing {expected}")
     assert count(r, r"model a version 1 evicted from memory") == 1
     state = probe(r)
     assert state["alive"] == ["b/1"] and state["unloads"] == 1, state
