@@ -210,8 +210,8 @@ JSON request at a time per connection, {hot['connections']} keep-alive connectio
 own process. {hot['rounds']} interleaved rounds of {hot['duration']:g} s per target after a warm-up; the table holds each
 target's median over rounds and the *ratio* is the median of per-round ratios (same round, same machine state).
 
-- *replica pN*: `replica serve` with `processes_per_replica: N`, `threads_per_process: 1`, the examples' ONNX
-  predictor.
+- *replica pN*: `replica serve` with `processes_per_replica: N`, `threads_per_process: 1`, the default
+  `--poll-interval` (10 s), the model in a local directory, the examples' ONNX predictor.
 - *floor pN*: `scripts/bench_floor_app.py`, a bare gunicorn + Flask app that calls the same onnxruntime session
   directly, with the replica's gunicorn flags (gthread, 1 thread, keep-alive 5 s) and N workers: the floor
   this stack can reach.
@@ -249,6 +249,8 @@ def section_profile(data: dict) -> str:
             for c in cats]
     errors = "; ".join(f"{k}: {v['pyspy_error']}" for k, v in p.items() if v.get("pyspy_error"))
     own = rep["categories"].get("replica (workers/, replica/)", 0) * rep["cpu_us_per_request"]
+    gunicorn, flask = rep["categories"].get("gunicorn", 0), rep["categories"].get("Flask / Werkzeug", 0)
+    ort = rep["categories"].get("onnxruntime", 0)
     return f"""### Where a worker's time goes
 
 One worker each (replica p1, floor p1) under the same wrk load: CPU time of the worker process per request
@@ -259,8 +261,12 @@ second run, each sample charged to the innermost frame that belongs to a known p
 - CPU per request: replica **{rep['cpu_us_per_request']:.0f} µs**, floor **{flo['cpu_us_per_request']:.0f} µs**
   ({extra:+.0f} µs, {rep['cpu_us_per_request'] / flo['cpu_us_per_request']:.2f}x).
 - The replica's own code (request scope, model registry lookup, input conversion, response building) is about
-  {own:.0f} µs of it; gunicorn's gthread worker and Flask/Werkzeug, which the floor pays too, are most of the
-  rest. onnxruntime itself is a few percent: for a model this small the HTTP stack is the cost.
+  {own:.0f} µs of it; gunicorn's gthread worker ({gunicorn:.0%} of the replica worker's samples) and
+  Flask/Werkzeug ({flask:.0%}), which the floor pays too, are most of the rest; onnxruntime is {ort:.0%}: for a
+  model this small the HTTP stack is the cost.
+- Cut after an earlier run of this profile: the worker built a dict of the request headers and of the query
+  string for every request, whether the predictor declared them or not (about 20 µs); it now builds only what
+  `predict` and `post_predict` declare.
 {f"- py-spy: {errors}" if errors else ""}
 
 {table(["part", "replica: share", "replica: µs / request", "floor: share", "floor: µs / request"], rows)}
@@ -289,7 +295,7 @@ from one client with keep-alive, so they include about 1 ms of HTTP), each case 
 {table(["request", "median latency", "samples"], rows)}
 
 Throughput ({data['caching']['throughput']['single model']['rounds'].__len__()} interleaved rounds, {figures.CONNECTIONS} connections):
-*single model* is a replica with `model_path` (no caching); *cached, 1 model* and *cached, hot set* are the
+*single model* is a replica with `model_path` on the same S3 server (no caching); *cached, 1 model* and *cached, hot set* are the
 caching replica with every request for one model, or for a model picked at random per request among
 {c['cache_size']} (all fit in memory: {c['hot_set_evictions']} evictions during the runs).
 
@@ -301,6 +307,16 @@ caching replica with every request for one model, or for a model picked at rando
 
 def caching_findings(c: dict) -> str:
     med = statistics.median
+    rot = c.get("ort_rotation_cpu_us")
+    spin = "" if not rot else f"""
+Why a hot set costs more than one model when every version is in memory (no evictions, no loads): each
+onnxruntime session has its own intra-op thread pool, whose threads spin for a while after every run; with
+requests rotating over {c['cache_size']} sessions, {c['cache_size']} pools spin instead of one, on cores that the
+worker and the load generator need. Measured in a separate process (CPU per `session.run`, runs 0.3 ms apart):
+{"; ".join(f"{k} {v:.0f} µs" for k, v in rot.items())}. Turning spinning off
+(`session.intra_op.allow_spinning = 0` in the session options the ONNX client creates) removes the difference;
+that trades a little latency on large models for CPU, so it is named here rather than changed.
+"""
     disk, mem = med(c["disk_hit_ms"]), med(c["memory_hit_ms"])
     load_ms = med(c["disk_hit_load_ms"]) if c.get("disk_hit_load_ms") else float("nan")
     rest = disk - mem - load_ms
@@ -313,7 +329,7 @@ process, much more when the cores are busy) and the full garbage collection that
 released. The eviction runs before the load on purpose, so the memory bound holds at every instant (see the
 README's model caching section). Worker objects that live as long as the worker are frozen out of the
 collector (`gc.freeze()` after start-up), which took the collection from about 50-100 ms to about 1 ms here.
-"""
+""" + spin
 
 
 def section_reloads(data: dict) -> str:
@@ -428,7 +444,15 @@ def main() -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
     parser.add_argument("--only", nargs="+", choices=["hot", "profile", "caching", "reloads", "scale", "memory"])
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite the document and plots from docs/bench/results.json")
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads((ASSETS / "results.json").read_text())
+        write_plots(data)
+        DOC.write_text(document(data, data.get("command", "scripts/bench.py")))
+        print(f"written {DOC.relative_to(ROOT)} from {ASSETS.relative_to(ROOT)}/results.json")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     start = time.time()
     try:
@@ -438,7 +462,8 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     argv = " ".join(sys.argv[1:])
-    text = document(data, f"scripts/bench.py{' ' + argv if argv else ''}")
+    data["command"] = f"scripts/bench.py{' ' + argv if argv else ''}"
+    text = document(data, data["command"])
     if args.no_doc:
         print(text)
     else:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import psutil
 import requests
 
+from replica.disktree import DiskTree
 from scripts.bench_lib import load, models, servers
 from tests.helpers import put_objects, write_api
 from tests.replica_proc import ReplicaProcess
@@ -51,7 +52,8 @@ def worker_rss_mib(r: ReplicaProcess) -> list[float]:
     return out
 
 
-def replica(work: Path, name: str, *, env: dict | None = None, poll_interval: float = 1.0, **api) -> ReplicaProcess:
+def replica(work: Path, name: str, *, env: dict | None = None, poll_interval: float = 10.0, **api) -> ReplicaProcess:
+    """A replica with the default poll interval (10 s) unless told otherwise."""
     folder = work / name
     spec = write_api(folder, api.pop("predictor", models.ONNX_PREDICTOR), type=api.pop("type", "onnx"), name=name,
                      **api)
@@ -162,12 +164,12 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
     client.create_bucket(Bucket=bucket)
     names = [f"m{i:03d}" for i in range(n_models)]
     put_objects(client, bucket, {f"models/{n}/1/model.onnx": model_file.read_bytes() for n in names}, threads=8)
-    single_dir = work / "cache-single" / "iris"
-    models.iris_onnx(single_dir / "1" / "model.onnx")
+    client.put_object(Bucket=bucket, Key="single/iris/1/model.onnx", Body=model_file.read_bytes())
     cached = replica(work, "replica-cache", env=s3.env, processes_per_replica=1, threads_per_process=1,
                      models={"dir": f"s3://{bucket}/models/", "cache_size": cache_size,
                              "disk_cache_size": disk_cache_size})
-    single = replica(work, "replica-single", model_path=str(single_dir), processes_per_replica=1, threads_per_process=1)
+    single = replica(work, "replica-single", env=s3.env, model_path=f"s3://{bucket}/single/iris/",
+                     processes_per_replica=1, threads_per_process=1)
     out: dict = {"cache_size": cache_size, "disk_cache_size": disk_cache_size, "n_models": n_models}
     try:
         cached.start()
@@ -185,9 +187,12 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
                 raise RuntimeError(f"model {name}: HTTP {resp.status_code} {resp.text[:300]}")
             return elapsed
 
+        tree = DiskTree(cached.state_dir)
+
         def where(name: str) -> tuple[bool, bool]:
-            row = session.get(f"{cached.base}/v1/models/{name}", timeout=30).json()["model_version_status"][0]
-            return row["disk"], row["memory"]
+            """(on disk: the tree itself, in memory: the worker's own /v1/models view)."""
+            rows = session.get(f"{cached.base}/v1/models/{name}", timeout=30).json()["model_version_status"]
+            return tree.manifest(name, 1) is not None, any(r["memory"] for r in rows)
 
         first = names[:disk_cache_size]
         for n in first:  # disk: all of `first`; memory: the last cache_size of them
@@ -195,12 +200,14 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
         out["memory_hit_ms"] = [post(first[-1]) for _ in range(50)]
         disk_hits = []
         log_mark = len(cached.log())
-        for n in first * 2:  # cycling over more models than memory holds: every request misses memory, hits disk
+        for n in first * 6:  # cycling over more models than memory holds: every request misses memory, hits disk
             disk, memory = where(n)
             if disk and not memory:
                 disk_hits.append(post(n))
             else:
                 post(n)
+            if len(disk_hits) >= 12:
+                break
         out["disk_hit_ms"] = disk_hits
         # The worker's own "loaded in" times for those loads: lock, manifest and InferenceSession creation.
         out["disk_hit_load_ms"] = [float(x) * 1000 for x in
@@ -216,6 +223,7 @@ def caching(work: Path, s3, *, n_models: int = 24, cache_size: int = 3, disk_cac
         evictions_before = len(cached.log().split("evicted from memory")) - 1
         raw = rounds(targets, rounds=n_rounds, duration=duration)
         out["throughput"] = {k: summarize(v) for k, v in raw.items()}
+        out["ort_rotation_cpu_us"] = models.session_rotation_cpu_us(model_file)
         out["hot_set_evictions"] = len(cached.log().split("evicted from memory")) - 1 - evictions_before
         # The scan: every other model once, in order (each a full miss from S3), watching the bounds.
         scan = []

@@ -90,3 +90,30 @@ print(statistics.median(create[2:]) * 1000, statistics.median(release[2:]) * 100
                          capture_output=True, text=True)
     create, release = out.stdout.strip().splitlines()[-1].split()
     return float(create), float(release)
+
+
+def session_rotation_cpu_us(model_file: Path, seconds: float = 1.5) -> dict[str, float]:
+    """CPU microseconds per `session.run` (process CPU time, so idle spinning threads count) when runs go to one
+    session or rotate over three, with onnxruntime's default intra-op spinning and with it off."""
+    code = """
+import sys, time
+import numpy as np
+import onnxruntime as ort
+x = np.ones((1, 4), np.float32)
+def cpu_per_run(n_sessions, spin):
+    opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ss = [ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"]) for _ in range(n_sessions)]
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < float(sys.argv[2]):
+        ss[n % n_sessions].run(None, {"input": x})
+        time.sleep(0.0003)  # requests arrive apart, as over HTTP
+        n += 1
+    return (time.process_time() - c0) / n * 1e6
+print(cpu_per_run(1, True), cpu_per_run(3, True), cpu_per_run(1, False), cpu_per_run(3, False))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(model_file), str(seconds)], check=True,
+                         capture_output=True, text=True)
+    a, b, c, d = map(float, out.stdout.split())
+    return {"1 session": a, "3 sessions": b, "1 session, no spinning": c, "3 sessions, no spinning": d}
