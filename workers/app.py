@@ -132,6 +132,8 @@ def _parse_payload() -> Any:
             return json.loads(raw)
         except (UnicodeDecodeError, ValueError) as e:
             raise BadRequest(f"malformed JSON body: {e}") from None
+        except RecursionError:
+            raise BadRequest("malformed JSON body: nested too deeply") from None
     if ctype == "text/plain":
         try:
             return request.get_data(cache=False).decode(request.mimetype_params.get("charset", "utf-8"))
@@ -255,7 +257,7 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
             return _error(404, f"model '{name}' not found")
         status = runtime.registry.status(name)[0]
         if version is not None:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):  # "²".isdigit() is True, int("²") fails
                 return _error(400, f"invalid model version {version!r}: use a non-negative integer")
             rows = [r for r in status["model_version_status"] if r["version"] == str(int(version))]
             if not rows:

@@ -112,8 +112,9 @@ def _to_array(value: Any, meta, model_name: str) -> np.ndarray:
                 f"model '{model_name}' input '{meta.name}' expects shape {list(meta.shape)}, got {list(arr.shape)}"
             )
         return arr
-    if shape and shape.count(-1) <= 1:
-        # A different rank (one example without its batch dimension): reshape when the sizes allow it.
+    if shape and shape.count(-1) <= 1 and arr.ndim < len(shape):
+        # A lower rank (one example without its batch dimension): reshape when the sizes allow it. Never flatten a
+        # higher rank: [[[a, b, c, d]]] for a [batch, 4] input is a wrong input.
         try:
             return arr.reshape(shape)
         except ValueError:

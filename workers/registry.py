@@ -331,7 +331,9 @@ class ModelRegistry:
         target = (max(on_disk) if on_disk else None) if version is None else version
         if target is None or target not in on_disk:
             raise ModelNotFound(self._not_found_reason(name, version, model))
-        lv = self.load(name, target)
+        failure = self._failures.get((name, target))
+        recent = failure is not None and failure.fingerprint == on_disk[target] and failure.retry_at > time.time()
+        lv = None if recent else self.load(name, target)  # a copy that just failed is not loaded again per request
         if lv is None:
             failure = self._failures.get((name, target))
             reason = f": {failure.error}" if failure else ""
@@ -346,8 +348,8 @@ class ModelRegistry:
             return f"model '{name}' has no version {version} (versions: {have})"
         errors = [f"version {v}: {i['error']}" for v, i in versions.items() if i.get("error")]
         reason = model.get("error") or "; ".join(errors) or "no version is on disk yet"
-        which = f"version {version}" if version is not None else "no version"
-        return f"model '{name}' {which} is not available ({reason})"
+        which = f"version {version} is not available" if version is not None else "has no version available"
+        return f"model '{name}' {which} ({reason})"
 
     # -- model caching ---------------------------------------------------------------------------------------
     def _load_cached(self, name: str, version: int | None, model: dict) -> LoadedVersion:
