@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -97,7 +98,7 @@ def _children(pid: int):
 
 
 def full(work: Path, args) -> dict:
-    data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds")}
+    data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg()}
     want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
     if "hot" in want:
         data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration)
@@ -120,6 +121,7 @@ def full(work: Path, args) -> dict:
     if "memory" in want:
         data["memory"] = figures.memory(work)
     data["environment"] = environment(data)
+    data["loadavg_end"] = os.getloadavg()
     return data
 
 
@@ -143,6 +145,10 @@ def environment(data: dict) -> dict:
                                f"locust {version('locust')} (FastHttpUser)"),
         },
     }
+
+
+def load(data: dict, key: str) -> str:
+    return f"{data[key][0]:.1f}" if data.get(key) else "not recorded"
 
 
 def fmt_ratio(x: float) -> str:
@@ -405,6 +411,9 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
 - Everything (SeaweedFS, replicas, peers, the load generator) runs on 127.0.0.1 on the same cores: on a
   2-core machine the load generator takes CPU from the server it measures, the same for every target. Other
   work on the machine adds noise, which is why targets are measured in interleaved rounds and compared by ratio.
+- Load average (1 min) when the run started: {load(data, "loadavg_start")}; when it ended: {load(data, "loadavg_end")}
+  ({os.cpu_count()} CPUs). Above the CPU count, other processes were competing for the cores throughout and the
+  absolute figures, and to a lesser degree the ratios, are noisy.
 
 ## Targets
 
