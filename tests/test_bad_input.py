@@ -616,6 +616,8 @@ PAYLOAD_CASES = [
      ["model 'pair' input 'b' expects shape"]),
     ("body-over-max-request-size", "model=iris", b"[" + b"1.0, " * (MAX_BODY // 4) + b"1.0]", JSON, 413,
      ["over the limit", str(MAX_BODY), "--max-request-size"]),
+    ("body-far-over-max-request-size", "model=iris", b"[" + b"1.0, " * (1 << 20) + b"1.0]", JSON, 413,
+     ["over the limit", str(MAX_BODY), "--max-request-size"]),
     ("text-plain", "model=iris", json.dumps(FEATURES).encode(), {"Content-Type": "text/plain"}, 400,
      ["model 'iris' input 'input' expects float32"]),
     ("text-plain-not-utf8", "model=iris", b"\xff\xfe\xfa", {"Content-Type": "text/plain; charset=utf-8"}, 400,
@@ -648,6 +650,27 @@ def test_bad_payload(onnx_replica, query, body, headers, status, fragments):
     resp = onnx_replica.post("/?" + query, data=body, headers=headers)
     error = error_of(resp, status)
     has_all(error, *fragments)
+
+
+def test_chunked_body_over_max_request_size_is_413(onnx_replica):
+    """No Content-Length to check up front: the limit holds while the body streams in."""
+    def chunks():
+        yield b"["
+        for _ in range(64):
+            yield b"1.0, " * 1024
+        yield b"1.0]"
+
+    error = error_of(onnx_replica.post("/?model=iris", data=chunks(), headers=JSON), 413)
+    has_all(error, "over the limit", str(MAX_BODY))
+
+
+def test_chunked_body_under_the_limit_is_served(onnx_replica):
+    def chunks():
+        yield json.dumps(FEATURES[:1]).encode()
+
+    resp = onnx_replica.post("/?model=iris", data=chunks(), headers=JSON)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outputs"][1] == [0]
 
 
 # -- names in URLs -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 from flask import Flask, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
@@ -121,11 +122,23 @@ class Runtime:
         return pids
 
 
+def _body() -> bytes:
+    """The request body. A streamed (chunked) body has no Content-Length to check up front, and werkzeug stops
+    reading it at --max-request-size without an error: one byte more means it was over the limit (413), never a
+    body silently cut short."""
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def _parse_payload() -> Any:
     """Cortex's body rules: JSON -> object, text/plain -> str, forms -> form data, anything else -> bytes."""
     ctype = (request.mimetype or "").lower()
     if ctype == "application/json" or ctype.endswith("+json"):
-        raw = request.get_data(cache=False)
+        raw = _body()
         if not raw:
             raise BadRequest("empty body: send a JSON document")
         try:
@@ -136,12 +149,12 @@ def _parse_payload() -> Any:
             raise BadRequest("malformed JSON body: nested too deeply") from None
     if ctype == "text/plain":
         try:
-            return request.get_data(cache=False).decode(request.mimetype_params.get("charset", "utf-8"))
+            return _body().decode(request.mimetype_params.get("charset", "utf-8"))
         except (UnicodeDecodeError, LookupError) as e:
             raise BadRequest(f"text body is not valid {request.mimetype_params.get('charset', 'utf-8')}: {e}") from None
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return request.form
-    return request.get_data(cache=False)
+    return _body()
 
 
 def _to_response(result: Any) -> Response:
