@@ -337,6 +337,37 @@ def test_real_cli_validate_exits_2_and_names_each_problem(tmp_path):
     assert_no_traceback(proc.stderr)
 
 
+def test_real_cli_serve_with_a_bad_spec_exits_2_before_starting_anything(tmp_path):
+    (tmp_path / "predictor.py").write_text(textwrap.dedent(GOOD_PREDICTORS))
+    spec = tmp_path / "api.yaml"
+    spec.write_text(_api(model_path=None, models=_paths({"name": "a/b", "model_path": "m"})))
+    proc = subprocess.run([sys.executable, "-m", "replica.cli", "serve", str(spec), "--port", "1",
+                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    has_all(proc.stderr, f"{P}.models.paths[0].name: 'a/b' is not a valid model name")
+    assert_no_traceback(proc.stderr)
+    assert not (tmp_path / "state").exists()
+
+
+def test_validate_reports_every_broken_layout_and_exits_1(tmp_path, monkeypatch, capsys):
+    """A valid spec whose models are broken upstream: `replica validate` lists every model, exits 1."""
+    (tmp_path / "predictor.py").write_text(textwrap.dedent(GOOD_PREDICTORS))
+    up = tmp_path / "up"
+    write_onnx_linear(up / "iris" / "1" / "model.onnx", IRIS_WEIGHTS, IRIS_BIAS)
+    for rel in ("nonint/v1/model.onnx", "twoonnx/1/a.onnx", "twoonnx/1/b.onnx", "bad name/1/model.onnx"):
+        (up / rel).parent.mkdir(parents=True, exist_ok=True)
+        (up / rel).write_bytes(b"onnx")
+    spec = tmp_path / "api.yaml"
+    spec.write_text(_api(model_path=None, models={"dir": "up"}))
+    code, output = validate_in_process(spec, monkeypatch, capsys)
+    assert code == 1, output
+    has_all(output, "model iris version 1: 1 file(s), ok",
+            "model nonint version 1: 1 file(s), error:", "version folders must be named by integers",
+            "model twoonnx version 1: 2 file(s), error: an ONNX model needs exactly one .onnx file",
+            "model bad name: error: unsafe model name 'bad name'")
+    assert_no_traceback(output)
+
+
 STARTUP_CASES = [
     ("exception-in-init", """
         class PythonPredictor:
