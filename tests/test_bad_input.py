@@ -947,7 +947,7 @@ def tf_replica(tmp_path_factory):
     _garbage_saved_model(models / "upgrade" / "2")
     spec = write_api(folder, TF_PREDICTOR, type="tensorflow", name="bad-tf", models={"paths": [
         {"name": n, "model_path": f"models/{n}"} for n in ("iris", "garbage", "upgrade")]})
-    with serving(spec, folder / "state") as r:
+    with serving(spec, folder / "state", extra_args=("--drain-timeout", "2")) as r:  # nothing in flight at the end
         yield r
         resp = r.post("/?model=iris", json={"x": FEATURES})
         assert resp.status_code == 200, resp.text
