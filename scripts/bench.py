@@ -147,7 +147,7 @@ def environment(data: dict) -> dict:
     }
 
 
-def load(data: dict, key: str) -> str:
+def loadavg(data: dict, key: str) -> str:
     return f"{data[key][0]:.1f}" if data.get(key) else "not recorded"
 
 
@@ -411,7 +411,7 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
 - Everything (SeaweedFS, replicas, peers, the load generator) runs on 127.0.0.1 on the same cores: on a
   2-core machine the load generator takes CPU from the server it measures, the same for every target. Other
   work on the machine adds noise, which is why targets are measured in interleaved rounds and compared by ratio.
-- Load average (1 min) when the run started: {load(data, "loadavg_start")}; when it ended: {load(data, "loadavg_end")}
+- Load average (1 min) when the run started: {loadavg(data, "loadavg_start")}; when it ended: {loadavg(data, "loadavg_end")}
   ({os.cpu_count()} CPUs). Above the CPU count, other processes were competing for the cores throughout and the
   absolute figures, and to a lesser degree the ratios, are noisy.
 
