@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk run-local examples test test-all bench bench-quick lint clean
+.PHONY: help venv install install-test install-bench wrk run-local examples test test-all bench bench-quick lint clean service-unit install-service
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
@@ -67,6 +67,28 @@ bench: $(VENV)/.installed-bench wrk
 
 bench-quick: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py --quick
+
+# The systemd service: `sudo make install-service SPEC=/etc/replica/api.yaml` (runs as the system user
+# SERVICE_USER, state in /var/lib/replica, settings in /etc/replica/replica.env; see the README).
+SPEC ?= $(CURDIR)/examples/onnx/api.yaml
+SERVICE_USER ?= replica
+UNIT_DIR ?= /etc/systemd/system
+
+service-unit: $(VENV)/.installed-run
+	@mkdir -p build
+	sed -e 's|@PREFIX@|$(CURDIR)|g' -e 's|@SPEC@|$(abspath $(SPEC))|g' -e 's|@USER@|$(SERVICE_USER)|g' \
+		scripts/replica.service > build/replica.service
+	@if command -v systemd-analyze >/dev/null; then systemd-analyze verify build/replica.service; fi
+	@echo "build/replica.service written"
+
+install-service: service-unit
+	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin $(SERVICE_USER)
+	install -d -m 0755 /etc/replica
+	[ -f /etc/replica/replica.env ] || install -m 0640 -g $(SERVICE_USER) scripts/replica.env /etc/replica/replica.env
+	install -m 0644 build/replica.service $(UNIT_DIR)/replica.service
+	systemctl daemon-reload
+	systemctl enable --now replica.service
+	@echo "replica.service installed and started: systemctl status replica; journalctl -u replica -f"
 
 clean:
 	rm -rf .state .pytest_cache build *.egg-info

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="an S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
     serve.add_argument("--drain-timeout", type=float, default=float(_env("drain-timeout", 30)),
                        help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    serve.add_argument("--heartbeat-timeout", type=float, default=float(_env("heartbeat-timeout", 0)),
+                       help="/healthz fails once the watcher has not polled for this many seconds "
+                            "(default: 4 poll intervals, at least 30)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         log_format=args.log_format,
         s3_endpoint=args.s3_endpoint,
         drain_timeout=args.drain_timeout,
+        heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
     )
     from supervisor.arbiter import Arbiter, StateDirInUse
 

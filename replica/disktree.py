@@ -54,6 +54,7 @@ class DiskTree:
         self.state_file = self.root / "state.json"
         self.heartbeat_file = self.run / "heartbeat"
         self.workers_dir = self.run / "workers"
+        self.metrics_dir = self.run / "metrics"  # prometheus-client's multiprocess files, one set per worker
         self.socket_path = self.run / "supervisor.sock"
 
     # -- paths --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ class Settings:
     log_format: str = "text"
     s3_endpoint: str | None = None
     drain_timeout: float = 30.0
+    heartbeat_timeout: float = 40.0
 
     @property
     def s3_client_factory(self) -> Callable:

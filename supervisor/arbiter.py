@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,8 @@ class Arbiter:
         s = self.settings
         for marker in self.tree.workers_dir.iterdir():
             marker.unlink(missing_ok=True)
+        shutil.rmtree(self.tree.metrics_dir, ignore_errors=True)  # counters start again with the workers
+        self.tree.metrics_dir.mkdir(parents=True)
         cmd = [
             sys.executable, "-m", "gunicorn",
             "--bind", f"{s.host}:{s.port}",
@@ -169,6 +172,7 @@ class Arbiter:
             "--error-logfile", "-",
             "--worker-tmp-dir", str(self.tree.run),
             "--name", f"replica-{self.api.name}",
+            "--config", "python:workers.gunicorn_conf",
             "workers.wsgi:application",
         ]
         env = dict(os.environ)
@@ -178,8 +182,10 @@ class Arbiter:
             "REPLICA_API": self.api.name,
             "REPLICA_STATE_DIR": str(self.tree.root),
             "REPLICA_POLL_INTERVAL": str(s.poll_interval),
+            "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
             "REPLICA_LOG_FORMAT": s.log_format,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
         })
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn.

@@ -25,7 +25,6 @@ class DiskCache:
         self._inflight: dict[tuple[str, int], threading.Event] = {}
         self._lock = threading.Lock()
         self._report: tuple[int, int] | None = None  # (worker pid, sequence) of the snapshot `resident` came from
-        self.evictions = 0
         watcher.before_install = self._make_room
 
     def trim(self) -> None:
@@ -40,7 +39,7 @@ class DiskCache:
         del self.watcher.installed[victim[0]][victim[1]]
         if not self.watcher.installed[victim[0]]:
             del self.watcher.installed[victim[0]]
-        self.evictions += 1
+        self.watcher.disk_evictions += 1
         log.info("model %s version %s evicted from disk (%s)", victim[0], victim[1], why)
 
     def _newer(self, report) -> bool:
@@ -67,14 +66,15 @@ class DiskCache:
                     event = self._inflight[key] = threading.Event()
                     break  # this request fetches it
             event.wait()  # another request is fetching it: share that download
-            if self.watcher.installed.get(name, {}).get(version):
-                return None
+            with self.watcher.lock:
+                if self.watcher.installed.get(name, {}).get(version):
+                    return None
             if key in self.watcher.version_errors:
                 return self._error(key)
             # Installed and already evicted again, or the disk was full: try again rather than report a failure.
         try:
             error = self.watcher.fetch_version(name, version)
-            self.watcher.publish()  # the worker reads the new disk state before it loads
+            self.watcher.publish_soon()  # for /v1/models; the worker loads from the manifest itself
             return error
         finally:
             with self._lock:

@@ -47,9 +47,13 @@ class Watcher:
         self.failures = 0  # consecutive passes with an error, for the backoff
         self.last_pass: float | None = None
         self.bytes_downloaded = 0
+        self.disk_evictions = 0  # versions the disk cache removed to make room
+        self.poll_seconds: float | None = None  # how long the last pass took
         self._retry_soon = False
         self._had_disk_copies = False
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
+        self._publish_timer: threading.Timer | None = None
+        self._publish_timer_lock = threading.Lock()
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -62,6 +66,7 @@ class Watcher:
             log.info("found %d model versions on disk from a previous run; re-using those that still match", count)
 
     def sync_once(self) -> None:
+        start = time.monotonic()
         self.catalogue.refresh()
         jobs = []
         for name, entry in self.catalogue.models.items():
@@ -80,6 +85,7 @@ class Watcher:
         with self.lock:
             self._remove_gone()
         self.last_pass = time.time()
+        self.poll_seconds = time.monotonic() - start
         if self.catalogue.complete or self._had_disk_copies:
             if not self.ready:
                 log.info("first sync done: %d models, %d versions on disk", len(self.installed),
@@ -95,8 +101,9 @@ class Watcher:
             return f"model '{name}' version {version} is not upstream"
         if listing.error:
             return listing.error
-        if self.installed.get(name, {}).get(version) == listing.fingerprint:
-            return None
+        with self.lock:  # not while the disk cache is evicting it: then it is downloaded again
+            if self.installed.get(name, {}).get(version) == listing.fingerprint:
+                return None
         return self._download(name, entry, listing)
 
     def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
@@ -111,6 +118,7 @@ class Watcher:
                 total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)
+                self.tree.touch_heartbeat()  # a pass that downloads for minutes is still a live watcher
             manifest = {
                 "name": name,
                 "version": version,
@@ -212,8 +220,28 @@ class Watcher:
                 "last_poll": self.last_pass,
                 "last_success": self.catalogue.last_success,
                 "bytes_downloaded": self.bytes_downloaded,
+                "disk_evictions": self.disk_evictions,
+                "poll_seconds": self.poll_seconds,
             })
         self.tree.touch_heartbeat()
+
+    def publish_soon(self, delay: float = 0.25) -> None:
+        """Publish within `delay` seconds, once for every call made meanwhile: with model caching each fetch
+        changes what is on disk, and at thousands of models one state.json write per fetch would dominate a
+        cache miss. Workers load from the version's manifest, so they never wait for this write."""
+        with self._publish_timer_lock:
+            if self._publish_timer is None:
+                self._publish_timer = threading.Timer(delay, self._publish_pending)
+                self._publish_timer.daemon = True
+                self._publish_timer.start()
+
+    def _publish_pending(self) -> None:
+        with self._publish_timer_lock:
+            self._publish_timer = None
+        try:
+            self.publish()
+        except OSError:
+            log.exception("could not write state.json; the next pass writes it again")
 
     # -- the loop -----------------------------------------------------------------------------------------
     def next_delay(self) -> float:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
-from workers import encoding
+from workers import encoding, metrics
 from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
 from workers.predictor import load_predictor_class
 from workers.registry import ModelRegistry
@@ -192,6 +192,28 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     def _bad_method(e):
         return _error(405, f"{request.method} is not allowed on {request.path}")
 
+    # -- request metrics: every prediction, whatever its outcome, counted by model, version and status --------
+    @app.before_request
+    def _start_timer():
+        if request.endpoint == "predict":
+            g.started = time.perf_counter()
+            metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    def _count_request(response: Response) -> Response:
+        if "started" in g:
+            scope = g.get("scope")
+            lv = scope.pinned[0] if scope is not None and scope.pinned else None
+            model, version = (lv.name, str(lv.version)) if lv is not None else ("", "")
+            metrics.REQUESTS.labels(model, version, str(response.status_code)).inc()
+            metrics.REQUEST_SECONDS.labels(model).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.teardown_request
+    def _end_request(exc):
+        if "started" in g:
+            metrics.IN_FLIGHT.dec()
+
     @app.route("/", methods=["POST"])
     @app.route("/predict", methods=["POST"])
     def predict():
@@ -202,7 +224,7 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
         available = {"payload": _parse_payload() if "payload" in wanted else None,
                      "query_params": request.args.to_dict() if "query_params" in wanted else None,
                      "headers": dict(request.headers) if "headers" in wanted else None}
-        with runtime.registry.request_scope():
+        with runtime.registry.request_scope() as g.scope:
             try:
                 result = runtime.predictor.predict(**{k: available[k] for k in runtime.predict_args})
             except ReplicaHTTPError:
@@ -259,6 +281,11 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
             raise Unavailable(f"{ready} of {wanted} workers ready", retry_after=2)
         return Response(json.dumps({"status": "ready", "workers": ready}), mimetype="application/json")
 
+    @app.route("/metrics")
+    def prometheus_metrics():
+        body, content_type = metrics.exposition(runtime.tree)
+        return Response(body, content_type=content_type)
+
     @app.route("/v1/models")
     def models():
         return Response(encoding.dumps({"models": runtime.registry.status()}), mimetype="application/json")
@@ -288,5 +315,6 @@ def runtime_from_env() -> tuple[Runtime, int]:
     api = load_spec(os.environ["REPLICA_SPEC"], os.environ.get("REPLICA_API") or None)
     tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
-    runtime = Runtime(api, tree, heartbeat_timeout=max(30.0, 4 * poll))
+    heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
+    runtime = Runtime(api, tree, heartbeat_timeout=heartbeat)
     return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))

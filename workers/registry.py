@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 from replica.disktree import DiskTree
 from replica.layout import parse_version
+from workers import metrics
 from workers.errors import BadRequest, ModelNotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class ModelRegistry:
         # Versions being brought in, with how many requests are bringing each in or about to pin it: a reserved
         # version holds a slot and is never an eviction victim, so it cannot vanish between its load and the pin.
         self._reserved: dict[tuple[str, int], int] = {}
+        # Versions requests are bringing in, up to their pin: a loaded one is never an eviction victim meanwhile.
+        self._wanted: dict[tuple[str, int], int] = {}
+        self._unloading: list[LoadedVersion] = []  # evicted, memory not yet released: still counts
         self._last_used: dict[tuple[str, int], float] = {}
         self._report_seq = 0
         self.evictions = 0
@@ -188,7 +192,15 @@ class ModelRegistry:
                 log.exception("unload hook failed for model %s version %s", lv.name, lv.version)
         del model
         gc.collect()
+        with self._cond:
+            self._count_memory()
         log.info("model %s version %s unloaded", lv.name, lv.version)
+
+    def _count_memory(self) -> None:
+        """Update the in-memory gauge (the caller holds the lock): loaded, draining and unloading versions."""
+        loaded = sum(len(vs) for vs in self._loaded.values())
+        draining = sum(1 for lv in self._retired + self._unloading if lv.model is not None)
+        metrics.IN_MEMORY.set(loaded + draining)
 
     # -- loading (single flight per version) ------------------------------------------------------------------
     def load(self, name: str, version: int) -> LoadedVersion | None:
@@ -225,6 +237,7 @@ class ModelRegistry:
                 model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
             except Exception as e:
                 self._failures[(name, version)] = LoadFailure(fp, f"{type(e).__name__}: {e}", time.time() + LOAD_RETRY_SECONDS)
+                metrics.LOAD_FAILURES.labels(name).inc()
                 log.exception("model %s version %s failed to load; %s", name, version,
                               "the previous copy keeps serving" if current else "it is not served")
                 return current
@@ -235,6 +248,9 @@ class ModelRegistry:
             self._failures.pop((name, version), None)
             if old is not None:
                 self._retire(old, "replaced by a new copy")
+            self._count_memory()
+        metrics.LOADS.labels(name).inc()
+        metrics.LOAD_SECONDS.observe(lv.load_seconds)
         log.info("model %s version %s loaded in %.3fs", name, version, lv.load_seconds)
         return lv
 
@@ -250,12 +266,12 @@ class ModelRegistry:
         return model_name
 
     @contextlib.contextmanager
-    def request_scope(self) -> Iterator[None]:
-        """Pin every version a request touches until it ends."""
+    def request_scope(self) -> Iterator[_Scope]:
+        """Pin every version a request touches until it ends; the scope says which versions those were."""
         scope = _Scope()
         self._scope.current = scope
         try:
-            yield
+            yield scope
         finally:
             self._scope.current = None
             with self._cond:
@@ -283,7 +299,9 @@ class ModelRegistry:
                     if scope is not None:
                         lv.refs += 1
                         scope.pinned.append(lv)
+                    metrics.CACHE_HITS.inc()
                     return lv
+            metrics.CACHE_MISSES.inc()
             try:
                 lv_new = self._load_on_demand(name, version)
             except (Unavailable, ModelNotFound):
@@ -352,34 +370,24 @@ class ModelRegistry:
         return f"model '{name}' {which} ({reason})"
 
     # -- model caching ---------------------------------------------------------------------------------------
-    def _load_cached(self, name: str, version: int | None, model: dict) -> LoadedVersion:
-        """A cache miss: admit the version (evicting the LRU idle one), have it put on disk, load it."""
+    def _load_cached(self, name: str, version: int | None, model: dict) -> LoadedVersion | None:
+        """A cache miss: admit the version (evicting the LRU idle one), have it put on disk, load it, pin it."""
         upstream = [int(v) for v, i in model.get("versions", {}).items() if i.get("upstream") and not i.get("error")]
         target = (max(upstream) if upstream else None) if version is None else version
         if target is None or target not in upstream:
             raise ModelNotFound(self._not_found_reason(name, version, model))
         key = (name, target)
-        failure = self._failures.get(key)
-        if failure and failure.retry_at > time.time() and not self._copy_changed(key, failure):
-            # fail fast: a broken model evicts nothing (a new copy of it is tried at once)
-            raise Unavailable(f"model '{name}' version {target} failed to load ({failure.error}); retrying later",
-                              retry_after=max(1, int(failure.retry_at - time.time())))
+        self._fail_fast(key)
         scope = getattr(self._scope, "current", None)
-        with self._cond:
-            if key in self._reserved or key in self._loading or self._find(name, target) is not None:
-                # It already holds a slot: share that fetch and load, and keep it from eviction until pinned.
-                self._reserved[key] = self._reserved.get(key, 0) + 1
-            else:
-                self._admit(key)
+        with self._cond:  # wanted: reported to the supervisor as in use, and never an eviction victim
+            self._wanted[key] = self._wanted.get(key, 0) + 1
         lv = None
         usable = False
         try:
-            lv = self._fetch_and_load(name, target)
+            lv = self._bring_in(key)
         finally:
             with self._cond:
-                left = self._reserved.pop(key) - 1
-                if left:
-                    self._reserved[key] = left
+                self._release(self._wanted, key)
                 usable = lv is not None and not lv.retired
                 if usable and scope is not None:  # pin before any admission can see it idle
                     lv.refs += 1
@@ -391,59 +399,144 @@ class ModelRegistry:
                               + (f" ({failure.error})" if failure else ""), retry_after=LOAD_RETRY_SECONDS_HINT)
         return lv if usable else None  # replaced upstream meanwhile: the caller looks again
 
-    def _admit(self, key: tuple[str, int]) -> None:
-        """Reserve a memory slot (caller holds the lock), evicting the LRU idle version; 503 when all are busy."""
-        deadline = time.monotonic() + self.admission_wait
-        while True:
-            loaded = {(lv.name, lv.version) for versions in self._loaded.values() for lv in versions.values()}
-            if key in self._reserved or key in loaded:  # another request admitted it while this one waited
-                self._reserved[key] = self._reserved.get(key, 0) + 1
-                return
-            held = len(loaded | set(self._reserved)) + len(self._retired)
-            if held < self.cache_size:
-                self._reserved[key] = 1
-                return
-            idle = [lv for versions in self._loaded.values() for lv in versions.values()
-                    if lv.refs == 0 and (lv.name, lv.version) not in self._reserved]
-            if idle:
-                victim = min(idle, key=lambda lv: self._last_used.get((lv.name, lv.version), 0.0))
-                del self._loaded[victim.name][victim.version]
-                if not self._loaded[victim.name]:
-                    del self._loaded[victim.name]
-                self.evictions += 1
-                log.info("model %s version %s evicted from memory (least recently used)", victim.name, victim.version)
-                self._unload(victim)  # released before the new model loads: the bound holds at every instant
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving requests",
-                                  retry_after=1)
-            self._cond.wait(remaining)
+    def _fail_fast(self, key: tuple[str, int]) -> None:
+        """A version that failed recently answers 503 at once: it is retried after a pause, not per request."""
+        failure = self._failures.get(key)
+        if failure and (failure.retry_at <= time.time() or self._copy_changed(key, failure)):
+            self._failures.pop(key, None)  # its pause is over, or its copy changed: this request tries again
+        elif failure:
+            raise Unavailable(f"model '{key[0]}' version {key[1]} failed to load ({failure.error}); retrying later",
+                              retry_after=max(1, int(failure.retry_at - time.time())))
 
-    def _fetch_and_load(self, name: str, version: int) -> LoadedVersion | None:
-        """Ask the supervisor for the version unless it is on disk, then load it (single flight)."""
-        from workers.supervisor_client import request_fetch
-
-        for _ in range(2):  # the disk copy can be evicted between the fetch and the load: fetch again once
+    def _bring_in(self, key: tuple[str, int]) -> LoadedVersion | None:
+        """Admit, fetch and load one version; None when it failed (the failure is recorded)."""
+        name, version = key
+        for _ in range(3):  # the disk copy can be evicted by another worker's fetch before the load: go again
             with self._cond:
                 lv = self._find(name, version)
             if lv is not None:
                 return lv
-            if self.tree.manifest(name, version) is None:
+            victims = self._admit(key)
+            try:
+                # Asked even when the version is on disk: the supervisor learns it is in use (and recently used),
+                # so no other fetch evicts it from disk before it loads.
+                lv = self.load(name, version) if self._fetch(name, version) else None
+            finally:
                 with self._cond:
-                    resident = [list(k) for k in self._reserved] + [
-                        [lv.name, lv.version] for vs in self._loaded.values() for lv in vs.values()]
-                    self._report_seq += 1  # fetches run in parallel: lets the supervisor drop a late, older snapshot
-                    report = [os.getpid(), self._report_seq]
-                error = request_fetch(Path(self._state["control_socket"]), name, version, resident, report)
-                if error:
-                    self._failures[(name, version)] = LoadFailure("", error, time.time() + FETCH_RETRY_SECONDS)
-                    log.warning("model %s version %s could not be fetched: %s", name, version, error)
-                    return None
-            lv = self.load(name, version)
-            if lv is not None or (name, version) in self._failures:
+                    self._release(self._reserved, key)
+                    self._cond.notify_all()
+            if lv is not None:
                 return lv
+            if key in self._failures:
+                self._restore_later(victims, key)
+                return None
         return None
+
+    @staticmethod
+    def _release(counts: dict[tuple[str, int], int], key: tuple[str, int]) -> None:
+        left = counts.pop(key) - 1
+        if left:
+            counts[key] = left
+
+    def _held(self) -> tuple[set[tuple[str, int]], int]:
+        """The versions in memory, and the memory slots taken (loaded, loading, unloading, draining)."""
+        loaded = {(lv.name, lv.version) for versions in self._loaded.values() for lv in versions.values()}
+        return loaded, len(loaded | set(self._reserved)) + len(self._unloading) + len(self._retired)
+
+    def _admit(self, key: tuple[str, int]) -> list[LoadedVersion]:
+        """Reserve a memory slot for `key`, evicting LRU idle versions first; 503 when all are busy.
+
+        A victim's memory is released (outside the lock: the collector can take a while) before the slot is
+        reserved, and it counts as held until then, so the bound holds at every instant. Returns the victims.
+        """
+        deadline = time.monotonic() + self.admission_wait
+        victims: list[LoadedVersion] = []
+        with self._cond:
+            while True:
+                loaded, held = self._held()
+                if key in self._reserved or key in loaded:  # another request admitted it: share its slot
+                    self._reserved[key] = self._reserved.get(key, 0) + 1
+                    return victims
+                if held < self.cache_size:
+                    self._reserved[key] = 1
+                    return victims
+                idle = [lv for versions in self._loaded.values() for lv in versions.values()
+                        if lv.refs == 0 and (lv.name, lv.version) not in self._reserved
+                        and (lv.name, lv.version) not in self._wanted]
+                if idle:
+                    victim = min(idle, key=lambda lv: self._last_used.get((lv.name, lv.version), 0.0))
+                    del self._loaded[victim.name][victim.version]
+                    if not self._loaded[victim.name]:
+                        del self._loaded[victim.name]
+                    self._unloading.append(victim)
+                    victims.append(victim)
+                    self.evictions += 1
+                    metrics.EVICTIONS.inc()
+                    log.info("model %s version %s evicted from memory (least recently used; making room for %s "
+                             "version %s)", victim.name, victim.version, *key)
+                    self._cond.release()
+                    try:
+                        self._unload(victim)
+                    finally:
+                        self._cond.acquire()
+                        self._unloading.remove(victim)
+                        self._cond.notify_all()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving "
+                                      "requests", retry_after=1)
+                self._cond.wait(remaining)
+
+    def _fetch(self, name: str, version: int) -> bool:
+        """Ask the supervisor to put a version on disk; False (the failure recorded) when it could not."""
+        from workers.supervisor_client import request_fetch
+
+        with self._cond:
+            resident = set(self._reserved) | {
+                (lv.name, lv.version) for vs in self._loaded.values() for lv in vs.values()}
+            self._report_seq += 1  # fetches run in parallel: lets the supervisor drop a late, older snapshot
+            report = [os.getpid(), self._report_seq]
+        try:
+            error = request_fetch(Path(self._state["control_socket"]), name, version, [list(k) for k in resident],
+                                  report)
+        except OSError as e:
+            raise Unavailable(f"the supervisor cannot be reached to fetch model '{name}' version {version} ({e})",
+                              retry_after=LOAD_RETRY_SECONDS_HINT) from None
+        if error:
+            self._failures[(name, version)] = LoadFailure("", error, time.time() + FETCH_RETRY_SECONDS)
+            metrics.LOAD_FAILURES.labels(name).inc()
+            log.warning("model %s version %s could not be fetched: %s", name, version, error)
+            return False
+        return True
+
+    def _restore_later(self, victims: list[LoadedVersion], failed: tuple[str, int]) -> None:
+        """Load back, in the background, what was evicted to make room for a version that then failed to load:
+        a broken model must not cost a healthy one its place. Only free slots are used; nothing is evicted."""
+        keys = [(lv.name, lv.version) for lv in victims]
+        if not keys:
+            return
+
+        def restore() -> None:
+            for key in keys:
+                with self._cond:
+                    loaded, held = self._held()
+                    if key in loaded or held >= self.cache_size:
+                        continue
+                    self._reserved[key] = self._reserved.get(key, 0) + 1
+                try:
+                    if self._fetch(*key):
+                        if self.load(*key) is not None:
+                            log.info("model %s version %s loaded back after %s version %s failed to load",
+                                     *key, *failed)
+                except Exception:
+                    log.exception("model %s version %s could not be loaded back", *key)
+                finally:
+                    with self._cond:
+                        self._release(self._reserved, key)
+                        self._cond.notify_all()
+
+        threading.Thread(target=restore, name="cache-restore", daemon=True).start()
 
     # -- status ----------------------------------------------------------------------------------------------
     def status(self, name: str | None = None) -> list[dict]:
@@ -482,7 +575,7 @@ class ModelRegistry:
                         "memory": lv is not None,
                         "error": error,
                     })
-                for lv in self._retired:
+                for lv in self._retired + self._unloading:
                     if lv.name == n:
                         rows.append({"version": str(lv.version), "state": "UNLOADING",
                                      "status": {"error_code": "OK", "error_message": ""},

@@ -1,0 +1,86 @@
+"""Prometheus metrics: what each worker counts, and the supervisor's figures read from state.json.
+
+Workers count in prometheus-client's multiprocess mode (the supervisor points PROMETHEUS_MULTIPROC_DIR at a
+fresh folder under run/ before it starts gunicorn), so `GET /metrics`, whichever worker answers it, adds up
+every worker. The supervisor's own figures (upstream listing, downloads, disk cache) are already in
+state.json, which every worker reads; they are exported from there rather than from a second registry.
+
+Model labels only ever hold names from the catalogue: a request for an unknown name counts under "".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from replica.disktree import DiskTree
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter("replica_requests", "Prediction requests by model, version and HTTP status code",
+                   ["model", "version", "code"])
+REQUEST_SECONDS = Histogram("replica_request_duration_seconds", "Prediction request latency by model", ["model"],
+                            buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("replica_requests_in_flight", "Prediction requests being served", multiprocess_mode="livesum")
+LOADS = Counter("replica_model_loads", "Model versions loaded into memory", ["model"])
+LOAD_SECONDS = Histogram("replica_model_load_duration_seconds", "Time to load a model version into memory",
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+LOAD_FAILURES = Counter("replica_model_load_failures", "Model versions that failed to load or fetch", ["model"])
+EVICTIONS = Counter("replica_model_evictions", "Model versions evicted from memory to make room (model caching)")
+IN_MEMORY = Gauge("replica_models_in_memory", "Model versions held in memory, all workers together",
+                  multiprocess_mode="livesum")
+CACHE_HITS = Counter("replica_cache_hits", "Requests whose model version was already in memory")
+CACHE_MISSES = Counter("replica_cache_misses", "Requests that had to bring their model version into memory")
+
+
+class SupervisorCollector:
+    """The supervisor's figures, from the state.json it publishes after every poll and fetch."""
+
+    def __init__(self, tree: DiskTree):
+        self.tree = tree
+
+    def collect(self) -> Iterable:
+        state = self.tree.read_state() or {}
+        models = state.get("models", {})
+        versions = [v for m in models.values() for v in m.get("versions", {}).values()]
+        yield CounterMetricFamily("replica_upstream_list_calls", "Upstream listing calls (one paginated "
+                                  "ListObjectsV2 per root per poll)", value=state.get("list_calls", 0))
+        yield CounterMetricFamily("replica_upstream_bytes_downloaded", "Bytes of model files downloaded",
+                                  value=state.get("bytes_downloaded", 0))
+        yield CounterMetricFamily("replica_disk_evictions", "Model versions removed from disk to make room",
+                                  value=state.get("disk_evictions", 0))
+        for name, help_text, key in (
+            ("replica_upstream_poll_duration_seconds", "Duration of the last upstream poll", "poll_seconds"),
+            ("replica_upstream_last_poll_timestamp_seconds", "When the last poll ended", "last_poll"),
+            ("replica_upstream_last_success_timestamp_seconds", "When the upstream was last listed without "
+             "an error", "last_success"),
+        ):
+            if state.get(key) is not None:
+                yield GaugeMetricFamily(name, help_text, value=state[key])
+        yield GaugeMetricFamily("replica_models_upstream", "Model versions in the upstream catalogue",
+                                value=sum(1 for v in versions if v.get("upstream")))
+        yield GaugeMetricFamily("replica_models_on_disk", "Model versions in the disk tree",
+                                value=sum(1 for v in versions if v.get("disk")))
+        yield GaugeMetricFamily("replica_model_errors", "Model versions with a listing, download or layout error",
+                                value=sum(1 for v in versions if v.get("error")))
+
+
+def exposition(tree: DiskTree) -> tuple[bytes, str]:
+    """The text a scrape of /metrics gets, summed over every worker."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:  # one process (a test, or the app run outside the supervisor): its own default registry
+        registry = CollectorRegistry()
+        registry.register(_Default())
+    registry.register(SupervisorCollector(tree))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Default:
+    def collect(self) -> Iterable:
+        return REGISTRY.collect()
