@@ -288,6 +288,15 @@ def test_concurrent_first_requests_share_one_download_and_one_load(s3, bucket, r
     assert disk_versions(r.state_dir) == ["b/1"]
 
 
+def test_one_slot_in_memory_and_on_disk_serves_every_model_in_turn(s3, bucket, replica, tmp_path, small_catalogue):
+    """cache_size == disk_cache_size == 1: each miss evicts the one resident version from memory and disk."""
+    r = replica(cached_spec(tmp_path / "api", bucket, 1, 1), env=s3.env, poll_interval=1.0)
+    for name in ["a", "b", "c", "a", "d", "b"]:
+        assert check_answer(ask(r, name), name, small_catalogue[name]) is None
+        assert memory_versions(r) == [(name, "1")]
+        assert disk_versions(r.state_dir) == [f"{name}/1"]
+
+
 # -- 4. saturation: 503 with Retry-After ------------------------------------------------------------------------
 
 def test_saturated_cache_answers_503_with_retry_after(s3, bucket, replica, tmp_path, small_catalogue):
