@@ -222,8 +222,8 @@ target's median over rounds and the *ratio* is the median of per-round ratios (s
   directly, with the replica's gunicorn flags (gthread, 1 thread, keep-alive 5 s) and N workers: the floor
   this stack can reach.
 - *mlserver pN*: MLServer {data['environment']['versions']['MLServer']} with `parallel_workers: N`, the same model
-  through `scripts/mlserver_runtime/runtime.py` (V2 inference protocol, FP32 [1, 4] in, the label out), metrics
-  server off (it costs MLServer 7-10%).{f" **Not measured**: {missing}." if missing else ""}
+  through `scripts/mlserver_runtime/runtime.py` (V2 inference protocol, FP32 [1, 4] in, the label out), its
+  metrics on (the default), as the replica's `/metrics` is; the floor has no metrics.{f" **Not measured**: {missing}." if missing else ""}
 
 {table(["target", "req/s", "p50 ms", "p99 ms", "throughput / floor", "RSS (all processes)", "failed"], rows)}
 
@@ -257,6 +257,7 @@ def section_profile(data: dict) -> str:
     own = rep["categories"].get("replica (workers/, replica/)", 0) * rep["cpu_us_per_request"]
     gunicorn, flask = rep["categories"].get("gunicorn", 0), rep["categories"].get("Flask / Werkzeug", 0)
     ort = rep["categories"].get("onnxruntime", 0)
+    prom = rep["categories"].get("prometheus_client (the replica's /metrics)", 0) * rep["cpu_us_per_request"]
     return f"""### Where a worker's time goes
 
 One worker each (replica p1, floor p1) under the same wrk load: CPU time of the worker process per request
@@ -267,7 +268,8 @@ second run, each sample charged to the innermost frame that belongs to a known p
 - CPU per request: replica **{rep['cpu_us_per_request']:.0f} µs**, floor **{flo['cpu_us_per_request']:.0f} µs**
   ({extra:+.0f} µs, {rep['cpu_us_per_request'] / flo['cpu_us_per_request']:.2f}x).
 - The replica's own code (request scope, model registry lookup, input conversion, response building) is about
-  {own:.0f} µs of it; gunicorn's gthread worker ({gunicorn:.0%} of the replica worker's samples) and
+  {own:.0f} µs of it, and its request metrics (prometheus_client in multiprocess mode: a counter, a histogram and
+  an in-flight gauge per request, each a write to a memory-mapped file) {prom:.0f} µs; gunicorn's gthread worker ({gunicorn:.0%} of the replica worker's samples) and
   Flask/Werkzeug ({flask:.0%}), which the floor pays too, are most of the rest; onnxruntime is {ort:.0%}: for a
   model this small the HTTP stack is the cost.
 - Cut after an earlier run of this profile: the worker built a dict of the request headers and of the query
@@ -342,6 +344,8 @@ def section_reloads(data: dict) -> str:
     rl = data["reloads"]
     r = rl["results"]
     rows = [[k, f"{v['rps']:,.0f}", f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}", str(v["failed"])] for k, v in r.items()]
+    b_load = (f" (raw `InferenceSession` creation of B in a quiet process: {rl['b_session_ms']:.0f} ms)"
+              if rl.get("b_session_ms") else "")
     return f"""## 3. Reloads
 
 A replica (`processes_per_replica: {rl['processes']}`, `--poll-interval 1`) serving model A (iris) and model B (a
@@ -358,6 +362,10 @@ client asks B 20 times a second throughout. {rl['rounds']} interleaved rounds of
 - Versions of B published during the runs: {rl['versions_published']}; the last published was {rl['b_last']},
   the latest loaded at the end {rl['b_latest_loaded']}.
 - Requests to B itself during all runs: {rl['b_requests']['ok']} answered, {rl['b_requests']['failed']} failed.
+- Where the extra latency comes from: every new version of B costs each of the {rl['processes']} workers a
+  {rl['b_mib']:.0f} MiB session load in its background model-sync thread{b_load}, plus the supervisor's download,
+  on cores that wrk and the serving threads already saturate; A's requests wait for CPU (and for the GIL while
+  the load runs Python code), not for a lock: nothing in the request path waits on a load.
 
 ![reloads](bench/reloads.png)
 """

@@ -313,7 +313,8 @@ def reloads(work: Path, s3, *, processes: int = 2, every: float = 3.0, n_rounds:
         return {"results": {k: summarize(v) for k, v in raw.items()}, "versions_published": reloads_seen,
                 "b_latest_loaded": max((int(v["version"]) for v in loaded), default=0), "b_last": version[0],
                 "b_requests": b_results, "every": every, "processes": processes, "duration": duration,
-                "rounds": n_rounds, "b_mib": len(heavy[0]) / 2**20}
+                "rounds": n_rounds, "b_mib": len(heavy[0]) / 2**20,
+                "b_session_ms": models.session_timings_ms(src / "b0" / "model.onnx", repeat=5)[0]}
     finally:
         r.stop()
 

@@ -19,6 +19,7 @@ from scripts.bench_lib import load, models
 # (category, substrings of a frame's "function (file:line)"), checked from the innermost frame outwards.
 CATEGORIES = [
     ("onnxruntime", ("onnxruntime",)),
+    ("prometheus_client (the replica's /metrics)", ("prometheus_client/",)),
     ("predictor (user code)", ("(predictor.py", "bench_floor_app.py")),
     ("replica (workers/, replica/)", ("(workers/", "(replica/")),
     ("Flask / Werkzeug", ("flask/", "werkzeug/")),
