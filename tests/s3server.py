@@ -113,6 +113,10 @@ def find_weed() -> str:
 # server
 # --------------------------------------------------------------------------
 
+PROBE_BUCKET = "s3server-probe"  # holds one object that wait_ready reads back
+PROBE_KEY = "ready"
+
+
 class SeaweedS3:
     """One ``weed mini`` process serving S3 on 127.0.0.1.
 
@@ -280,6 +284,30 @@ class SeaweedS3:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bucket {pending[0]!r} not ready after "
                                    f"{timeout}s\n" + self.log_tail())
+            time.sleep(0.1)
+        # 3. objects written before a restart read back: the volume server
+        # registers with the master a moment after the gateway answers, and
+        # until then GetObject fails with InternalError.
+        while True:
+            self._check_alive()
+            try:
+                try:
+                    cli.head_bucket(Bucket=PROBE_BUCKET)
+                except ClientError:
+                    cli.create_bucket(Bucket=PROBE_BUCKET)
+                try:
+                    body = cli.get_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY)["Body"].read()
+                except ClientError as e:
+                    if e.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                        raise
+                    cli.put_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY, Body=b"ready")
+                    continue
+                if body == b"ready":
+                    return
+            except (ClientError, BotoCoreError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stored objects not readable after {timeout}s\n" + self.log_tail())
             time.sleep(0.1)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -631,15 +631,16 @@ def test_restart_downloads_only_what_changed(s3, s3_client, bucket, build, repli
     state_dir = tmp_path / "state"
     manifests = {v: state_dir / "models" / f"{v}.manifest.json" for v in ("a/1", "a/2", "b/1")}
 
-    def inodes() -> dict[str, int]:
-        return {v: p.stat().st_ino for v, p in manifests.items()}
+    def installed_at() -> dict[str, float]:
+        """When each version was installed (inode numbers can be reused once a file is freed)."""
+        return {v: json.loads(p.read_text())["installed_at"] for v, p in manifests.items()}
 
     def fetch_lines(log: str) -> list[str]:
         return [line for line in log.splitlines() if "downloaded (" in line or "updated (" in line]
 
     r1 = replica(spec, env=s3.env, poll_interval=POLL, state_dir=state_dir)
     assert (ask(r1, "a")[0], ask(r1, "b")[0]) == (2.0, 5.0)
-    first = inodes()
+    first = installed_at()
     assert read_state(state_dir)["bytes_downloaded"] > 0
     assert len(fetch_lines(r1.log())) == 3
     r1.stop()
@@ -651,7 +652,7 @@ def test_restart_downloads_only_what_changed(s3, s3_client, bucket, build, repli
     log2 = r2.log()[len(r1.log()):] if r2.log_path == r1.log_path else r2.log()
     assert fetch_lines(log2) == [], fetch_lines(log2)
     assert read_state(state_dir)["bytes_downloaded"] == 0
-    assert inodes() == first
+    assert installed_at() == first
     r2.stop()
 
     # b/1 rewritten in place and a/3 added while stopped: only those two are downloaded
@@ -669,7 +670,7 @@ def test_restart_downloads_only_what_changed(s3, s3_client, bucket, build, repli
         and any("model a version 3 downloaded" in x for x in lines), lines
     changed_bytes = (build("onnx", 6) / "model.onnx").stat().st_size + (build("onnx", 3) / "model.onnx").stat().st_size
     assert read_state(state_dir)["bytes_downloaded"] == changed_bytes
-    now = inodes()
+    now = installed_at()
     assert now["a/1"] == first["a/1"] and now["a/2"] == first["a/2"] and now["b/1"] != first["b/1"]
 
 

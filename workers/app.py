@@ -234,7 +234,7 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
                 return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
             try:
                 response = _to_response(result)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:  # ValueError: a circular reference
                 log.exception("cannot serialize the prediction")
                 return _error(500, f"cannot serialize the prediction: {e}")
         if runtime.post_predict is not None:

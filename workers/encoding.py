@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -21,4 +22,18 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_default, allow_nan=True)
+    """Strict JSON: NaN and infinities (which JSON lacks, and strict parsers refuse) become null."""
+    try:
+        return json.dumps(obj, default=_default, allow_nan=False)
+    except ValueError:  # rare: only then walk the value to replace the non-finite floats
+        return json.dumps(_finite(json.loads(json.dumps(obj, default=_default, allow_nan=True))), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, list):
+        return [_finite(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return obj
