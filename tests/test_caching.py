@@ -295,6 +295,19 @@ def test_one_slot_in_memory_and_on_disk_serves_every_model_in_turn(s3, bucket, r
         assert check_answer(ask(r, name), name, small_catalogue[name]) is None
         assert memory_versions(r) == [(name, "1")]
         assert disk_versions(r.state_dir) == [f"{name}/1"]
+    # The same story in /metrics: six misses, five evictions from memory and from disk, one version resident
+    # (the supervisor's figures are published within 0.25 s of a fetch).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[str, float]:
+        return {s.name: s.value for f in text_string_to_metric_families(r.get("/metrics").text)
+                for s in f.samples if not s.labels}
+
+    metrics = wait_for(lambda: (m := scrape())["replica_disk_evictions_total"] == 5 and m, timeout=10,
+                       message="the supervisor's figures published")
+    assert metrics["replica_cache_misses_total"] == 6 and metrics["replica_cache_hits_total"] == 0
+    assert metrics["replica_model_evictions_total"] == 5
+    assert metrics["replica_models_in_memory"] == 1 and metrics["replica_models_on_disk"] == 1
 
 
 # -- 4. saturation: 503 with Retry-After ------------------------------------------------------------------------
