@@ -297,8 +297,9 @@ def section_caching(data: dict) -> str:
 
 A replica with `models.dir` over {c['n_models']} copies of the iris ONNX model in SeaweedFS, `cache_size: {c['cache_size']}`,
 `disk_cache_size: {c['disk_cache_size']}`, one worker with one thread. Latencies are end to end (`POST /?model=NAME`
-from one client with keep-alive, so they include about 1 ms of HTTP), each case checked against
-`/v1/models/NAME` before the request (disk hit: on disk and not in memory; full miss: on neither).
+from one client with keep-alive, so they include about 1 ms of HTTP), each case checked before the request
+(on disk: the version's manifest in the state directory; in memory: the worker's `/v1/models/NAME`; a disk hit
+is on disk and not in memory, a full miss on neither).
 
 {table(["request", "median latency", "samples"], rows)}
 
