@@ -36,6 +36,19 @@ IN_MEMORY = Gauge("replica_models_in_memory", "Model versions held in memory, al
 CACHE_HITS = Counter("replica_cache_hits", "Requests whose model version was already in memory")
 CACHE_MISSES = Counter("replica_cache_misses", "Requests that had to bring their model version into memory")
 
+_request_series: dict[tuple[str, str, int], tuple] = {}
+
+
+def observe_request(model: str, version: str, status: int, seconds: float) -> None:
+    """Count one prediction; each label set's children are looked up once, not on every request."""
+    key = (model, version, status)
+    series = _request_series.get(key)
+    if series is None:
+        series = _request_series.setdefault(key, (REQUESTS.labels(model, version, str(status)),
+                                                  REQUEST_SECONDS.labels(model)))
+    series[0].inc()
+    series[1].observe(seconds)
+
 
 class SupervisorCollector:
     """The supervisor's figures, from the state.json it publishes after every poll and fetch."""
