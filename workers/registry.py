@@ -8,15 +8,14 @@ request has finished, so no request fails because of a reload.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from replica.disktree import DiskTree
 from replica.layout import parse_version
@@ -48,11 +47,33 @@ class LoadFailure:
     retry_at: float
 
 
-@dataclass
 class _Scope:
-    """The versions one request has pinned."""
+    """The versions one request has pinned; a context manager that unpins them when the request ends.
 
-    pinned: list[LoadedVersion] = field(default_factory=list)
+    A plain class rather than a generator-based context manager: it runs on every request."""
+
+    __slots__ = ("registry", "pinned")
+
+    def __init__(self, registry: "ModelRegistry"):
+        self.registry = registry
+        self.pinned: list[LoadedVersion] = []
+
+    def __enter__(self) -> "_Scope":
+        self.registry._scope.current = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        registry = self.registry
+        registry._scope.current = None
+        if not self.pinned and registry.cache_size is None:
+            return
+        now = time.monotonic()
+        with registry._cond:
+            for lv in self.pinned:
+                lv.refs -= 1
+                registry._last_used[(lv.name, lv.version)] = now
+            if registry.cache_size is not None:
+                registry._cond.notify_all()
 
 
 class ModelRegistry:
@@ -265,21 +286,9 @@ class ModelRegistry:
             raise BadRequest(f"model_name must be a string, got {type(model_name).__name__}")
         return model_name
 
-    @contextlib.contextmanager
-    def request_scope(self) -> Iterator[_Scope]:
+    def request_scope(self) -> _Scope:
         """Pin every version a request touches until it ends; the scope says which versions those were."""
-        scope = _Scope()
-        self._scope.current = scope
-        try:
-            yield scope
-        finally:
-            self._scope.current = None
-            with self._cond:
-                for lv in scope.pinned:
-                    lv.refs -= 1
-                    self._last_used[(lv.name, lv.version)] = time.monotonic()
-                if self.cache_size is not None:
-                    self._cond.notify_all()
+        return _Scope(self)
 
     def get(self, model_name: str | None, model_version: Any = "latest") -> LoadedVersion:
         """The loaded version a request asked for, pinned for the rest of the request."""
