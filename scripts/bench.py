@@ -272,9 +272,14 @@ second run, each sample charged to the innermost frame that belongs to a known p
   an in-flight gauge per request, each a write to a memory-mapped file) {prom:.0f} µs; gunicorn's gthread worker ({gunicorn:.0%} of the replica worker's samples) and
   Flask/Werkzeug ({flask:.0%}), which the floor pays too, are most of the rest; onnxruntime is {ort:.0%}: for a
   model this small the HTTP stack is the cost.
-- Cut after an earlier run of this profile: the worker built a dict of the request headers and of the query
+- Cut after earlier runs of this profile: the worker built a dict of the request headers and of the query
   string for every request, whether the predictor declared them or not (about 20 µs); it now builds only what
-  `predict` and `post_predict` declare.
+  `predict` and `post_predict` declare. The request metrics were counted from Flask's before, after and
+  teardown hooks, which Flask dispatches on every request (about 8% of throughput in A/B runs against the
+  floor); they are now counted in the prediction view, with each label set's series looked up once.
+- Named, not cut: gunicorn and Flask/Werkzeug are most of each request for both servers; what the replica
+  adds on top is its request handling (payload rules, request scope, registry lookup, error mapping) and the
+  metrics, each a few per cent of a request. The ratio moves by about ±0.1 between runs on this machine.
 {f"- py-spy: {errors}" if errors else ""}
 
 {table(["part", "replica: share", "replica: µs / request", "floor: share", "floor: µs / request"], rows)}
@@ -332,11 +337,13 @@ that trades a little latency on large models for CPU, so it is named here rather
     return f"""
 Where a disk hit's {disk:.1f} ms go (medians): the request itself as a memory hit would cost {mem:.1f} ms; the
 worker's load of the version (shared lock, manifest, `InferenceSession` creation; its own "loaded in" log line)
-{load_ms:.1f} ms; the remaining {rest:.1f} ms are the eviction that makes room first: dropping the least
+{load_ms:.1f} ms; the remaining {rest:.1f} ms are mostly the eviction that makes room first: dropping the least
 recently used session (onnxruntime tears down its intra-op thread pool, {c['raw_release_ms']:.2f} ms in a quiet
 process, much more when the cores are busy) and the full garbage collection that makes sure its memory is
-released. The eviction runs before the load on purpose, so the memory bound holds at every instant (see the
-README's model caching section). Worker objects that live as long as the worker are frozen out of the
+released; then the round trip to the supervisor that confirms the version is on disk and marks it in use, so
+that no other fetch evicts it from disk before it loads (about 0.5 ms), and the log lines. The eviction runs
+before the load on purpose, so the memory bound holds at every instant (see the README's model caching
+section). Worker objects that live as long as the worker are frozen out of the
 collector (`gc.freeze()` after start-up), which took the collection from about 50-100 ms to about 1 ms here.
 """ + spin
 
