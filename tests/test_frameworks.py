@@ -143,7 +143,8 @@ def test_framework_versions_eviction_and_live_reload(framework, s3, s3_client, b
     source = (EXAMPLES / framework / "predictor.py").read_text() + PROBE
     spec = write_api(tmp_path / "api", source, type="python", name=f"frameworks-{framework}",
                      models={"dir": f"s3://{bucket}/models/", "cache_size": 1, "disk_cache_size": 2},
-                     threads_per_process=2, config={"labels": IRIS_LABELS, "device": "auto"})
+                     threads_per_process=2, python_path=str(EXAMPLES),  # examples/iris_payload.py
+                     config={"labels": IRIS_LABELS, "device": "auto"})
     r = replica(spec, env=s3.env, poll_interval=1.0)
 
     # 1. A real prediction from the model load_model returned (version 1, the documented iris answers).

@@ -8,28 +8,7 @@ import os
 import joblib
 import numpy as np
 
-FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-DEFAULT_LABELS = ("setosa", "versicolor", "virginica")
-
-
-def payload_to_rows(payload):
-    """{"sepal_length": ..., ...} (one flower) or a list of them -> float rows in model order."""
-    flowers = payload if isinstance(payload, list) else [payload]
-    rows = []
-    for flower in flowers:
-        if not isinstance(flower, dict):
-            raise ValueError("payload must be a JSON object (or a list of them) with keys " + ", ".join(FEATURES))
-        missing = [name for name in FEATURES if name not in flower]
-        if missing:
-            raise ValueError("payload is missing " + ", ".join(missing))
-        rows.append([float(flower[name]) for name in FEATURES])
-    return rows
-
-
-def answer(payload, scores, labels):
-    """One {"label", "scores"} per flower; a single object for a single flower."""
-    out = [{"label": labels[int(np.argmax(row))], "scores": [float(s) for s in row]} for row in np.asarray(scores)]
-    return out if isinstance(payload, list) else out[0]
+from iris_payload import DEFAULT_LABELS, answer, payload_to_rows  # examples/iris_payload.py
 
 
 class PythonPredictor:
