@@ -73,9 +73,7 @@ class DiskCache:
                 return self._error(key)
             # Installed and already evicted again, or the disk was full: try again rather than report a failure.
         try:
-            error = self.watcher.fetch_version(name, version)
-            self.watcher.publish_soon()  # for /v1/models; the worker loads from the manifest itself
-            return error
+            return self.watcher.fetch_version(name, version)
         finally:
             with self._lock:
                 del self._inflight[key]

@@ -104,7 +104,9 @@ class Watcher:
         with self.lock:  # not while the disk cache is evicting it: then it is downloaded again
             if self.installed.get(name, {}).get(version) == listing.fingerprint:
                 return None
-        return self._download(name, entry, listing)
+        error = self._download(name, entry, listing)
+        self.publish_soon()  # the disk changed (or the version has an error): /v1/models shows it shortly
+        return error
 
     def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
         """Fetch a version into a staging folder, then install it; return the error, or None on success."""

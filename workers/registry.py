@@ -105,15 +105,16 @@ class ModelRegistry:
         # Model caching: at most `cache_size` versions in memory (loaded, loading or draining), LRU by request.
         self.cache_size = cache_size
         self.admission_wait = admission_wait
-        # Versions being brought in, with how many requests are bringing each in or about to pin it: a reserved
-        # version holds a slot and is never an eviction victim, so it cannot vanish between its load and the pin.
+        # Memory slots taken by versions being fetched and loaded, with how many requests share each: a reserved
+        # version counts against cache_size before it is loaded, is reported to the supervisor as in use (kept on
+        # disk), and is never an eviction victim.
         self._reserved: dict[tuple[str, int], int] = {}
-        # Versions requests are bringing in, up to their pin: a loaded one is never an eviction victim meanwhile.
+        # Versions requests are bringing in, up to their pin (which comes after the reservation is released): a
+        # loaded one is never an eviction victim meanwhile.
         self._wanted: dict[tuple[str, int], int] = {}
         self._unloading: list[LoadedVersion] = []  # evicted, memory not yet released: still counts
         self._last_used: dict[tuple[str, int], float] = {}
         self._report_seq = 0
-        self.evictions = 0
 
     # -- state from the supervisor ------------------------------------------------------------------------
     def refresh_state(self) -> bool:
@@ -479,7 +480,6 @@ class ModelRegistry:
                         del self._loaded[victim.name]
                     self._unloading.append(victim)
                     victims.append(victim)
-                    self.evictions += 1
                     metrics.EVICTIONS.inc()
                     log.info("model %s version %s evicted from memory (least recently used; making room for %s "
                              "version %s)", victim.name, victim.version, *key)
@@ -502,8 +502,7 @@ class ModelRegistry:
         from workers.supervisor_client import request_fetch
 
         with self._cond:
-            resident = set(self._reserved) | {
-                (lv.name, lv.version) for vs in self._loaded.values() for lv in vs.values()}
+            resident = self._held()[0] | set(self._reserved)
             self._report_seq += 1  # fetches run in parallel: lets the supervisor drop a late, older snapshot
             report = [os.getpid(), self._report_seq]
         try:
