@@ -89,8 +89,9 @@ def good_request(session: requests.Session, base: str, model: str = "iris", requ
 class SteadyLoad:
     """Threads sending good requests until stopped, recording every outcome.
 
-    A request whose connection is reset by a killed worker is retried once on a fresh connection (what a load
-    balancer or client library does for an idempotent call); such retries are counted separately.
+    A request whose connection is broken by a killed worker (reset before the answer, or cut between the
+    answer's headers and its body) is retried once on a fresh connection (what a load balancer or client
+    library does for an idempotent call); such retries are counted separately.
     """
 
     def __init__(self, r, threads: int = 3):
@@ -104,13 +105,14 @@ class SteadyLoad:
     def _run(self) -> None:
         session = requests.Session()
         while not self.stop_event.is_set():
+            model = "iris" if self.ok % 2 else "iris2"
             try:
-                err = good_request(session, self.r.base, "iris" if self.ok % 2 else "iris2")
-            except requests.ConnectionError:
+                err = good_request(session, self.r.base, model)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 self.retried += 1
                 session = requests.Session()
                 try:
-                    err = good_request(session, self.r.base)
+                    err = good_request(session, self.r.base, model)
                 except requests.RequestException as e:
                     err = f"retry failed: {e}"
             except requests.RequestException as e:
