@@ -241,6 +241,18 @@ def ratios_hot(hot: dict) -> str:
             parts.append(f"replica / MLServer **{fmt_ratio(figures.ratio(r, f'replica p{n}', f'mlserver p{n}'))}**")
             parts.append(f"floor / MLServer {fmt_ratio(figures.ratio(r, f'floor p{n}', f'mlserver p{n}'))}")
         lines.append(f"- {n} worker(s): " + ", ".join(parts))
+    for n in hot["processes"]:
+        if f"mlserver p{n}" not in r:
+            continue
+        floor_x = figures.ratio(r, f"floor p{n}", f"mlserver p{n}")
+        replica_x = figures.ratio(r, f"replica p{n}", f"mlserver p{n}")
+        if replica_x < 2:
+            lines.append(
+                f"\nWith {n} worker(s) the 2x-MLServer target is missed: the floor itself (gunicorn + Flask calling "
+                f"onnxruntime, nothing else) is only {fmt_ratio(floor_x)} MLServer here, so 2x MLServer asks the "
+                f"replica for {2 / floor_x:.2f}x of the floor in this run (each ratio is a median of per-round "
+                "ratios, and moves by about ±0.1 between runs on this machine). What the replica adds on top of "
+                "the floor is in the profile below.")
     return "\n".join(lines) + "\n"
 
 
