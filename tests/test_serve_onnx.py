@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
 from scripts.model_factory import IRIS_BIAS, IRIS_LABELS, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear
-from tests.helpers import serving, write_api
+from tests.helpers import paused, serving, write_api
 
 FEATURES = [x for x, _ in IRIS_SAMPLES]
 EXPECTED = [label for _, label in IRIS_SAMPLES]
@@ -138,13 +137,10 @@ def test_three_processes_all_answer(tmp_path, replica):
     workers = set(r.worker_pids())
     assert len(workers) == 3
 
-    seen: set[int] = set()
-    deadline = time.time() + 30
-    for _ in range(500):  # each request opens a new connection, so any worker may accept it
-        resp = r.post("/", json=FEATURES)
+    # Any worker may accept a new connection; with the others paused, each one in turn has to.
+    for pid in workers:
+        with paused(workers - {pid}):
+            resp = r.post("/", json=FEATURES, headers={"Connection": "close"})
         assert resp.status_code == 200, resp.text
         assert resp.json()["labels"] == EXPECTED
-        seen.add(resp.json()["pid"])
-        if len(seen) == 3 or time.time() > deadline:
-            break
-    assert seen == workers
+        assert resp.json()["pid"] == pid
