@@ -704,6 +704,18 @@ def test_chunked_body_under_the_limit_is_served(onnx_replica):
     assert resp.json()["outputs"][1] == [0]
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_body_of_exactly_max_request_size_is_served(onnx_replica, content_type):
+    """The limit is inclusive, and the whole body is read: trailing JSON whitespace pads it to the limit."""
+    doc = json.dumps(FEATURES[:1]).encode()
+    body = doc + b" " * (MAX_BODY - len(doc))
+    assert len(body) == MAX_BODY
+    resp = onnx_replica.post("/?model=iris", data=body, headers={"Content-Type": content_type})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outputs"][1] == [0]
+    error_of(onnx_replica.post("/?model=iris", data=body + b" ", headers={"Content-Type": content_type}), 413)
+
+
 # -- names in URLs -------------------------------------------------------------------------------------------
 
 URL_CASES = [
