@@ -235,25 +235,23 @@ target's median over rounds and the *ratio* is the median of per-round ratios (s
 def ratios_hot(hot: dict) -> str:
     r = hot["results"]
     lines = ["", "Ratios (median of per-round ratios):", ""]
+    notes = []
     for n in hot["processes"]:
         parts = [f"replica / floor **{fmt_ratio(figures.ratio(r, f'replica p{n}', f'floor p{n}'))}**"]
         if f"mlserver p{n}" in r:
-            parts.append(f"replica / MLServer **{fmt_ratio(figures.ratio(r, f'replica p{n}', f'mlserver p{n}'))}**")
-            parts.append(f"floor / MLServer {fmt_ratio(figures.ratio(r, f'floor p{n}', f'mlserver p{n}'))}")
+            replica_x = figures.ratio(r, f"replica p{n}", f"mlserver p{n}")
+            floor_x = figures.ratio(r, f"floor p{n}", f"mlserver p{n}")
+            parts.append(f"replica / MLServer **{fmt_ratio(replica_x)}**")
+            parts.append(f"floor / MLServer {fmt_ratio(floor_x)}")
+            if replica_x < 2:
+                notes.append(
+                    f"\nWith {n} worker(s) the 2x-MLServer target is missed: the floor itself (gunicorn + Flask "
+                    f"calling onnxruntime, nothing else) is only {fmt_ratio(floor_x)} MLServer here, so 2x MLServer "
+                    f"asks the replica for {2 / floor_x:.2f}x of the floor in this run (each ratio is a median of "
+                    "per-round ratios, and moves by about ±0.1 between runs on this machine). What the replica adds "
+                    "on top of the floor is in the profile below.")
         lines.append(f"- {n} worker(s): " + ", ".join(parts))
-    for n in hot["processes"]:
-        if f"mlserver p{n}" not in r:
-            continue
-        floor_x = figures.ratio(r, f"floor p{n}", f"mlserver p{n}")
-        replica_x = figures.ratio(r, f"replica p{n}", f"mlserver p{n}")
-        if replica_x < 2:
-            lines.append(
-                f"\nWith {n} worker(s) the 2x-MLServer target is missed: the floor itself (gunicorn + Flask calling "
-                f"onnxruntime, nothing else) is only {fmt_ratio(floor_x)} MLServer here, so 2x MLServer asks the "
-                f"replica for {2 / floor_x:.2f}x of the floor in this run (each ratio is a median of per-round "
-                "ratios, and moves by about ±0.1 between runs on this machine). What the replica adds on top of "
-                "the floor is in the profile below.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + notes) + "\n"
 
 
 def section_profile(data: dict) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+import psutil
 import yaml
 
 if TYPE_CHECKING:
@@ -85,14 +86,12 @@ def put_objects(client, bucket: str, objects: dict[str, bytes], threads: int = 1
 
 
 @contextlib.contextmanager
-def paused(pids: Iterator[int] | list[int] | set[int]) -> Iterator[None]:
+def paused(pids: Iterable[int]) -> Iterator[None]:
     """Suspend these processes (SIGSTOP) for the block, then resume them.
 
     gunicorn's workers share one listening socket and the kernel hands each new connection to whichever worker
     is scheduled first; on busy cores one worker can lose every race for many seconds. Pausing the others is
     how a test makes a given worker answer."""
-    import psutil
-
     procs = [psutil.Process(p) for p in pids]
     for p in procs:
         p.suspend()
