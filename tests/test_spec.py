@@ -94,7 +94,6 @@ def test_full_cortex_spec_with_cluster_only_keys_is_accepted(write, tmp_path):
             tensorflow_serving_image: cortexlabs/tensorflow-serving-cpu:0.22.0
             log_level: info
             shm_size: 1Gi
-            server_side_batching: {max_batch_size: 8, batch_interval: 0.1s}
           compute: {cpu: 1, gpu: 0, mem: 2G}
           autoscaling: {min_replicas: 1, max_replicas: 10}
           networking: {endpoint: /iris, api_gateway: public}
@@ -108,6 +107,7 @@ def test_full_cortex_spec_with_cluster_only_keys_is_accepted(write, tmp_path):
     assert p.processes_per_replica == 4 and p.threads_per_process == 8
     assert p.config == {"bucket": "cortex-examples", "key": "labels.json"}
     assert p.env == {"LOG_LEVEL": "debug", "N": "3"}  # env values become strings
+    assert p.log_level == "info"
     assert p.single_model == "iris-classifier"
     assert len(p.sources) == 1
     src = p.sources[0]
@@ -459,6 +459,32 @@ def test_config_null_is_empty(write):
 
 def test_env_must_be_mapping(write):
     one_problem(write(api(env=["A=1"])), "predictor.env", "mapping")
+
+
+@pytest.mark.parametrize("name", ["CORTEX_VERSION", "REPLICA_STATE_DIR", "PROMETHEUS_MULTIPROC_DIR"])
+def test_env_refuses_reserved_names(write, name):
+    # Cortex refused CORTEX_ names; REPLICA_ names are the replica's own settings for its workers.
+    one_problem(write(api(env={"OK": 1, name: "x"})), f"predictor.env.{name}", "reserved", "rename")
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_log_level(write, level):
+    assert load_spec(write(api(log_level=level))).predictor.log_level == level
+
+
+def test_log_level_unset_is_none(write):
+    assert load_spec(write(api())).predictor.log_level is None
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "verbose", 10])
+def test_log_level_must_be_one_of_four(write, level):
+    one_problem(write(api(log_level=level)), "predictor.log_level", "debug, info, warning, error")
+
+
+def test_server_side_batching_is_refused_not_ignored(write):
+    p = one_problem(write(api(server_side_batching={"max_batch_size": 8, "batch_interval": "0.1s"})),
+                    "predictor.server_side_batching", "not supported", "remove")
+    assert "ignored" not in p
 
 
 def test_python_path(write, tmp_path):
