@@ -162,7 +162,7 @@ def _floats(flat: np.ndarray) -> list:
         values = flat.astype(str).astype(np.float64).tolist()
         tiny = np.flatnonzero((flat != 0) & (np.abs(flat) < _FLOAT32_TINY))
         for i in tiny.tolist():
-            values[i] = _shortest_float32(values[i])
+            values[i] = _shortest_float32(float(flat[i]))
     else:
         values = flat.tolist()
     if not np.isfinite(flat).all():
