@@ -1,6 +1,7 @@
 """Run Cortex's own TensorFlow examples unchanged against a real replica, with stand-in models.
 
     git clone --branch v0.22.1 https://github.com/cortexlabs/cortex /tmp/cortex
+    pip install -e '.[cortex-examples]'     # what the examples import beyond the replica (regex)
     python scripts/check_cortex_examples.py /tmp/cortex
 
 Each example's spec, predictor and sample file are used as they are in the checkout. The stand-in models
@@ -21,16 +22,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.cortex_standins import write_iris  # noqa: E402
+from scripts.cortex_standins import write_gpt2, write_gpt2_encoder, write_iris  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
 from tests.s3server import SeaweedS3, delete_bucket, upload_dir  # noqa: E402
 
-IRIS_PREFIX = "tensorflow/iris-classifier/nn/1560263597"  # Cortex's export folder, versioned by timestamp
+# Where the specs and predictors look in Cortex's bucket. Exports are versioned folders (timestamp, 1).
+UPLOADS = {
+    "tensorflow/iris-classifier/nn/1560263597": write_iris,
+    "tensorflow/text-generator/gpt-2/124M/1": write_gpt2,
+    "tensorflow/text-generator/gpt-2": write_gpt2_encoder,  # encoder.json and vocab.bpe, read in __init__
+}
 
 # (example folder, spec file, --api, sample file, expected answer)
 EXAMPLES = [
     ("examples/tensorflow/iris-classifier", "cortex.yaml", None, "sample.json", "setosa"),
     ("examples/traffic-splitter", "cortex.yaml", "iris-classifier-tf", "sample.json", "setosa"),
+    # The stand-in GPT-2 echoes its context, so the generated text is the prompt.
+    ("examples/tensorflow/text-generator", "cortex.yaml", None, "sample.json", "machine learning is"),
 ]
 
 
@@ -64,7 +72,8 @@ def main() -> int:
             s3.wait_ready(timeout=60)
             client = s3.client()
             client.create_bucket(Bucket="cortex-examples")
-            upload_dir(client, "cortex-examples", write_iris(work / "iris"), IRIS_PREFIX)
+            for i, (prefix, write) in enumerate(UPLOADS.items()):
+                upload_dir(client, "cortex-examples", write(work / "models" / str(i)), prefix)
             results = check(args.cortex.resolve(), work, s3)
             delete_bucket(client, "cortex-examples")
         finally:

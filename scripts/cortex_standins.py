@@ -14,12 +14,17 @@ code runs against them unchanged, offline:
   input `input` float32 [None, 4, 4, 3], outputs `output` float32 [None, 10] with the score of class k equal
   to `VISION_SCORE_ORDER[k] + mean(image)`, and `conv_81` float32 [None, 2, 2, 18] and `conv_93` float32
   [None, 4, 4, 18] holding `1000 * row + 100 * column + channel + mean(image)`.
+- `write_gpt2` and `write_gpt2_encoder`: `examples/tensorflow/text-generator`: signature `predict`, input
+  `context` int32 [None, None] -> output `sample` int32 [None, None], here the context itself (GPT-2 appends
+  its continuation to it); and an encoder in GPT-2's format (`encoder.json`, `vocab.bpe`) with one token per
+  byte and no merges, so the example's encoder turns any text into tokens and back.
 
 TensorFlow is imported inside the functions: importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,4 +96,39 @@ def write_vision(directory: Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    return directory
+
+
+def write_gpt2(directory: Path) -> Path:
+    """The text-generator stand-in (signature `predict`): `sample` echoes `context`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Gpt2(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="context")])
+        def predict(self, context):
+            return {"sample": tf.identity(context)}
+
+    module = Gpt2()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(directory), signatures={"predict": module.predict})
+    return directory
+
+
+def write_gpt2_encoder(directory: Path) -> Path:
+    """`encoder.json` and `vocab.bpe` in GPT-2's format: a token for each byte (in GPT-2's byte-to-unicode
+    mapping), and a merge list with only its version line."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "encoder.json").write_text(json.dumps({chars[b]: b for b in range(256)}))
+    (directory / "vocab.bpe").write_text("#version: 0.2\n")
     return directory
