@@ -1,7 +1,7 @@
 """Run Cortex's own TensorFlow examples unchanged against a real replica, with stand-in models.
 
     git clone --branch v0.22.1 https://github.com/cortexlabs/cortex /tmp/cortex
-    pip install -e '.[cortex-examples]'     # what the examples import beyond the replica (regex)
+    pip install -e '.[cortex-examples]'     # what the examples import beyond the replica (regex, opencv, scipy)
     python scripts/check_cortex_examples.py /tmp/cortex
 
 Each example's spec, predictor and sample file are used as they are in the checkout. The stand-in models
@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.cortex_standins import write_gpt2, write_gpt2_encoder, write_iris  # noqa: E402
+from scripts.cortex_standins import write_gpt2, write_gpt2_encoder, write_iris, write_yolov3  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
 from tests.s3server import SeaweedS3, delete_bucket, upload_dir  # noqa: E402
 
@@ -31,15 +31,29 @@ UPLOADS = {
     "tensorflow/iris-classifier/nn/1560263597": write_iris,
     "tensorflow/text-generator/gpt-2/124M/1": write_gpt2,
     "tensorflow/text-generator/gpt-2": write_gpt2_encoder,  # encoder.json and vocab.bpe, read in __init__
+    "tensorflow/license-plate-reader/yolov3_tf/1": write_yolov3,
 }
 
-# (example folder, spec file, --api, sample file, expected answer)
+# (example folder, spec file, --api, sample file, expected answer); a sample of None is a JPEG {"img": base64}
+# (the example ships none), whose answer has no box with the stand-in model.
 EXAMPLES = [
     ("examples/tensorflow/iris-classifier", "cortex.yaml", None, "sample.json", "setosa"),
     ("examples/traffic-splitter", "cortex.yaml", "iris-classifier-tf", "sample.json", "setosa"),
     # The stand-in GPT-2 echoes its context, so the generated text is the prompt.
     ("examples/tensorflow/text-generator", "cortex.yaml", None, "sample.json", "machine learning is"),
+    ("examples/tensorflow/license-plate-reader", "cortex_full.yaml", "yolov3", None, '{"boxes": []}'),
 ]
+
+
+def jpeg_payload() -> dict:
+    import base64
+
+    import cv2
+    import numpy as np
+
+    ok, jpeg = cv2.imencode(".jpg", np.full((120, 200, 3), 128, dtype=np.uint8))
+    assert ok
+    return {"img": base64.b64encode(jpeg.tobytes()).decode()}
 
 
 def check(cortex: Path, work: Path, s3: SeaweedS3) -> list[tuple[str, bool, str]]:
@@ -49,7 +63,7 @@ def check(cortex: Path, work: Path, s3: SeaweedS3) -> list[tuple[str, bool, str]
         replica = ReplicaProcess(example / spec, work / f"state-{len(results)}", api=api, env=s3.env)
         try:
             replica.start().wait_ready(timeout=180)
-            body = json.loads((example / sample).read_text())
+            body = json.loads((example / sample).read_text()) if sample else jpeg_payload()
             resp = replica.post("/", json=body)
             answer = f"{resp.status_code} {resp.text.strip()}"
             results.append((f"{folder} ({api or spec})", resp.status_code == 200 and resp.text == expected, answer))

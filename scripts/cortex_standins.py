@@ -14,6 +14,9 @@ code runs against them unchanged, offline:
   input `input` float32 [None, 4, 4, 3], outputs `output` float32 [None, 10] with the score of class k equal
   to `VISION_SCORE_ORDER[k] + mean(image)`, and `conv_81` float32 [None, 2, 2, 18] and `conv_93` float32
   [None, 4, 4, 18] holding `1000 * row + 100 * column + channel + mean(image)`.
+- `write_yolov3`: `examples/tensorflow/license-plate-reader`'s yolov3 (signature `serving_default`, input
+  `input_1` float32 [None, 416, 416, 3], outputs `conv_81`, `conv_93`, `conv_105` float32 [None, S, S, 18]
+  for S = 13, 26, 52), all zeros: no box reaches the example's objectness threshold.
 - `write_gpt2` and `write_gpt2_encoder`: `examples/tensorflow/text-generator`: signature `predict`, input
   `context` int32 [None, None] -> output `sample` int32 [None, None], here the context itself (GPT-2 appends
   its continuation to it); and an encoder in GPT-2's format (`encoder.json`, `vocab.bpe`) with one token per
@@ -131,4 +134,25 @@ def write_gpt2_encoder(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "encoder.json").write_text(json.dumps({chars[b]: b for b in range(256)}))
     (directory / "vocab.bpe").write_text("#version: 0.2\n")
+    return directory
+
+
+YOLOV3_GRIDS = {"conv_81": 13, "conv_93": 26, "conv_105": 52}
+
+
+def write_yolov3(directory: Path) -> Path:
+    """The license-plate-reader yolov3 stand-in (signature `serving_default`): three all-zero grids."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    class Yolov3(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 416, 416, 3], tf.float32, name="input_1")])
+        def serve(self, image):
+            batch = tf.shape(image)[0]
+            return {name: tf.zeros([batch, size, size, VISION_FILTERS]) for name, size in YOLOV3_GRIDS.items()}
+
+    module = Yolov3()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     return directory
