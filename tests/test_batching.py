@@ -124,6 +124,82 @@ def test_a_run_that_raises_or_miscounts_fails_every_member_and_the_queue_keeps_w
     assert sorted(submit_all(batcher, [("k", 1), ("k", 2)], Recorder())) == [(1, 2), (2, 2)]
 
 
+# -- running early: waiting cannot grow the batch ---------------------------------------------------------------
+
+def admitted_submit(batcher: Batcher, key, item, run):
+    """What the prediction view does around a request: admit, submit, leave (in this thread)."""
+    batcher.admit()
+    try:
+        return batcher.submit(key, item, run)
+    finally:
+        batcher.leave()
+
+
+def test_early_a_lone_request_in_an_idle_worker_runs_without_waiting_the_interval():
+    batcher = Batcher(max_batch_size=8, batch_interval=30.0, early=True)
+    started = time.perf_counter()
+    assert admitted_submit(batcher, "k", "x", Recorder()) == ("x", 1)
+    assert time.perf_counter() - started < 10
+
+
+def test_early_a_batch_waits_for_a_request_the_worker_holds_that_has_not_joined_yet():
+    rec = Recorder()
+    batcher = Batcher(max_batch_size=8, batch_interval=30.0, early=True)
+    out = {}
+    late_admitted = threading.Event()
+
+    def late() -> None:  # admitted (its body being parsed, say), joins 0.3 s later
+        batcher.admit()
+        late_admitted.set()
+        try:
+            time.sleep(0.3)
+            out["late"] = batcher.submit("k", "late", rec)
+        finally:
+            batcher.leave()
+
+    t = threading.Thread(target=late)
+    t.start()
+    late_admitted.wait(5)
+    started = time.perf_counter()
+    out["first"] = admitted_submit(batcher, "k", "first", rec)
+    t.join(30)
+    assert out == {"first": ("first", 2), "late": ("late", 2)}
+    assert 0.2 < time.perf_counter() - started < 10  # it waited for the late one, not for the interval
+
+
+def test_early_a_batch_waits_while_one_of_its_key_runs_and_gathers_what_arrives_meanwhile():
+    release = threading.Event()
+    batches: list[list] = []
+
+    def run(items):
+        batches.append(list(items))
+        if items == ["first"]:
+            release.wait(10)
+        return [(i, len(items)) for i in items]
+
+    batcher = Batcher(max_batch_size=8, batch_interval=30.0, early=True)
+    results = {}
+
+    def go(item):
+        results[item] = admitted_submit(batcher, "k", item, run)
+
+    first = threading.Thread(target=go, args=("first",))
+    first.start()
+    deadline = time.time() + 10
+    while not batches and time.time() < deadline:
+        time.sleep(0.01)
+    others = [threading.Thread(target=go, args=(i,)) for i in ("a", "b")]
+    for t in others:
+        t.start()
+    time.sleep(0.2)
+    assert batches == [["first"]]  # a and b wait: a batch of their key is running
+    release.set()
+    for t in [first, *others]:
+        t.join(30)
+    assert [sorted(b) for b in batches] == [["first"], ["a", "b"]]
+    assert results == {"first": ("first", 1), "a": ("a", 2), "b": ("b", 2)}
+
+
 # -- stacking ---------------------------------------------------------------------------------------------------------
 
 def test_stacking_splits_outputs_by_each_items_rows():
