@@ -43,8 +43,8 @@ class Runtime:
         pred = api.predictor
         cls = load_predictor_class(api)
         batching = pred.server_side_batching
-        self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch,
-                                early=True) if batching else None)
+        self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
+                        if batching else None)
         self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
                                       single_model=pred.single_model, cache_size=pred.cache_size)
         self.client = self._make_client()
@@ -241,9 +241,6 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
         Flask's before/after/teardown hooks would cost every request about 8% of the hot path)."""
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
-        batcher = runtime.batcher
-        if batcher is not None:
-            batcher.admit()  # a batch may wait for this request to join it
         scope = runtime.registry.request_scope()  # afterwards, which versions the request used
         status = 500
         try:
@@ -257,8 +254,6 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
             status = e.code or 500
             raise
         finally:
-            if batcher is not None:
-                batcher.leave()
             metrics.IN_FLIGHT.dec()
             lv = scope.pinned[0] if scope.pinned else None
             metrics.observe_request(lv.name if lv else "", str(lv.version) if lv else "", status,

@@ -39,50 +39,22 @@ class _Batch:
     def __init__(self) -> None:
         self.items: list[Any] = []
         self.arrived: list[float] = []
-        self.full = False
-        self.done = threading.Event()
+        self.full = threading.Event()  # the leader need not wait for the interval
+        self.done = threading.Event()  # the results are in
         self.results: list[Any] = []
 
 
 class Batcher:
-    """One worker's batch queues, one per key; thread-safe.
+    """One worker's batch queues, one per key; thread-safe."""
 
-    With `early` on, a leader also stops waiting once waiting cannot grow its batch from the requests the worker
-    holds: every request admitted (`admit`/`leave`, around each prediction, in the request's thread) has joined
-    a batch, and no batch of the same key is running. An idle worker then answers a lone request without the interval's delay, while a
-    busy one still gathers the requests that arrive during a run; `batch_interval` stays the longest wait."""
-
-    def __init__(self, max_batch_size: int, batch_interval: float, observe: Observer | None = None,
-                 early: bool = False):
+    def __init__(self, max_batch_size: int, batch_interval: float, observe: Observer | None = None):
         if max_batch_size < 1 or batch_interval <= 0:
             raise ValueError("max_batch_size must be >= 1 and batch_interval > 0")
         self.max_batch_size = max_batch_size
         self.batch_interval = batch_interval
-        self.early = early
         self._observe = observe
         self._lock = threading.Lock()
-        self._leaders = threading.Condition(self._lock)  # leaders wait here for their batch to become runnable
         self._open: dict[Hashable, _Batch] = {}
-        self._running: dict[Hashable, int] = {}  # batches of each key now running
-        self._present = 0  # requests admitted and not yet left
-        self._joined = 0  # of those, the ones that have joined a batch (waiting, running or answered)
-        self._local = threading.local()  # per request thread: how many batches its request joined
-
-    def admit(self) -> None:
-        """A request entered the worker, in this thread: a leader may wait for it to join."""
-        self._local.joined = 0
-        with self._lock:
-            self._present += 1
-
-    def leave(self) -> None:
-        """The request this thread admitted left the worker (answered, whether or not it joined a batch)."""
-        joined = self._local.joined
-        self._local.joined = None
-        with self._lock:
-            self._present -= 1
-            self._joined -= joined
-            if self._open:
-                self._leaders.notify_all()
 
     def submit(self, key: Hashable, item: Any, run: Callable[[list[Any]], Sequence[Any]]) -> Any:
         """Join (or open) the batch of `key` and return this item's result, raising its error.
@@ -101,37 +73,23 @@ class Batcher:
             batch.arrived.append(now)
             if len(batch.items) >= self.max_batch_size:
                 del self._open[key]  # full: the next request of this key opens a new batch
-                batch.full = True
-                self._leaders.notify_all()
-            # Only a request's own thread counts it as joined: a submit from a thread the predictor started on
-            # its behalf leaves the request "not joined", and leaders wait for it at most the interval.
-            if self.early and getattr(self._local, "joined", None) is not None:
-                self._joined += 1
-                self._local.joined += 1
-                if self._present <= self._joined:
-                    self._leaders.notify_all()
+                batch.full.set()
         if leader:
             self._lead(key, batch, run)
         else:
-            batch.done.wait()
+            batch.done.wait()  # each follower waits on its own batch: no wake-up of unrelated threads
         outcome = batch.results[index]
         if isinstance(outcome, Failure):
             raise outcome.error
         return outcome
 
-    def _runnable(self, key: Hashable, batch: _Batch, deadline: float) -> bool:
-        if batch.full or time.perf_counter() >= deadline:
-            return True
-        return self.early and self._present <= self._joined and not self._running.get(key)
-
     def _lead(self, key: Hashable, batch: _Batch, run: Callable[[list[Any]], Sequence[Any]]) -> None:
-        deadline = batch.arrived[0] + self.batch_interval
+        remaining = batch.arrived[0] + self.batch_interval - time.perf_counter()
+        if remaining > 0:
+            batch.full.wait(remaining)
         with self._lock:
-            while not self._runnable(key, batch, deadline):
-                self._leaders.wait(max(deadline - time.perf_counter(), 0))
             if self._open.get(key) is batch:
                 del self._open[key]
-            self._running[key] = self._running.get(key, 0) + 1
         items = batch.items  # nobody appends once the batch has left _open
         started = time.perf_counter()
         results: Sequence[Any] = [Failure(RuntimeError("the batch did not run"))] * len(items)
@@ -147,13 +105,6 @@ class Batcher:
         finally:
             batch.results = list(results)
             batch.done.set()
-            with self._lock:
-                if self._running[key] == 1:
-                    del self._running[key]
-                else:
-                    self._running[key] -= 1
-                if self._open:
-                    self._leaders.notify_all()
 
 
 def stackable(arrays: Mapping[str, np.ndarray], batch_dims: Mapping[str, bool]) -> bool:
