@@ -355,7 +355,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of load per target, client count and round")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--interval-ms", type=float, default=5.0)
+    parser.add_argument("--interval-ms", type=float, default=10.0)
     parser.add_argument("--no-mlserver", action="store_true")
     parser.add_argument("--no-doc", action="store_true", help="print the section instead of writing it")
     parser.add_argument("--report-only", action="store_true", help="rewrite the section from docs/bench/batching.json")
