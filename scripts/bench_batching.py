@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,17 +180,55 @@ def mlserver_answer(resp: requests.Response) -> np.ndarray:
     return np.asarray(resp.json()["outputs"][0]["data"], dtype=np.float32).reshape(-1, N_OUT)
 
 
-def batch_sizes(base: str) -> tuple[int, float]:
-    """(batches, requests in them) so far, from a replica's /metrics."""
+def batch_figures(base: str) -> dict[str, float]:
+    """Running totals from a replica's /metrics: batches, requests in them, seconds requests waited in the queue."""
     text = requests.get(base + "/metrics", timeout=10).text
-    count = sum(float(m) for m in re.findall(r"^replica_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
-    total = sum(float(m) for m in re.findall(r"^replica_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
-    return int(count), total
+
+    def total(name: str) -> float:
+        return sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+
+    return {"batches": total("replica_batch_size_count"), "requests": total("replica_batch_size_sum"),
+            "wait_s": total("replica_batch_wait_seconds_sum")}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the worker processes, every thread (onnxruntime's and TensorFlow's pools) included."""
+    out = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        out += t.user + t.system
+    return out
+
+
+MODEL_TIMING = """
+import sys, time
+import numpy as np
+import onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+for b in map(int, sys.argv[2:]):
+    x = np.random.default_rng(0).standard_normal((b, s.get_inputs()[0].shape[1])).astype(np.float32)
+    for _ in range(20):
+        s.run(None, {"input": x})
+    runs, t = 0, time.perf_counter()
+    while time.perf_counter() - t < 1.0:
+        s.run(None, {"input": x})
+        runs += 1
+    print(b, (time.perf_counter() - t) / runs * 1e6)
+"""
+
+
+def model_us_per_row(model_file: Path, sizes: list[int]) -> dict[int, float]:
+    """onnxruntime alone, in its own process on the same machine: microseconds per row at each batch size."""
+    out = subprocess.run([sys.executable, "-c", MODEL_TIMING, str(model_file), *map(str, sizes)], check=True,
+                         capture_output=True, text=True)
+    return {int(b): float(us) / int(b) for b, us in (ln.split() for ln in out.stdout.strip().splitlines())}
 
 
 # -- the run -----------------------------------------------------------------------------------------------------------
 def run(work: Path, *, n_rounds: int, duration: float, clients: tuple[int, ...], max_batch_size: int,
         interval: float, mlserver: bool = True) -> dict:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    loadavg_start = list(os.getloadavg())
     params = mlp_params()
     onnx_dir, tf_dir = work / "models" / "mlp-onnx", work / "models" / "mlp-tf"
     write_onnx(onnx_dir / "1" / "model.onnx", params)
@@ -238,27 +278,32 @@ def run(work: Path, *, n_rounds: int, duration: float, clients: tuple[int, ...],
             np.testing.assert_allclose(answers[name](resp), want, rtol=1e-3, atol=1e-3, err_msg=name)
             load.run(base, body, paths, duration=1, connections=max(clients))  # warm-up
         per_round: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in clients} for n in targets}
-        sizes: dict[str, dict[int, list[float]]] = {n: {c: [] for c in clients} for n in targets if "batched" in n
-                                                    and not n.startswith("mlserver")}
+        workers = {name: r.worker_pids() for name, r in zip(specs, running)}
         for i in range(n_rounds):
             for c in clients:
                 for name, (base, body, paths) in targets.items():
-                    before = batch_sizes(base) if name in sizes else None
+                    before = batch_figures(base) if name in workers else None
+                    cpu = cpu_seconds(workers[name]) if name in workers else None
                     res = load.run(base, body, paths, duration=duration, connections=c).as_dict()
-                    if before is not None:
-                        after = batch_sizes(base)
-                        n = after[0] - before[0]
-                        sizes[name][c].append((after[1] - before[1]) / n if n else 0.0)
+                    if name in workers:
+                        res["cpu_us_per_request"] = (cpu_seconds(workers[name]) - cpu) / max(res["requests"], 1) * 1e6
+                        after = batch_figures(base)
+                        n = after["batches"] - before["batches"]
+                        if n:
+                            queued = after["requests"] - before["requests"]
+                            res["mean_batch"] = queued / n
+                            res["mean_wait_ms"] = (after["wait_s"] - before["wait_s"]) / queued * 1000
                     per_round[name][c].append(res)
                     print(f"  round {i + 1}/{n_rounds} {c:>2} clients {name:<17} {res['rps']:8.0f} req/s  "
                           f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}", flush=True)
     finally:
         for s in running:
             s.stop()
-    return {"rounds": n_rounds, "duration": duration, "clients": list(clients), "max_batch_size": max_batch_size,
-            "interval_ms": interval * 1000, "tool": load.generator(), "per_round": per_round,
-            "mean_batch_size": {n: {c: statistics.median(v) if v else None for c, v in d.items()} for n, d in sizes.items()},
-            "notes": notes, "model": f"MLP {N_IN} -> {LAYERS} x {HIDDEN} (ReLU) -> {N_OUT}, float32"}
+    top = [r.get("mean_batch", 1) for r in per_round["onnx batched"][max(clients)]]
+    batch = max(1, round(statistics.median(top)))
+    return {"started": started, "rounds": n_rounds, "loadavg_start": loadavg_start, "loadavg_end": list(os.getloadavg()),
+            "model_us_per_row": model_us_per_row(onnx_dir / "1" / "model.onnx", sorted({1, batch, max_batch_size})), "duration": duration, "clients": list(clients), "max_batch_size": max_batch_size,
+            "interval_ms": interval * 1000, "tool": load.generator(), "per_round": per_round, "notes": notes, "model": f"MLP {N_IN} -> {LAYERS} x {HIDDEN} (ReLU) -> {N_OUT}, float32"}
 
 
 # -- the figures -------------------------------------------------------------------------------------------------------
@@ -296,6 +341,15 @@ def targets(data: dict) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def _median(rs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "" if x is None else format(x, spec)
+
+
 def section(data: dict) -> str:
     rows = []
     for name in data["per_round"]:
@@ -303,28 +357,31 @@ def section(data: dict) -> str:
             rs = _rounds(data, name, c)
             if not rs:
                 continue
-            med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
-            mbs = data["mean_batch_size"].get(name, {})
-            mean_batch = mbs.get(str(c), mbs.get(c))
-            rows.append([name, str(c), f"{med('rps'):,.0f}", f"{min(r['rps'] for r in rs):,.0f}",
-                         f"{med('p50_ms'):.2f}", f"{med('p99_ms'):.2f}", f"{max(r['p99_ms'] for r in rs):.2f}",
-                         "" if mean_batch is None else f"{mean_batch:.1f}", str(sum(r["failed"] for r in rs))])
+            rows.append([name, str(c), f"{_median(rs, 'rps'):,.0f}", f"{min(r['rps'] for r in rs):,.0f}",
+                         f"{_median(rs, 'p50_ms'):.2f}", f"{_median(rs, 'p99_ms'):.2f}",
+                         f"{max(r['p99_ms'] for r in rs):.2f}", _fmt(_median(rs, "mean_batch"), ".1f"),
+                         _fmt(_median(rs, "mean_wait_ms"), ".2f"), _fmt(_median(rs, "cpu_us_per_request"), ",.0f"),
+                         str(sum(r["failed"] for r in rs))])
     table = "\n".join(["| target | clients | req/s (median) | req/s (worst) | p50 ms | p99 ms (median) | p99 ms (worst) "
-                       "| mean batch | failed |", "|---|---|---|---|---|---|---|---|---|"]
+                       "| mean batch | queue wait ms | worker CPU µs / request | failed |", "|" + "---|" * 11]
                       + ["| " + " | ".join(r) + " |" for r in rows])
     trows = "\n".join(f"| {t} | {m} | {'n/a' if ok is None else ('met' if ok else '**missed**')} |"
                       for t, m, ok in targets(data))
     mls = data["notes"].get("mlserver_version", "not run")
     return f"""{HEADING}
 
-Generated by `scripts/bench_batching.py` (part of `make bench`). The model: {data['model']} (about
-{(N_IN * HIDDEN + (LAYERS - 1) * HIDDEN * HIDDEN + HIDDEN * N_OUT) * 4 / 2**20:.0f} MiB of weights), built by
-the benchmark as ONNX and as a TensorFlow SavedModel with the same weights; one request is one row (a JSON body of
-{N_IN} floats). Every server runs one worker process: the replica with `threads_per_process: {data['max_batch_size']}`, with and without
-`server_side_batching: {{max_batch_size: {data['max_batch_size']}, batch_interval: {data['interval_ms']:g}ms}}`; MLServer {mls} with adaptive
-batching at `max_batch_size: {data['max_batch_size']}`, `max_batch_time: {data['interval_ms'] / 1000:g}` on the same ONNX file. `{data['tool']}` keeps
-1, 8 or 32 keep-alive connections busy (closed loop); {data['rounds']} interleaved rounds of {data['duration']:g} s; medians over rounds,
-the worst round beside them. *Mean batch* is requests per batch run during the round (from `/metrics`).
+Generated by `scripts/bench_batching.py` (part of `make bench`), run {data.get('started', '?')}; load average
+(1 min) {data['loadavg_start'][0]:.1f} at the start and {data['loadavg_end'][0]:.1f} at the end on {os.cpu_count()} CPUs. The model: {data['model']}
+(about {(N_IN * HIDDEN + (LAYERS - 1) * HIDDEN * HIDDEN + HIDDEN * N_OUT) * 4 / 2**20:.0f} MiB of weights), built by the benchmark as ONNX and as a TensorFlow SavedModel
+with the same weights; one request is one row (a JSON body of {N_IN} floats), and every server's answer is checked
+against numpy before the runs. Every server runs one worker process: the replica with `threads_per_process:
+{data['max_batch_size']}`, with and without `server_side_batching: {{max_batch_size: {data['max_batch_size']}, batch_interval: {data['interval_ms']:g}ms}}`;
+MLServer {mls} with adaptive batching at `max_batch_size: {data['max_batch_size']}`, `max_batch_time: {data['interval_ms'] / 1000:g}` on the same ONNX
+file (`scripts/mlserver_runtime/runtime.py`, ONNXTensorRuntime). `{data['tool']}` keeps 1, 8 or 32 keep-alive connections
+busy (closed loop: a client sends its next request when answered); {data['rounds']} interleaved rounds (round, then client
+count, then target) of {data['duration']:g} s; medians over rounds, the worst round beside them. *Mean batch* and *queue
+wait* come from the replica's `/metrics` over each run; *worker CPU* is the worker process's CPU time (all its
+threads) per answered request.
 
 | target | measured | |
 |---|---|---|
@@ -335,8 +392,38 @@ the worst round beside them. *Mean batch* is requests per batch run during the r
 
 
 def findings(data: dict) -> str:
-    notes = data.get("findings") or []
-    return ("\n" + "\n".join(f"- {n}" for n in notes) + "\n") if notes else ""
+    """Where the time goes, from the figures of this run."""
+    top, low = max(data["clients"]), min(data["clients"])
+    per_row = {int(k): v for k, v in data["model_us_per_row"].items()}
+    one = per_row[1]
+    lines = []
+    for kind, label in (("onnx", "ONNX"), ("tf", "TensorFlow")):
+        unb, bat = _rounds(data, f"{kind} unbatched", top), _rounds(data, f"{kind} batched", top)
+        cpu_u, cpu_b = _median(unb, "cpu_us_per_request"), _median(bat, "cpu_us_per_request")
+        mb = _median(bat, "mean_batch")
+        if cpu_u and cpu_b and mb:
+            lines.append(f"{label}, {top} clients: the worker spends {cpu_u:,.0f} µs of CPU per request unbatched and "
+                         f"{cpu_b:,.0f} µs batched (mean batch {mb:.1f}).")
+    near = min(per_row, key=lambda b: abs(b - (_median(_rounds(data, "onnx batched", top), "mean_batch") or 1)))
+    cpu_u = _median(_rounds(data, "onnx unbatched", top), "cpu_us_per_request")
+    if cpu_u:
+        fixed = max(cpu_u - one, 0)
+        lines.append(
+            f"The model alone (onnxruntime in its own process on the same machine): {one:,.0f} µs for one row, "
+            + ", ".join(f"{us:,.0f} µs per row in a batch of {b}" for b, us in sorted(per_row.items()) if b > 1)
+            + f". What batching cannot shrink (HTTP, parsing {N_IN} floats of JSON, Flask, the replica's request "
+            f"handling, the answer) is then about {fixed:,.0f} µs of the {cpu_u:,.0f} µs an unbatched request "
+            f"costs, so on CPU-bound cores batches of {near} can at best give "
+            f"{cpu_u / (fixed + per_row[near]):.2f}x the unbatched throughput, and a free model "
+            f"{cpu_u / fixed if fixed else float('inf'):.2f}x.")
+    for kind, label in (("onnx", "ONNX"), ("tf", "TensorFlow")):
+        d = diff(data, f"{kind} batched", f"{kind} unbatched", low)
+        wait = _median(_rounds(data, f"{kind} batched", low), "mean_wait_ms")
+        if d is not None and wait is not None:
+            lines.append(f"{label}, {low} client: a lone request waited {wait:.2f} ms in the queue on average "
+                         f"(the interval is {data['interval_ms']:g} ms: the leader sleeps until it ends, and the "
+                         f"rest is the time the woken thread takes to get a core back); p50 moved by {d:+.2f} ms.")
+    return "\nWhere the time goes:\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n" if lines else ""
 
 
 def write_doc(data: dict) -> None:
@@ -370,10 +457,6 @@ def main() -> int:
                    max_batch_size=args.max_batch_size, interval=args.interval_ms / 1000, mlserver=not args.no_mlserver)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if RESULTS.exists():  # findings written by hand for the previous run are kept only if the setup is the same
-        old = json.loads(RESULTS.read_text())
-        if all(old.get(k) == data.get(k) for k in ("clients", "max_batch_size", "interval_ms", "model")):
-            data["findings"] = old.get("findings", [])
     if args.no_doc:
         print(section(data))
     else:
