@@ -15,12 +15,15 @@ run is retried one member at a time (`run_stacked`), so one bad input fails only
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # (key, batch size, seconds each member waited in the queue before the run started)
 Observer = Callable[[Hashable, int, list[float]], None]
@@ -94,17 +97,20 @@ class Batcher:
         started = time.perf_counter()
         results: Sequence[Any] = [Failure(RuntimeError("the batch did not run"))] * len(items)
         try:
-            if self._observe is not None:
-                self._observe(key, len(items), [started - t for t in batch.arrived])
             out = run(items)
             if len(out) != len(items):
                 raise RuntimeError(f"a batch of {len(items)} requests produced {len(out)} results")
             results = out
         except Exception as e:
             results = [Failure(e)] * len(items)
-        finally:
+        finally:  # whatever happened, every member gets an outcome: none waits forever
             batch.results = list(results)
             batch.done.set()
+        if self._observe is not None:
+            try:
+                self._observe(key, len(items), [started - t for t in batch.arrived])
+            except Exception:
+                log.exception("could not record a batch's metrics")
 
 
 def stackable(arrays: Mapping[str, np.ndarray], batch_dims: Mapping[str, bool]) -> bool:
