@@ -419,6 +419,13 @@ def findings(data: dict) -> str:
                       f"request costs at {top} clients, so on CPU-bound cores batches of {near} can at best give "
                       f"{cpu_u / (fixed + per_row[near]):.2f}x the unbatched throughput, and a free model "
                       f"{cpu_u / fixed:.2f}x.")
+            cpu_b = _median(_rounds(data, "onnx batched", top), "cpu_us_per_request")
+            if cpu_b and cpu_b > fixed + per_row[near]:
+                model += (f" The batched worker spent {cpu_b:,.0f} µs per request instead of the {fixed + per_row[near]:,.0f} "
+                          f"µs that sum predicts: the other {cpu_b - fixed - per_row[near]:,.0f} µs are what batching adds "
+                          f"on these cores (each request's thread sleeps and is woken per batch and takes the GIL back, "
+                          "the rows are concatenated and split, and the intra-op threads spin while a batch waits "
+                          "out its interval); this run does not split them further.")
         else:
             model += (f" That is more than the {cpu_u:,.0f} µs a whole unbatched ONNX request cost the worker at {top} "
                       "clients: concurrent unbatched runs already share onnxruntime's threads, and a lone run on a "
@@ -426,11 +433,21 @@ def findings(data: dict) -> str:
         lines.append(model)
     for kind, label in (("onnx", "ONNX"), ("tf", "TensorFlow")):
         d = diff(data, f"{kind} batched", f"{kind} unbatched", low)
-        wait = _median(_rounds(data, f"{kind} batched", low), "mean_wait_ms")
-        if d is not None and wait is not None:
-            lines.append(f"{label}, {low} client: a lone request waited {wait:.2f} ms in the queue on average "
-                         f"(the interval is {data['interval_ms']:g} ms: the leader sleeps until it ends, and the "
-                         f"rest is the time the woken thread takes to get a core back); p50 moved by {d:+.2f} ms.")
+        bat, unb = _rounds(data, f"{kind} batched", low), _rounds(data, f"{kind} unbatched", low)
+        wait = _median(bat, "mean_wait_ms")
+        cpu_b, cpu_u = _median(bat, "cpu_us_per_request"), _median(unb, "cpu_us_per_request")
+        if d is None or wait is None:
+            continue
+        line = (f"{label}, {low} client: p50 moved by {d:+.2f} ms for an interval of {data['interval_ms']:g} ms. A lone "
+                f"request waited {wait:.2f} ms in the queue on average: the leader sleeps until the interval ends, "
+                f"and the {wait - data['interval_ms']:.2f} ms beyond it are the woken thread waiting for a core.")
+        if cpu_b and cpu_u:
+            line += (f" The rest is the run itself, slower after a pause: the worker spent {cpu_b:,.0f} µs of CPU per "
+                     f"request batched against {cpu_u:,.0f} µs unbatched, because the framework's intra-op threads "
+                     "spin for a while after every run (burning a core while the next request waits out the "
+                     "interval, on cores the woken leader needs) and are parked by the time the next run starts; "
+                     "back-to-back unbatched runs find them spinning.")
+        lines.append(line)
     return "\nWhere the time goes:\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n" if lines else ""
 
 
