@@ -15,7 +15,7 @@ help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
-	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (10-20 min)"
+	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (15-25 min)"
 	@echo "make bench-quick print the hot-path ratio replica / gunicorn + Flask floor (under a minute)"
 
 $(PY):
@@ -64,6 +64,7 @@ wrk:
 
 bench: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_batching.py
 
 bench-quick: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py --quick

@@ -105,9 +105,7 @@ def test_without_log_level_the_replicas_level_stays(tmp_path, monkeypatch, root_
     ("CORTEX_X=1\n", {}, [".env: 'CORTEX_X' is reserved"]),
     (None, {"env": {"CORTEX_X": "1"}}, ["predictor.env.CORTEX_X: environment variables starting with CORTEX_"]),
     (None, {"log_level": "verbose"}, ["predictor.log_level: must be one of debug, info, warning, error"]),
-    (None, {"server_side_batching": {"max_batch_size": 4, "batch_interval": "0.1s"}},
-     ["predictor.server_side_batching: server-side batching is not supported yet"]),
-], ids=["dotenv-reserved", "env-reserved", "log-level", "server-side-batching"])
+], ids=["dotenv-reserved", "env-reserved", "log-level"])
 def test_cli_refuses_at_start_up_with_exit_2(tmp_path, dotenv, predictor, fragments):
     spec = project(tmp_path, dotenv, **predictor)
     for command in (["validate", str(spec)], ["serve", str(spec), "--port", "1", "--state-dir", str(tmp_path / "s")]):

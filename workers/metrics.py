@@ -35,6 +35,10 @@ IN_MEMORY = Gauge("replica_models_in_memory", "Model versions held in memory, al
                   multiprocess_mode="livesum")
 CACHE_HITS = Counter("replica_cache_hits", "Requests whose model version was already in memory")
 CACHE_MISSES = Counter("replica_cache_misses", "Requests that had to bring their model version into memory")
+BATCH_SIZE = Histogram("replica_batch_size", "Requests per batch run (server_side_batching), by model", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+BATCH_WAIT_SECONDS = Histogram("replica_batch_wait_seconds", "Time a request waited in the batch queue before its "
+                               "batch ran (server_side_batching), by model", ["model"], buckets=LATENCY_BUCKETS)
 
 _request_series: dict[tuple[str, str, int], tuple] = {}
 
@@ -48,6 +52,16 @@ def observe_request(model: str, version: str, status: int, seconds: float) -> No
                                                   REQUEST_SECONDS.labels(model)))
     series[0].inc()
     series[1].observe(seconds)
+
+
+def observe_batch(key: tuple, size: int, waits: list[float]) -> None:
+    """One batch run: its size and each member's wait; the key's first element is the model name ("" for a
+    Python predictor's batches, which are not per model)."""
+    model = key[0] if key and isinstance(key[0], str) else ""
+    BATCH_SIZE.labels(model).observe(size)
+    wait = BATCH_WAIT_SECONDS.labels(model)
+    for seconds in waits:
+        wait.observe(seconds)
 
 
 class SupervisorCollector:

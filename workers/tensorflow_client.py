@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from workers.batching import Batcher, run_stacked, stack_key, stackable
 from workers.errors import BadRequest
-from workers.registry import ModelRegistry
+from workers.registry import LoadedVersion, ModelRegistry
 
 
 def tensorflow_loader(signature_keys: dict[str, str | None], default_key: str | None):
@@ -56,8 +57,9 @@ def tensorflow_loader(signature_keys: dict[str, str | None], default_key: str | 
 
 
 class TensorFlowClient:
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, batcher: Batcher | None = None):
         self._registry = registry
+        self._batcher = batcher  # server_side_batching: concurrent predict calls share one signature call
 
     def get_model(self, model_name: str | None = None, model_version: Any = "latest") -> dict:
         return self._registry.get(model_name, model_version).model
@@ -71,8 +73,6 @@ class TensorFlowClient:
         """Run the model's signature; returns {output name: numpy array}, shapes and dtypes kept.
 
         Not part of Cortex's client: an opt-in for predictors written for this replica."""
-        import tensorflow as tf
-
         lv = self._registry.get(model_name, model_version)
         m = lv.model
         inputs = m["inputs"]
@@ -83,31 +83,52 @@ class TensorFlowClient:
         missing = [n for n in inputs if n not in model_input]
         if missing:
             raise BadRequest(f"model '{lv.name}' input is missing key(s) {', '.join(missing)} (expected: {', '.join(inputs)})")
-        feeds = {n: _input_tensor(tf, lv.name, n, spec, model_input[n]) for n, spec in inputs.items()}
-        try:
-            out = m["function"](**feeds)
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            raise BadRequest(f"model '{lv.name}' rejected the input: {e}") from e
-        return {k: v.numpy() for k, v in out.items()}
+        feeds = {n: _input_array(lv.name, n, spec, model_input[n]) for n, spec in inputs.items()}
+        # A bad input is a 400 above, before any batch.
+        if self._batcher is not None and stackable(feeds, _batch_dims(inputs)):
+            key = (lv.name, lv.version, lv, m["signature_key"], stack_key(feeds))
+            return self._batcher.submit(key, feeds, lambda items: run_stacked(items, lambda f: _call(lv, f)))
+        return _call(lv, feeds)
 
 
-def _input_tensor(tf: Any, model: str, name: str, spec: Any, value: Any) -> Any:
-    """One input as a tensor of the signature's dtype and a shape the signature accepts."""
+def _call(lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One call of the signature; its outputs as numpy arrays."""
+    import tensorflow as tf
+
+    inputs = lv.model["inputs"]
+    try:
+        out = lv.model["function"](**{n: tf.constant(a, dtype=inputs[n].dtype) for n, a in feeds.items()})
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+        raise BadRequest(f"model '{lv.name}' rejected the input: {e}") from e
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _batch_dims(inputs: dict) -> dict[str, bool]:
+    """Per input, whether the signature leaves its first dimension open (None): a batch dimension."""
+    return {n: bool(spec.shape.rank) and spec.shape[0] is None for n, spec in inputs.items()}
+
+
+def _input_array(model: str, name: str, spec: Any, value: Any) -> np.ndarray:
+    """One input as an array of the signature's dtype, in a shape the signature accepts."""
+    import tensorflow as tf
+
     try:
         # tf.constant accepts and refuses exactly what make_tensor_proto(value, dtype) did: ints for a float
         # input, but no "1.5" for a float or 1.5 for an int; numpy arrays are cast.
-        tensor = tf.constant(value, dtype=spec.dtype)
+        array = tf.constant(value, dtype=spec.dtype).numpy()
     except (TypeError, ValueError) as e:
         raise BadRequest(f"model '{model}' input '{name}' expects {spec.dtype.name}"
                          f"{_shape_text(spec.shape)}: {e}") from None
+    if not isinstance(array, np.ndarray):  # a scalar: numpy's scalar, or bytes for a string
+        array = np.array(array, dtype=object if spec.dtype == tf.string else None)
     shape = spec.shape
-    if shape.is_compatible_with(tensor.shape):
-        return tensor
-    if shape.rank is not None and tensor.shape.rank < shape.rank:
-        batched = [1] * (shape.rank - tensor.shape.rank) + tensor.shape.as_list()
+    if shape.is_compatible_with(array.shape):
+        return array
+    if shape.rank is not None and array.ndim < shape.rank:
+        batched = (1,) * (shape.rank - array.ndim) + array.shape
         if shape.is_compatible_with(batched):
-            return tf.reshape(tensor, batched)
-    raise BadRequest(f"model '{model}' input '{name}' expects shape {shape.as_list()}, got {tensor.shape.as_list()}")
+            return array.reshape(batched)
+    raise BadRequest(f"model '{model}' input '{name}' expects shape {shape.as_list()}, got {list(array.shape)}")
 
 
 def _shape_text(shape: Any) -> str:
