@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk run-local examples test test-all bench bench-quick lint clean service-unit install-service
+.PHONY: help venv install install-test install-bench wrk haproxy run-local run-cluster examples test test-all bench bench-quick lint clean service-unit install-service
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
@@ -49,10 +49,10 @@ run-local: examples
 	@echo
 	exec $(VENV)/bin/replica serve examples/onnx/api.yaml --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: $(VENV)/.installed-test
+test-all: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -q
 
 # The load generator: wrk from the distribution when it can be installed; without it the bench uses locust.
@@ -61,6 +61,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 wrk:
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || ($(SUDO) apt-get update && $(SUDO) apt-get install -y wrk) \
 		|| echo "wrk could not be installed: the benchmark falls back to locust (FastHttpUser)"
+
+# HAProxy from the distribution: the load balancer of tests/test_cluster.py, `make run-cluster` and the cluster
+# benchmark (deploy/haproxy/). Without it those tests are skipped, saying why.
+HAPROXY := $(shell command -v haproxy || ls /usr/sbin/haproxy 2>/dev/null)
+haproxy:
+	@[ -n "$(HAPROXY)" ] || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy) \
+		|| echo "haproxy could not be installed: the cluster tests will be skipped"
 
 bench: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py

@@ -285,3 +285,26 @@ def test_hammered_model_spills_to_a_second_replica(cluster, workload):
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
     served = Counter(a.headers["X-Replica"] for a in answers)
     assert served[home] == max(served.values()) and len(served) >= 2, served
+
+
+def test_haproxy_soft_stop_drains_requests_in_flight(cluster, workload):
+    """SIGUSR1 (what `systemctl stop haproxy` and the Kubernetes manifest send): HAProxy stops listening and
+    the request in flight still gets its answer. Runs last: it stops this module's HAProxy."""
+    name = sorted(workload)[0]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(cluster.ask, name, requests.Session(), sleep=1.5)
+        wait_for(lambda: metric(cluster.replicas[workload[name]], "replica_requests_in_flight") >= 1, timeout=10,
+                 message="the slow request reached its replica")
+        cluster.haproxy.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: _refused(cluster.haproxy.base), timeout=10, message="HAProxy stops accepting")
+        resp = pending.result(30)
+    assert resp.status_code == 200 and resp.json()["name"] == name
+    assert cluster.haproxy.proc.wait(10) == 0
+
+
+def _refused(url: str) -> bool:
+    try:
+        requests.get(url + "/readyz", timeout=2)
+    except requests.ConnectionError:
+        return True
+    return False
