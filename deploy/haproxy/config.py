@@ -130,6 +130,7 @@ def render(opts: Options) -> str:
         "",
         "frontend models",
         f"    bind {opts.bind}",
+        "    monitor-uri /lb-healthz",  # HAProxy's own liveness (200 while it runs), for probes
         # The model name: /v1/models/NAME, else the `model` query parameter, else the X-Model header (the last
         # rule that finds one wins). Requests without one (GET /, /v1/models) are spread round robin.
         "    http-request set-var(txn.model) path,field(4,/) if { path_beg /v1/models/ }",
