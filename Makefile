@@ -13,6 +13,7 @@ STATE_DIR ?= .state/iris-onnx
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
+	@echo "make run-cluster SeaweedFS + $(REPLICAS) replicas + HAProxy on http://$(HOST):$(CLUSTER_PORT) (docs/scaling.md)"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
 	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (10-20 min)"
@@ -29,6 +30,10 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[test,frameworks]'
+	touch $@
+
+$(VENV)/.installed-cluster: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[cluster]'
 	touch $@
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(PY)
@@ -48,6 +53,14 @@ run-local: examples
 	@echo "  curl -s -X POST -H 'Content-Type: application/json' -d @examples/onnx/sample.json http://$(HOST):$(PORT)/"
 	@echo
 	exec $(VENV)/bin/replica serve examples/onnx/api.yaml --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
+
+# Scaling out on one machine: one SeaweedFS, REPLICAS replicas and HAProxy routing each model to its home replica
+# (scripts/run_cluster.py prints the curl line; Ctrl-C stops every process it started).
+REPLICAS ?= 3
+MODELS ?= 9
+CLUSTER_PORT ?= 8080
+run-cluster: $(VENV)/.installed-cluster haproxy
+	$(PY) scripts/run_cluster.py --replicas $(REPLICAS) --models $(MODELS) --port $(CLUSTER_PORT)
 
 test: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -m "not slow" -q

@@ -25,10 +25,10 @@ def find_haproxy() -> str | None:
 class HAProxyProcess:
     """One `haproxy -db` process on 127.0.0.1 with a stats socket for its runtime API."""
 
-    def __init__(self, folder: Path, servers: list[Server], **options):
+    def __init__(self, folder: Path, servers: list[Server], port: int | None = None, **options):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.socket_path = self.folder / "haproxy.sock"
         self.config_path = self.folder / "haproxy.cfg"
         self.log_path = self.folder / "haproxy.log"
