@@ -461,6 +461,8 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
         parts.append(data["scale"]["section"].replace("## Catalogue scale", "## Catalogue scale", 1))
     if "memory" in data or "caching" in data:
         parts.append(section_memory(data))
+    if (ASSETS / "cluster.md").exists():  # written by scripts/bench_cluster.py, kept across runs of this script
+        parts.append((ASSETS / "cluster.md").read_text())
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 

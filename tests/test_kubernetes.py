@@ -203,12 +203,20 @@ def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
     (project / "api.yaml").write_text("name: demo\nkind: RealtimeAPI\npredictor:\n  type: python\n"
                                       "  path: predictor.py\n  model_path: model\n")
     port = free_port()
-    proc = subprocess.Popen([str(venv / "bin" / "replica"), "serve", str(project / "api.yaml"), "--port", str(port),
-                             "--state-dir", str(tmp_path / "state")], env=clean_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "replica.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(venv / "bin" / "replica"), "serve", str(project / "api.yaml"), "--port",
+                                 str(port), "--state-dir", str(tmp_path / "state")], env=clean_env, cwd=tmp_path,
+                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, timeout=90,
-                 message="the image's replica is ready")
+        def ready() -> bool:
+            assert proc.poll() is None, f"the replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+
+        try:
+            wait_for(ready, timeout=120, message="the image's replica is ready")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
         assert requests.post(f"http://127.0.0.1:{port}/", json={"x": 2}, timeout=10).json() == {"y": 6}
     finally:
         proc.terminate()
