@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import botocore.config
 import psutil
@@ -200,6 +201,15 @@ def test_uniform_workload_hits_memory(cluster, workload):
     assert all(workload[name] == replica for name, replica in answered_by), answered_by
 
 
+class Record(NamedTuple):
+    start: float
+    end: float
+    model: str
+    status: int  # the HTTP status, or 0 when no complete answer came back
+    replica: str  # X-Replica, or what went wrong
+    truncated: bool = False  # the answer's headers came back but its body was cut short
+
+
 class Load:
     """Client threads sending the workload through HAProxy, recording every answer."""
 
@@ -207,7 +217,7 @@ class Load:
         self.cluster = cluster
         self.models = models
         self.stop_event = threading.Event()
-        self.records: list[tuple[float, str, int, str]] = []  # (time, model, status, replica)
+        self.records: list[Record] = []
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
     def _run(self, seed: int) -> None:
@@ -215,13 +225,15 @@ class Load:
         session = requests.Session()
         while not self.stop_event.is_set():
             name = rng.choice(self.models)
+            start = time.time()
             try:
                 resp = self.cluster.ask(name, session)
                 ok = resp.status_code == 200 and resp.json()["name"] == name
-                self.records.append((time.time(), name, resp.status_code if ok else -resp.status_code,
-                                     resp.headers.get("X-Replica", "")))
+                self.records.append(Record(start, time.time(), name, resp.status_code if ok else -resp.status_code,
+                                           resp.headers.get("X-Replica", "")))
             except requests.RequestException as e:
-                self.records.append((time.time(), name, 0, repr(e)))
+                self.records.append(Record(start, time.time(), name, 0, repr(e),
+                                           isinstance(e, requests.exceptions.ChunkedEncodingError)))
 
     def __enter__(self) -> "Load":
         for t in self.threads:
@@ -233,8 +245,9 @@ class Load:
         for t in self.threads:
             t.join(60)
 
-    def between(self, start: float, end: float) -> list[tuple[float, str, int, str]]:
-        return [r for r in self.records if start <= r[0] < end]
+    def between(self, start: float, end: float) -> list[Record]:
+        """The requests answered in [start, end)."""
+        return [r for r in self.records if start <= r.end < end]
 
 
 def probe(cluster: Cluster, models) -> dict[str, str]:
@@ -248,11 +261,16 @@ def probe(cluster: Cluster, models) -> dict[str, str]:
 
 
 def test_replica_killed_under_load(cluster, workload):
-    """kill -9 one replica under load: no request fails, only its models move, and they move back."""
+    """kill -9 one replica under load: no request fails, only its models move, and they move back.
+
+    One failure is out of any proxy's reach: an answer whose headers the replica had written, and HAProxy
+    forwarded, when it was killed before writing the body (gunicorn writes them in two calls). Such a
+    truncated answer, to a request in flight at the kill, is tolerated and counted; any other failure is not."""
     victim = "r2"
     moved = {m for m, home in workload.items() if home == victim}
     with Load(cluster, sorted(workload)) as load:
         wait_for(lambda: len(load.records) > 50, timeout=30, message="load running")
+        killed_at = time.time()
         kill_hard(cluster.replicas[victim])
         wait_for(lambda: cluster.haproxy.server_status()[victim].startswith("DOWN"), timeout=20,
                  message="HAProxy marks the killed replica down")
@@ -267,13 +285,33 @@ def test_replica_killed_under_load(cluster, workload):
         up_at = time.time()
         wait_for(lambda: len(rejoin.between(up_at, time.time())) > 60, timeout=30, message="load after return")
     back = probe(cluster, sorted(workload))
-    failed = [r for r in load.records + rejoin.records if r[2] != 200]
-    assert not failed, f"{len(failed)} of {len(load.records) + len(rejoin.records)} requests failed: {failed[:5]}"
-    assert victim not in {r[3] for r in load.between(down_at, time.time())}
+    records = load.records + rejoin.records
+    cut_by_kill = [r for r in records if r.truncated and r.start <= killed_at <= r.end]
+    failed = [r for r in records if r.status != 200 and r not in cut_by_kill]
+    assert not failed, f"{len(failed)} of {len(records)} requests failed: {failed[:5]}"
+    assert len(cut_by_kill) <= 2, cut_by_kill  # at most one per client
+    assert victim not in {r.replica for r in load.between(down_at, time.time())}
     assert {m: outage[m] for m in workload if m not in moved} == {m: workload[m] for m in workload if m not in moved}
     assert all(outage[m] != victim for m in moved), outage
     assert back == workload, back
-    assert any(r[3] == victim for r in rejoin.between(up_at, time.time())), "the returned replica got no traffic"
+    assert any(r.replica == victim for r in rejoin.between(up_at, time.time())), "the returned replica got no traffic"
+
+
+def test_replica_stopped_under_load_drains(cluster, workload):
+    """SIGTERM (a rolling update, a pod deleted): the replica finishes what it has, HAProxy sends the rest
+    elsewhere, and no request fails; back on the same state directory, it serves its models again."""
+    victim = "r3"
+    with Load(cluster, sorted(workload)) as load:
+        wait_for(lambda: len(load.records) > 50, timeout=30, message="load running")
+        assert cluster.replicas[victim].stop() == 0
+        stopped_at = time.time()
+        wait_for(lambda: len(load.between(stopped_at, time.time())) > 40, timeout=30, message="load after stop")
+        cluster.restart(victim)
+        wait_for(lambda: cluster.haproxy.server_status()[victim] == "UP", timeout=30,
+                 message="HAProxy puts the replica back")
+    failed = [r for r in load.records if r.status != 200]
+    assert not failed, f"{len(failed)} of {len(load.records)} requests failed: {failed[:5]}"
+    assert probe(cluster, sorted(workload)) == workload
 
 
 def test_hammered_model_spills_to_a_second_replica(cluster, workload):

@@ -45,6 +45,7 @@ class Options:
     timeout_server: str = "60s"
     hard_stop_after: str = "30s"
     stats_socket: str | None = None
+    log_stdout: bool = True  # one line per request on standard output (the container's or test's log)
     resolvers: bool = False  # servers are DNS names resolved at run time (Kubernetes)
     bufsize: int = 65536  # requests larger than this are never retried (HAProxy keeps a copy to replay)
 
@@ -102,6 +103,8 @@ def render(opts: Options) -> str:
     ]
     if opts.stats_socket:
         lines.append(f"    stats socket {opts.stats_socket} mode 600 level admin")
+    if opts.log_stdout:
+        lines.append("    log stdout format raw local0 info")
     if opts.resolvers:
         lines += [
             "",
@@ -116,6 +119,8 @@ def render(opts: Options) -> str:
         "",
         "defaults",
         "    mode http",
+        "    log global",
+        "    option httplog",
         "    option http-keep-alive",
         "    timeout connect 2s",
         "    timeout client 60s",
@@ -125,6 +130,8 @@ def render(opts: Options) -> str:
         # A refused or reset connection (a replica killed or stopping) and a 503 (not ready, draining, cache
         # saturated: the replica says "not me, not now") are replayed on the next replica on the ring.
         f"    retries {opts.retries}",
+        # The whole request (up to tune.bufsize) is read before it goes out, so it can be replayed whole.
+        "    option http-buffer-request",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response 503",
         "",
@@ -191,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-server", default="60s", help="longest wait for a replica's answer (default 60s)")
     p.add_argument("--hard-stop-after", default="30s", help="longest drain on a soft stop (default 30s)")
     p.add_argument("--stats-socket", help="a Unix socket for HAProxy's runtime API (show servers state, drain)")
+    p.add_argument("--no-log", action="store_true", help="no request log (default: one line per request on "
+                   "standard output)")
     p.add_argument("-o", "--output", help="write here instead of standard output")
     return p
 
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         text = render(Options(
             bind=args.bind, servers=servers, balance_factor=args.balance_factor, round_robin=args.round_robin,
             check_interval=args.check_interval, fall=args.fall, rise=args.rise, timeout_server=args.timeout_server,
-            hard_stop_after=args.hard_stop_after, stats_socket=args.stats_socket,
+            hard_stop_after=args.hard_stop_after, stats_socket=args.stats_socket, log_stdout=not args.no_log,
             resolvers=args.kubernetes is not None))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
