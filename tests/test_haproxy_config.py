@@ -34,7 +34,7 @@ def test_local_config_is_valid_haproxy(tmp_path):
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "balance hash var(txn.model)" in text and "hash-type consistent" in text
-    assert "hash-balance-factor 150" in text and "option httpchk GET /readyz" in text
+    assert "hash-balance-factor 200" in text and "option httpchk GET /readyz" in text
     assert "retry-on conn-failure empty-response 503" in text
     assert "server r1 127.0.0.1:8001 id" in text and "server b 127.0.0.1:8002 id" in text
     check = haproxy_check(out)

@@ -36,7 +36,7 @@ class Server:
 class Options:
     bind: str = "127.0.0.1:8080"
     servers: list[Server] = field(default_factory=list)
-    balance_factor: int = 150  # percent of the average in-flight requests a replica may take before spilling
+    balance_factor: int = 200  # percent of the average in-flight requests a replica may take before spilling
     round_robin: bool = False  # plain round robin, for comparison: no affinity
     check_interval: str = "2s"
     fall: int = 2
@@ -188,9 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--statefulset", default="replica", help="with --kubernetes: the StatefulSet's name")
     p.add_argument("--service", default="replica", help="with --kubernetes: its headless Service's name")
     p.add_argument("--port", type=int, default=8888, help="with --kubernetes: the replicas' port")
-    p.add_argument("--balance-factor", type=int, default=150,
+    p.add_argument("--balance-factor", type=int, default=200,
                    help="bounded load: a replica takes at most this percentage of the average requests in flight "
-                        "before a model spills to the next replica (default 150)")
+                        "before a model spills to the next replica (default 200)")
     p.add_argument("--round-robin", action="store_true", help="no model affinity (for comparison)")
     p.add_argument("--check-interval", default="2s", help="health check interval on /readyz (default 2s)")
     p.add_argument("--fall", type=int, default=2, help="failed checks before a replica is taken out (default 2)")
