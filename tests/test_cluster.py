@@ -297,6 +297,7 @@ def test_replica_killed_under_load(cluster, workload):
     assert any(r.replica == victim for r in rejoin.between(up_at, time.time())), "the returned replica got no traffic"
 
 
+@pytest.mark.slow
 def test_replica_stopped_under_load_drains(cluster, workload):
     """SIGTERM (a rolling update, a pod deleted): the replica finishes what it has, HAProxy sends the rest
     elsewhere, and no request fails; back on the same state directory, it serves its models again."""
