@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -26,7 +27,7 @@ from deploy.haproxy.config import main as haproxy_config_main
 from replica.interface import check_source
 from replica.spec import load_spec
 from tests.haproxy_proc import find_haproxy
-from tests.replica_proc import free_port, wait_for
+from tests.replica_proc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -198,7 +199,7 @@ def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
     (project / "predictor.py").write_text(
         "class PythonPredictor:\n"
         "    def __init__(self, config, python_client):\n        self.client = python_client\n"
-        "    def load_model(self, path):\n        return int(open(path + '/weights.txt').read())\n"
+        "    def load_model(self, model_path):\n        return int(open(model_path + '/weights.txt').read())\n"
         "    def predict(self, payload):\n        return {'y': self.client.get_model() * payload['x']}\n")
     (project / "api.yaml").write_text("name: demo\nkind: RealtimeAPI\npredictor:\n  type: python\n"
                                       "  path: predictor.py\n  model_path: model\n")
@@ -209,14 +210,16 @@ def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
                                  str(port), "--state-dir", str(tmp_path / "state")], env=clean_env, cwd=tmp_path,
                                 start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     try:
-        def ready() -> bool:
+        deadline = time.time() + 120
+        while True:
             assert proc.poll() is None, f"the replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-
-        try:
-            wait_for(ready, timeout=120, message="the image's replica is ready")
-        except TimeoutError as e:
-            raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, f"not ready after 120 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
         assert requests.post(f"http://127.0.0.1:{port}/", json={"x": 2}, timeout=10).json() == {"y": 6}
     finally:
         proc.terminate()

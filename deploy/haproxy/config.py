@@ -96,7 +96,7 @@ def render(opts: Options) -> str:
         "# Written by `python -m deploy.haproxy.config` (deploy/haproxy/config.py): change the options there,",
         "# not this file. Model-affinity routing for model-replica; see docs/scaling.md.",
         "global",
-        "    maxconn 4096",
+        "    maxconn 2048",  # with two 64 KiB buffers per busy connection: at most 256 MiB of buffers
         f"    tune.bufsize {opts.bufsize}",
         # Soft stop (SIGUSR1, or `systemctl stop haproxy`): stop listening, let requests in flight finish.
         f"    hard-stop-after {opts.hard_stop_after}",
