@@ -7,7 +7,6 @@ read from the X-Replica header HAProxy adds and cross-checked against each repli
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -33,7 +32,6 @@ pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not i
 
 PREDICTOR = """
 import json
-import os
 import time
 
 
