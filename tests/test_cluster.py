@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not i
 
 PREDICTOR = """
 import json
+import os
 import time
 
 
