@@ -464,6 +464,8 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
         parts.append(section_memory(data))
     if bench_batching.RESULTS.exists():  # section 6 comes from scripts/bench_batching.py, run after this script
         parts.append(bench_batching.section(json.loads(bench_batching.RESULTS.read_text())))
+    if (ASSETS / "cluster.md").exists():  # written by scripts/bench_cluster.py, kept across runs of this script
+        parts.append((ASSETS / "cluster.md").read_text())
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
