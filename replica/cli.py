@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from replica.interface import check_source
+from replica.project import ProjectError, apply_log_level, project_environment
 from replica.settings import Settings, default_state_dir
 from replica.spec import ApiSpec, SpecError, load_spec
 
@@ -55,6 +56,10 @@ def _load(spec: Path, api: str | None) -> ApiSpec:
     problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
     if problems:
         raise SpecError(str(parsed.spec_file), [f"predictor.path: {p}" for p in problems])
+    try:
+        project_environment(parsed)  # the workers apply it; a bad .env stops start-up here instead
+    except ProjectError as e:
+        raise SpecError(str(parsed.spec_file), [str(e)]) from None
     return parsed
 
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    apply_log_level(api.predictor.log_level)
     if args.command == "validate":
         return _validate(api, args.s3_endpoint)
     settings = Settings(

@@ -24,7 +24,12 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # Keys of a Cortex spec that only make sense on a Cortex cluster: accepted so that a Cortex user's spec works
 # unchanged, and ignored with a log line saying so.
 CLUSTER_ONLY_API_KEYS = ("networking", "compute", "autoscaling", "update_strategy", "monitoring")
-CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size", "log_level")
+CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Environment variable names a spec may not set: Cortex reserved CORTEX_ for itself, the replica passes its own
+# settings to its processes as REPLICA_* (and prometheus-client's multiprocess directory).
+RESERVED_ENV_PREFIXES = ("CORTEX_", "REPLICA_")
+RESERVED_ENV_NAMES = ("PROMETHEUS_MULTIPROC_DIR",)
 
 API_KEYS = ("name", "kind", "predictor") + CLUSTER_ONLY_API_KEYS
 PREDICTOR_KEYS = (
@@ -38,6 +43,7 @@ PREDICTOR_KEYS = (
     "config",
     "python_path",
     "env",
+    "log_level",
     "server_side_batching",
 ) + CLUSTER_ONLY_PREDICTOR_KEYS
 MODELS_KEYS = ("paths", "dir", "signature_key", "cache_size", "disk_cache_size")
@@ -88,6 +94,7 @@ class PredictorSpec:
     config: dict = field(default_factory=dict)
     python_path: Path | None = None
     env: dict = field(default_factory=dict)
+    log_level: str | None = None  # None: the level the replica was started with
     signature_key: str | None = None
     cache_size: int | None = None
     disk_cache_size: int | None = None
@@ -157,6 +164,11 @@ def load_spec(path: str | Path, api_name: str | None = None) -> ApiSpec:
         index = names.index(api_name)
     prefix = f"[{index}]" if isinstance(raw, list) else ""
     return _parse_api(apis[index], prefix, path)
+
+
+def reserved_env_name(name: str) -> bool:
+    """A variable the project may not set (in predictor.env or .env): it would change how the replica runs."""
+    return name.startswith(RESERVED_ENV_PREFIXES) or name in RESERVED_ENV_NAMES
 
 
 def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> list[str]:
@@ -253,6 +265,13 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         problems.append(f"{where}.env: must be a mapping of variable names to values")
         env = {}
+    for key in env:
+        if reserved_env_name(key):
+            problems.append(f"{where}.env.{key}: environment variables starting with "
+                            f"{' or '.join(RESERVED_ENV_PREFIXES)} are reserved; rename it")
+    log_level = pred.get("log_level")
+    if log_level is not None and log_level not in LOG_LEVELS:
+        problems.append(f"{where}.log_level: must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     python_path = None
     if pred.get("python_path") is not None:
         python_path = (base / str(pred["python_path"])).resolve()
@@ -314,6 +333,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
             config=config,
             python_path=python_path,
             env={k: str(v) for k, v in env.items()},
+            log_level=log_level,
             signature_key=signature_key,
             cache_size=cache_size,
             disk_cache_size=disk_cache_size,

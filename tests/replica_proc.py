@@ -22,13 +22,14 @@ def free_port() -> int:
 
 class ReplicaProcess:
     def __init__(self, spec: Path, state_dir: Path, *, api: str | None = None, env: dict | None = None,
-                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = ()):
+                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = (), cwd: Path | None = None):
         self.spec = Path(spec)
         self.state_dir = Path(state_dir)
         self.api = api
         self.env = env or {}
         self.poll_interval = poll_interval
         self.extra_args = extra_args
+        self.cwd = cwd  # where `replica serve` is started (default: the test's own working directory)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / f"replica-{self.port}.log"
@@ -44,7 +45,8 @@ class ReplicaProcess:
             cmd += ["--api", self.api]
         env = {**os.environ, **self.env}
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.cwd, start_new_session=True)
         return self
 
     def wait_ready(self, timeout: float = 90, interval: float = 0.2) -> "ReplicaProcess":

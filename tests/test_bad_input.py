@@ -963,7 +963,7 @@ def tf_replica(tmp_path_factory):
         yield r
         resp = r.post("/?model=iris", json={"x": FEATURES})
         assert resp.status_code == 200, resp.text
-        np.testing.assert_allclose(resp.json()["scores"], SCORES, rtol=1e-5)
+        np.testing.assert_allclose(resp.json()["scores"], SCORES.reshape(-1), rtol=1e-5)
 
 
 @pytest.mark.tensorflow
@@ -981,7 +981,7 @@ def test_tf_broken_new_version_keeps_the_old_one_as_latest(tf_replica):
     assert rows["1"]["state"] == "AVAILABLE" and rows["2"]["state"] == "END" and rows["2"]["error"], rows
     resp = tf_replica.post("/?model=upgrade", json={"x": FEATURES})
     assert resp.status_code == 200, resp.text
-    np.testing.assert_allclose(resp.json()["scores"], SCORES, rtol=1e-5)
+    np.testing.assert_allclose(resp.json()["scores"], SCORES.reshape(-1), rtol=1e-5)
     error_of(tf_replica.post("/?model=upgrade&version=2", json={"x": FEATURES}), 404)
 
 

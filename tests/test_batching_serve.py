@@ -43,7 +43,8 @@ PREDICTORS = {
 
             def predict(self, payload):
                 out = self.client.predict(payload)
-                return {"scores": np.asarray(out["scores"]).reshape(-1, 3), "label": np.asarray(out["label"]).ravel()}
+                # Cortex's flat lists: int64 labels as decimal strings
+                return {"scores": np.asarray(out["scores"]).reshape(-1, 3), "label": [int(v) for v in out["label"]]}
     """,
     # Cortex v0.25: with server_side_batching, predict gets lists and returns a list in the same order.
     "python": """

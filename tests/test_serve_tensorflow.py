@@ -1,4 +1,7 @@
-"""A real replica serving TensorFlow SavedModels from local directories, with a signature chosen per model."""
+"""A real replica serving TensorFlow SavedModels from local directories, with a signature chosen per model.
+
+`tensorflow_client.predict` returns Cortex's flat lists (tests/test_cortex_examples.py covers what Cortex's
+examples do with them); `predict_arrays`, the opt-in, keeps shapes and dtypes."""
 
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ class TensorFlowPredictor:
         if query_params.get("op") == "get_model":
             model = self.client.get_model(name)
             return {"signature_key": model["signature_key"], "input_signatures": model["input_signatures"]}
-        out = self.client.predict(payload, name)
-        return {k: {"value": v, "shape": list(v.shape), "dtype": v.dtype.name} for k, v in out.items()}
+        if query_params.get("op") == "arrays":
+            out = self.client.predict_arrays(payload, name)
+            return {k: {"value": v, "shape": list(v.shape), "dtype": v.dtype.name} for k, v in out.items()}
+        return self.client.predict(payload, name)
 """
 
 
@@ -47,11 +52,19 @@ def tf_replica(tmp_path_factory):
         yield r
 
 
-def test_dict_input_returns_outputs_with_shapes_kept(tf_replica):
+def test_predict_returns_flat_lists_as_cortex_did(tf_replica):
     resp = tf_replica.post("/?model=iris", json={"x": FEATURES})
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert set(out) == {"scores", "label"}
+    np.testing.assert_allclose(out["scores"], SCORES.reshape(-1), rtol=1e-5)  # [3, 3] flattened
+    assert out["label"] == ["0", "1", "2"]  # int64: decimal strings, as protobuf's JSON mapping gave them
+
+
+def test_predict_arrays_keeps_shapes_and_dtypes(tf_replica):
+    resp = tf_replica.post("/?model=iris&op=arrays", json={"x": FEATURES})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
     assert out["scores"]["shape"] == [3, 3] and out["scores"]["dtype"] == "float32"
     assert out["label"]["shape"] == [3] and out["label"]["dtype"] == "int64"
     np.testing.assert_allclose(out["scores"]["value"], SCORES, rtol=1e-5)
@@ -59,7 +72,7 @@ def test_dict_input_returns_outputs_with_shapes_kept(tf_replica):
 
 
 def test_batch_of_one_is_not_squeezed(tf_replica):
-    resp = tf_replica.post("/?model=iris", json={"x": FEATURES[:1]})
+    resp = tf_replica.post("/?model=iris&op=arrays", json={"x": FEATURES[:1]})
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert out["scores"]["shape"] == [1, 3]
@@ -67,13 +80,19 @@ def test_batch_of_one_is_not_squeezed(tf_replica):
     assert out["scores"]["value"] == [pytest.approx(list(SCORES[0]), rel=1e-5)]
 
 
+def test_one_row_without_its_batch_dimension_is_a_batch_of_one(tf_replica):
+    # TF Serving fed a lower-rank value without a shape check; here leading dimensions of size 1 are added.
+    resp = tf_replica.post("/?model=iris&op=arrays", json={"x": FEATURES[0]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["scores"]["shape"] == [1, 3]
+
+
 def test_signature_key_per_model(tf_replica):
     resp = tf_replica.post("/?model=doubled", json={"x": FEATURES})
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert set(out) == {"scores"}
-    assert out["scores"]["shape"] == [3, 3]
-    np.testing.assert_allclose(out["scores"]["value"], 2 * SCORES, rtol=1e-5)
+    np.testing.assert_allclose(out["scores"], 2 * SCORES.reshape(-1), rtol=1e-5)
     assert tf_replica.post("/?model=doubled&op=get_model", json={}).json()["signature_key"] == "double"
 
 
@@ -86,14 +105,15 @@ def test_multi_signature_model_without_signature_key_uses_serving_default(tf_rep
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert set(out) == {"scores", "label"}
-    np.testing.assert_allclose(out["scores"]["value"], SCORES, rtol=1e-5)
+    np.testing.assert_allclose(out["scores"], SCORES.reshape(-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("payload, words", [
-    ({"x": [[1.0, 2.0, 3.0]]}, ["'x'", "shape"]),
+    ({"x": [[1.0, 2.0, 3.0]]}, ["'x'", "shape [None, 4]"]),
+    ({"x": [[[1.0, 2.0, 3.0, 4.0]]]}, ["'x'", "shape [None, 4], got [1, 1, 4]"]),
     ({"y": FEATURES}, ["missing", "x"]),
     ({"x": [["a", "b", "c", "d"]]}, ["'x'", "float32"]),
-], ids=["wrong-shape", "missing-key", "wrong-type"])
+], ids=["wrong-shape", "higher-rank", "missing-key", "wrong-type"])
 def test_bad_input_is_400_naming_the_input(tf_replica, payload, words):
     resp = tf_replica.post("/?model=iris", json=payload)
     assert resp.status_code == 400, resp.text

@@ -108,6 +108,7 @@ def test_full_cortex_spec_with_cluster_only_keys_is_accepted(write, tmp_path):
     assert p.processes_per_replica == 4 and p.threads_per_process == 8
     assert p.config == {"bucket": "cortex-examples", "key": "labels.json"}
     assert p.env == {"LOG_LEVEL": "debug", "N": "3"}  # env values become strings
+    assert p.log_level == "info"
     assert p.single_model == "iris-classifier"
     assert len(p.sources) == 1
     src = p.sources[0]
@@ -460,6 +461,26 @@ def test_config_null_is_empty(write):
 
 def test_env_must_be_mapping(write):
     one_problem(write(api(env=["A=1"])), "predictor.env", "mapping")
+
+
+@pytest.mark.parametrize("name", ["CORTEX_VERSION", "REPLICA_STATE_DIR", "PROMETHEUS_MULTIPROC_DIR"])
+def test_env_refuses_reserved_names(write, name):
+    # Cortex refused CORTEX_ names; REPLICA_ names are the replica's own settings for its workers.
+    one_problem(write(api(env={"OK": 1, name: "x"})), f"predictor.env.{name}", "reserved", "rename")
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
+def test_log_level(write, level):
+    assert load_spec(write(api(log_level=level))).predictor.log_level == level
+
+
+def test_log_level_unset_is_none(write):
+    assert load_spec(write(api())).predictor.log_level is None
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "verbose", 10])
+def test_log_level_must_be_one_of_four(write, level):
+    one_problem(write(api(log_level=level)), "predictor.log_level", "debug, info, warning, error")
 
 
 def test_python_path(write, tmp_path):

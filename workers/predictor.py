@@ -7,6 +7,7 @@ import inspect
 import sys
 
 from replica.interface import CLASS_NAMES, check_methods
+from replica.project import enter_project
 from replica.spec import ApiSpec
 
 
@@ -15,7 +16,9 @@ class PredictorError(Exception):
 
 
 def load_predictor_class(api: ApiSpec) -> type:
+    """The predictor's class, imported the way Cortex ran it: from the project folder, in its environment."""
     pred = api.predictor
+    enter_project(api)
     for extra in (pred.python_path, pred.path.parent):
         if extra is not None and str(extra) not in sys.path:
             sys.path.insert(0, str(extra))

@@ -25,11 +25,9 @@ class TensorFlowPredictor:
 
     def predict(self, payload, query_params):
         model_name = (query_params or {}).get("model") or self.default_model
+        # As Cortex's client did: each output a flat list, int64 values as decimal strings.
         outputs = self.client.predict({"x": payload_to_features(payload)}, model_name)
-        scores = np.asarray(outputs["scores"]).reshape(-1)
+        scores = outputs["scores"]
         # The "double" signature returns scores only; argmax is unchanged by doubling.
-        if "label" in outputs:
-            index = int(np.asarray(outputs["label"]).reshape(-1)[0])
-        else:
-            index = int(np.argmax(scores))
-        return {"label": self.labels[index], "scores": [float(s) for s in scores]}
+        index = int(outputs["label"][0]) if "label" in outputs else int(np.argmax(scores))
+        return {"label": self.labels[index], "scores": scores}
