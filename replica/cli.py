@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
     )
-    from supervisor.arbiter import Arbiter, StateDirInUse
+    from supervisor.arbiter import Arbiter, StartupError
 
     try:
         return Arbiter(api, settings).run()
-    except StateDirInUse as e:
+    except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,8 @@ from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
+from supervisor.listener import PortInUse, bind_listener
+from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -32,10 +34,26 @@ log = logging.getLogger(__name__)
 
 GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR = 2, 3  # gunicorn: bad options; a worker cannot import the app
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+HEALTHY_SECONDS = 60.0  # a gunicorn that ran this long was healthy: its death starts the backoff afresh
+MAX_RESTART_DELAY = 30.0
 
 
-class StateDirInUse(Exception):
+class StartupError(Exception):
+    """A problem a restart cannot fix (exit status 2): the message names the fix."""
+
+
+class StateDirInUse(StartupError):
     pass
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before starting gunicorn again after `failures` deaths in a row (1 = the first).
+
+    The first restart is immediate: the listening socket stays open, so a quick restart costs no refused
+    connection. Deaths in quick succession then back off exponentially up to MAX_RESTART_DELAY."""
+    if failures <= 1:
+        return 0.0
+    return min(MAX_RESTART_DELAY, 2.0 ** (failures - 2))
 
 
 class Arbiter:
@@ -54,8 +72,10 @@ class Arbiter:
         self.stop_event = threading.Event()
         self.signal_queue: list[int] = []
         self.gunicorn: subprocess.Popen | None = None
+        self.gunicorn_started = 0.0
+        self.listener = None
         self.restart_at: float | None = None
-        self.restarts = 0
+        self.failures = 0  # gunicorn deaths in a row, each within HEALTHY_SECONDS of its start
         self.ever_ready = False
         self._watcher_thread: threading.Thread | None = None
         self._pipe_r, self._pipe_w = os.pipe()
@@ -75,14 +95,35 @@ class Arbiter:
             signal.signal(sig, self._on_signal)
 
     # -- the loop ------------------------------------------------------------------------------------------
+    @property
+    def pid_file(self) -> Path:
+        return self.tree.root / "gunicorn.pid"
+
     def run(self) -> int:
-        self.tree.root.mkdir(parents=True, exist_ok=True)
+        """Take the state directory, stop what a killed predecessor left, listen, then serve until stopped.
+
+        Raises StartupError for what a restart cannot fix. The state-directory lock is held until the very end,
+        after every child and thread has stopped."""
+        root = self.tree.root
         try:
+            root.mkdir(parents=True, exist_ok=True)
             self._state_lock.acquire(timeout=0)
         except Timeout:
-            raise StateDirInUse(f"another replica is using the state directory {self.tree.root}; give this one its own --state-dir") from None
+            raise StateDirInUse(f"another replica is using the state directory {root}; give this one its own "
+                                "--state-dir") from None
+        except OSError as e:
+            raise StartupError(f"the state directory {root} is not writable ({e.strerror}); give --state-dir "
+                               "(or REPLICA_STATE_DIR) a folder this user can write") from None
         try:
-            return self._run()
+            stop_leftovers(self.pid_file)
+            try:
+                self.listener = bind_listener(self.settings.host, self.settings.port)
+            except PortInUse as e:
+                raise StartupError(str(e)) from None
+            try:
+                return self._run()
+            finally:
+                self.listener.close()
         finally:
             self._state_lock.release()
 
@@ -144,9 +185,11 @@ class Arbiter:
             log.error("the workers could not start (see the error above); stopping")
             self.stop_event.set()
             return 1
-        self.restarts += 1
-        delay = min(30.0, 2.0 ** min(self.restarts, 5))
-        log.error("gunicorn exited with status %s; restarting it in %.0fs", code, delay)
+        ran = time.monotonic() - self.gunicorn_started
+        self.failures = 1 if ran >= HEALTHY_SECONDS else self.failures + 1
+        delay = restart_delay(self.failures)
+        log.error("gunicorn exited with status %s after %.0fs; restarting it%s", code, ran,
+                  f" in {delay:.0f}s" if delay else " now")
         self.restart_at = time.time() + delay
         return None
 
@@ -160,7 +203,7 @@ class Arbiter:
         self.tree.metrics_dir.mkdir(parents=True)
         cmd = [
             sys.executable, "-m", "gunicorn",
-            "--bind", f"{s.host}:{s.port}",
+            "--bind", f"fd://{self.listener.fileno()}",
             "--workers", str(pred.processes_per_replica),
             "--threads", str(pred.threads_per_process),
             "--worker-class", "gthread",
@@ -185,11 +228,15 @@ class Arbiter:
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
             "REPLICA_LOG_FORMAT": s.log_format,
+            "REPLICA_SUPERVISOR_PID": str(os.getpid()),
             "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
         })
-        # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn.
-        self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True)
+        # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
+        # process group is what the pid file records. The listening socket is the one fd it inherits.
+        self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))
+        self.gunicorn_started = time.monotonic()
+        write_pidfile(self.pid_file, self.gunicorn.pid)
         log.info("gunicorn started (pid %d): %d workers x %d threads", self.gunicorn.pid,
                  pred.processes_per_replica, pred.threads_per_process)
 
@@ -197,12 +244,17 @@ class Arbiter:
         self.stop_event.set()
         if self.gunicorn is not None:
             self.gunicorn.send_signal(signal.SIGTERM)  # gunicorn stops accepting and lets requests finish
+        # Once gunicorn has closed its copies too, new connections are refused (a client retries elsewhere)
+        # instead of waiting in a backlog nobody will accept from.
+        self.listener.close()
+        if self.gunicorn is not None:
             try:
                 self.gunicorn.wait(self.settings.drain_timeout + 5)
             except subprocess.TimeoutExpired:
                 log.warning("gunicorn did not stop within the drain timeout; killing it")
-                self.gunicorn.kill()
+                os.killpg(self.gunicorn.pid, signal.SIGKILL)
                 self.gunicorn.wait()
+            self.pid_file.unlink(missing_ok=True)
         if self._watcher_thread is not None:
             self._watcher_thread.join(timeout=10)
         if self._control is not None:

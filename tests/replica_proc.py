@@ -22,14 +22,14 @@ def free_port() -> int:
 
 class ReplicaProcess:
     def __init__(self, spec: Path, state_dir: Path, *, api: str | None = None, env: dict | None = None,
-                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = ()):
+                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = (), port: int | None = None):
         self.spec = Path(spec)
         self.state_dir = Path(state_dir)
         self.api = api
         self.env = env or {}
         self.poll_interval = poll_interval
         self.extra_args = extra_args
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / f"replica-{self.port}.log"
 

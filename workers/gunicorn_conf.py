@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from pathlib import Path
 
 from prometheus_client import multiprocess
 
 from replica.disktree import DiskTree
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def on_starting(server) -> None:
+    """The master stops (draining its workers) when the supervisor dies, so nothing serves without a
+    supervisor. If the supervisor died before this ran, the signal will never come: stop now."""
+    _die_with_parent(signal.SIGTERM)
+    supervisor = os.environ.get("REPLICA_SUPERVISOR_PID")
+    if supervisor and os.getppid() != int(supervisor):
+        os._exit(1)
+
+
+def post_fork(server, worker) -> None:
+    """A worker whose master was killed stops accepting at once and finishes what it holds; the supervisor's
+    next gunicorn takes the connections waiting on the shared socket."""
+    _die_with_parent(signal.SIGTERM)
 
 
 def child_exit(server, worker) -> None:

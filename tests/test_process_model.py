@@ -1,0 +1,220 @@
+"""The process model under faults and operator mistakes: the supervisor owns the listening socket, nothing
+outlives it, gunicorn restarts without a bind gap, and start-up errors a restart cannot fix exit 2 at once.
+
+Every test runs a real replica (supervisor + gunicorn) on a local model folder and sends real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from scripts.model_factory import IRIS_BIAS, IRIS_WEIGHTS, write_python_linear
+from tests.helpers import write_api
+from tests.replica_proc import ReplicaProcess, wait_for
+
+PREDICTOR = """
+import json
+import os
+
+import numpy as np
+
+
+class PythonPredictor:
+    def __init__(self, config, python_client):
+        self.client = python_client
+
+    def load_model(self, model_path):
+        with open(os.path.join(model_path, "model.json")) as f:
+            spec = json.load(f)
+        return {"weights": np.asarray(spec["weights"]), "bias": np.asarray(spec["bias"])}
+
+    def predict(self, payload):
+        model = self.client.get_model("iris")
+        return {"scores": (np.asarray(payload["x"]) @ model["weights"] + model["bias"]).tolist()}
+"""
+
+X = [5.1, 3.5, 1.4, 0.2]
+
+
+def iris_spec(folder, **keys):
+    write_python_linear(folder / "models" / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    return write_api(folder, PREDICTOR, type="python", name="iris",
+                     models={"paths": [{"name": "iris", "model_path": "models/iris"}]}, **keys)
+
+
+def family(r: ReplicaProcess) -> list[psutil.Process]:
+    """The supervisor's descendants: gunicorn's master and its workers."""
+    try:
+        return psutil.Process(r.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def refused(port: int) -> bool:
+    """True when nothing listens on the port any more."""
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("error:")]
+
+
+class Load:
+    """Threads sending predictions on fresh connections, recording refused connections and other failures."""
+
+    def __init__(self, r: ReplicaProcess, threads: int = 2):
+        self.r = r
+        self.stop_event = threading.Event()
+        self.ok = 0
+        self.refused: list[float] = []
+        self.failed: list[str] = []
+        self.last_ok = 0.0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                resp = requests.post(self.r.base + "/", json={"x": X}, timeout=30)
+                if resp.status_code == 200:
+                    self.ok += 1
+                    self.last_ok = time.monotonic()
+                else:
+                    self.failed.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            except requests.ConnectionError as e:
+                if "refused" in str(e).lower():
+                    self.refused.append(time.monotonic())
+                else:
+                    self.failed.append(str(e))
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(40)
+
+
+# -- the socket belongs to the supervisor ---------------------------------------------------------------------
+
+def test_kill_9_of_gunicorn_master_refuses_no_connection(tmp_path, replica):
+    r = replica(iris_spec(tmp_path, processes_per_replica=2))
+    master = psutil.Process(r.proc.pid).children()[0]
+    with Load(r) as load:
+        wait_for(lambda: load.ok > 5, timeout=20, message="load running")
+        killed_at = time.monotonic()
+        master.kill()
+        wait_for(lambda: any(p.pid != master.pid for p in psutil.Process(r.proc.pid).children()), timeout=10,
+                 message="a new gunicorn")
+        wait_for(lambda: load.last_ok > killed_at, timeout=5, interval=0.05, message="serving again within 5 s")
+        resumed = load.last_ok - killed_at
+        ok_before = load.ok
+        wait_for(lambda: load.ok > ok_before + 5, timeout=10, message="load running on the new gunicorn")
+    assert load.refused == [], f"{len(load.refused)} connections refused"
+    assert load.failed == [], load.failed[:5]
+    assert resumed < 5
+    wait_for(lambda: r.get("/readyz").status_code == 200, timeout=20, message="/readyz back")
+    assert "restarting it now" in r.log()
+
+
+def test_kill_9_of_supervisor_leaves_nothing_serving_and_a_new_one_takes_over(tmp_path, replica):
+    spec = iris_spec(tmp_path, processes_per_replica=2)
+    state = tmp_path / "state"
+    first = replica(spec, state_dir=state)
+    orphans = family(first)
+    assert len(orphans) == 3
+    first.proc.kill()
+    first.proc.wait()
+    wait_for(lambda: refused(first.port), timeout=5, interval=0.05, message="nothing listening within 5 s")
+    gone, alive = psutil.wait_procs(orphans, timeout=5)
+    assert alive == [], f"left running: {alive}"
+
+    started = time.monotonic()
+    second = replica(spec, state_dir=state, port=first.port, wait=False)
+    second.wait_ready(timeout=10, interval=0.05)
+    assert time.monotonic() - started < 10
+    assert second.post("/", json={"x": X}).status_code == 200
+
+
+def test_new_supervisor_stops_the_leftovers_of_a_killed_one(tmp_path, replica):
+    """Processes that survived their supervisor (here: stopped, so no parent-death signal can end them) are
+    stopped by the next supervisor on the same state directory before it listens."""
+    spec = iris_spec(tmp_path)
+    state = tmp_path / "state"
+    first = replica(spec, state_dir=state)
+    leftovers = family(first)
+    for p in leftovers:
+        p.suspend()  # a SIGSTOPped process receives its SIGTERM only when continued
+    first.proc.kill()
+    first.proc.wait()
+    try:
+        second = replica(spec, state_dir=state, port=first.port, wait=False)
+        second.wait_ready(timeout=15)
+        gone, alive = psutil.wait_procs(leftovers, timeout=5)
+        assert alive == []
+        assert "left running" in second.log()
+    finally:
+        for p in leftovers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_gunicorn_restart_backoff():
+    from supervisor.arbiter import MAX_RESTART_DELAY, restart_delay
+
+    delays = [restart_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0, "the first restart is immediate"
+    assert delays == sorted(delays) and delays[1] > 0
+    assert max(delays) == MAX_RESTART_DELAY
+
+
+# -- start-up errors a restart cannot fix: exit 2, one line, nothing served --------------------------------------
+
+def test_port_in_use_exits_2_naming_the_flags(tmp_path, replica):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = replica(iris_spec(tmp_path), port=port, wait=False)
+        assert r.wait_exit(30) == 2
+    log = r.log()
+    lines = error_lines(log)
+    assert len(lines) == 1, log
+    assert all(word in lines[0] for word in (str(port), "--port", "REPLICA_PORT", "make run-local PORT=")), lines
+    assert "serving on" not in log and "Traceback" not in log
+    assert family(r) == []
+
+
+def test_state_dir_not_writable_exits_2(tmp_path, replica):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.system(f"mount -t tmpfs -o ro,size=1m tmpfs {ro} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        r = replica(iris_spec(tmp_path), state_dir=ro, wait=False)
+        assert r.wait_exit(30) == 2
+    finally:
+        os.system(f"umount {ro}")
+    lines = error_lines(r.log())
+    assert len(lines) == 1 and "not writable" in lines[0] and "--state-dir" in lines[0], r.log()
+    assert "Traceback" not in r.log()
