@@ -8,9 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from replica.interface import check_source
 from replica.settings import Settings, default_state_dir
-from replica.spec import ApiSpec, SpecError, load_spec
+from replica.spec import ApiSpec, SpecError
 
 log = logging.getLogger("replica")
 
@@ -49,22 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(spec: Path, api: str | None) -> ApiSpec:
-    """The spec plus its predictor class, checked from source: every problem stops start-up here."""
-    parsed = load_spec(spec, api)
-    problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
-    if problems:
-        raise SpecError(str(parsed.spec_file), [f"predictor.path: {p}" for p in problems])
-    return parsed
-
-
 def main(argv: list[str] | None = None) -> int:
     from replica.logs import configure_logging
 
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"))
+    from supervisor.preflight import load_checked
+
     try:
-        api = _load(args.spec, args.api)
+        api = load_checked(args.spec, args.api)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -21,21 +22,23 @@ from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
 from replica.settings import Settings
-from replica.spec import ApiSpec
+from replica.spec import ApiSpec, PredictorSpec, SpecError
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
 from supervisor.listener import PortInUse, bind_listener
 from supervisor.pidfile import stop_leftovers, write_pidfile
+from supervisor.preflight import load_checked, worker_env
+from supervisor.rolling import RollAborted, roll_workers
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR = 2, 3  # gunicorn: bad options; a worker cannot import the app
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 HEALTHY_SECONDS = 60.0  # a gunicorn that ran this long was healthy: its death starts the backoff afresh
 MAX_RESTART_DELAY = 30.0
+WORKER_READY_TIMEOUT = 600.0  # a reload gives each new worker this long to load its models
 
 
 class StartupError(Exception):
@@ -44,6 +47,16 @@ class StartupError(Exception):
 
 class StateDirInUse(StartupError):
     pass
+
+
+def restart_only_changes(running: PredictorSpec, new: PredictorSpec) -> list[str]:
+    """The keys of a new spec that a SIGHUP cannot apply to running workers (they shape gunicorn or the
+    supervisor's disk cache); a reload that changes any of them is refused, naming them."""
+    keys = ("type", "processes_per_replica", "threads_per_process", "disk_cache_size")
+    changed = [k for k in keys if getattr(running, k) != getattr(new, k)]
+    if running.caching != new.caching:
+        changed.append("cache_size (model caching turned on or off)")
+    return changed
 
 
 def restart_delay(failures: int) -> float:
@@ -78,6 +91,7 @@ class Arbiter:
         self.failures = 0  # gunicorn deaths in a row, each within HEALTHY_SECONDS of its start
         self.ever_ready = False
         self._watcher_thread: threading.Thread | None = None
+        self._reload_thread: threading.Thread | None = None
         self._pipe_r, self._pipe_w = os.pipe()
         self._state_lock = FileLock(str(self.tree.root / "replica.lock"))
 
@@ -152,13 +166,76 @@ class Arbiter:
                 if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                     log.info("received %s: draining requests and stopping", signal.Signals(sig).name)
                     return self._shutdown()
-                if sig == signal.SIGHUP and self.gunicorn is not None:
-                    log.info("received SIGHUP: reloading gunicorn workers")
-                    self.gunicorn.send_signal(signal.SIGHUP)
+                if sig == signal.SIGHUP:
+                    self._start_reload()
             status = self._reap()
             if status is not None:
                 return status
             self._manage()
+
+    # -- SIGHUP -------------------------------------------------------------------------------------------
+    @property
+    def spec_pickle(self) -> Path:
+        return self.tree.run / "spec.pickle"
+
+    def _write_spec(self, api: ApiSpec) -> None:
+        """The parsed spec every worker starts from: workers never read the spec file themselves."""
+        tmp = self.spec_pickle.with_name("spec.pickle.tmp")
+        tmp.write_bytes(pickle.dumps(api))
+        os.replace(tmp, self.spec_pickle)
+
+    def _start_reload(self) -> None:
+        if self._reload_thread is not None and self._reload_thread.is_alive():
+            log.warning("received SIGHUP while a reload is in progress; send it again once that one is done")
+            return
+        log.info("received SIGHUP: checking %s", self.api.spec_file)
+        self._reload_thread = threading.Thread(target=self._reload, name="reload", daemon=True)
+        self._reload_thread.start()
+
+    def _reload(self) -> None:
+        """Check the spec file again; if valid, follow its model paths and replace the workers one at a time."""
+        try:
+            new = load_checked(self.api.spec_file, self.api.name)
+        except SpecError as e:
+            log.error("reload refused, the running spec keeps serving: %s", " ".join(str(e).split()))
+            return
+        blocked = restart_only_changes(self.api.predictor, new.predictor)
+        if blocked:
+            log.error("reload refused, the running spec keeps serving: %s changed, which takes a restart "
+                      "(systemctl restart replica)", ", ".join(blocked))
+            return
+        old = self.api
+        if new.predictor.sources != old.predictor.sources:
+            self._follow_sources(new)
+        self.api = new
+        self._write_spec(new)
+        gunicorn = self.gunicorn
+        if gunicorn is None:
+            log.info("reload: the next gunicorn starts with the new spec")
+            return
+
+        def restore() -> None:
+            self.api = old
+            self._write_spec(old)
+
+        try:
+            n = roll_workers(gunicorn.pid, self.tree.workers_dir, WORKER_READY_TIMEOUT, self.stop_event,
+                             restore)
+        except RollAborted as e:
+            restore()
+            log.error("reload aborted, back to the previous spec: %s", e)
+            return
+        log.info("reload done: %d worker(s) serve the new spec", n)
+
+    def _follow_sources(self, new: ApiSpec) -> None:
+        """Point the watcher at the new model paths and wait for its next pass, so new workers find them."""
+        upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
+        self.catalogue = Catalogue(new.predictor, upstreams)
+        passed = self.watcher.last_pass
+        self.watcher.catalogue = self.catalogue
+        deadline = time.monotonic() + max(30.0, 3 * self.settings.poll_interval)
+        while self.watcher.last_pass == passed and time.monotonic() < deadline and not self.stop_event.is_set():
+            time.sleep(0.1)
 
     def _start_watcher(self) -> None:
         self._watcher_thread = threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watcher", daemon=True)
@@ -218,11 +295,10 @@ class Arbiter:
             "--config", "python:workers.gunicorn_conf",
             "workers.wsgi:application",
         ]
-        env = dict(os.environ)
-        env.update(pred.env)
+        self._write_spec(self.api)
+        env = worker_env(self.api)
         env.update({
-            "REPLICA_SPEC": str(self.api.spec_file),
-            "REPLICA_API": self.api.name,
+            "REPLICA_SPEC_PICKLE": str(self.spec_pickle),
             "REPLICA_STATE_DIR": str(self.tree.root),
             "REPLICA_POLL_INTERVAL": str(s.poll_interval),
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
@@ -230,7 +306,6 @@ class Arbiter:
             "REPLICA_LOG_FORMAT": s.log_format,
             "REPLICA_SUPERVISOR_PID": str(os.getpid()),
             "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
         })
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
         # process group is what the pid file records. The listening socket is the one fd it inherits.

@@ -12,11 +12,12 @@ import socket
 import threading
 import time
 
+import numpy as np
 import psutil
 import pytest
 import requests
 
-from scripts.model_factory import IRIS_BIAS, IRIS_WEIGHTS, write_python_linear
+from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
 from tests.helpers import write_api
 from tests.replica_proc import ReplicaProcess, wait_for
 
@@ -218,3 +219,79 @@ def test_state_dir_not_writable_exits_2(tmp_path, replica):
     lines = error_lines(r.log())
     assert len(lines) == 1 and "not writable" in lines[0] and "--state-dir" in lines[0], r.log()
     assert "Traceback" not in r.log()
+
+
+# -- the spec is read once; SIGHUP re-validates it and rolls the workers -----------------------------------------
+
+TAGGED = PREDICTOR.replace('''        self.client = python_client
+''', '''        self.client = python_client
+        self.tag = config["tag"]
+''').replace('''        return {"scores":''', '''        return {"tag": self.tag, "scores":''')
+
+
+def tagged_spec(folder, tag: str, model_dir: str = "models/iris", bias=IRIS_BIAS, **keys):
+    write_python_linear(folder / model_dir / "1", IRIS_WEIGHTS, bias)
+    return write_api(folder, TAGGED, type="python", name="iris", config={"tag": tag},
+                     models={"paths": [{"name": "iris", "model_path": model_dir}]}, **keys)
+
+
+def test_a_broken_spec_file_does_not_reach_a_restarted_worker(tmp_path, replica):
+    spec = tagged_spec(tmp_path, "first")
+    r = replica(spec)
+    spec.write_text(spec.read_text().replace("predictor:", "predictor: [oops"))  # saved with a typo
+    victim = r.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(set(r.worker_pids()) - {victim}) == 1, timeout=20, message="a replacement worker")
+    wait_for(lambda: r.get("/readyz").status_code == 200, timeout=30, message="/readyz after the replacement")
+    resp = r.post("/", json={"x": X})
+    assert resp.status_code == 200 and resp.json()["tag"] == "first", resp.text
+    assert r.proc.poll() is None
+
+
+def test_sighup_with_an_invalid_spec_keeps_the_running_one(tmp_path, replica):
+    spec = tagged_spec(tmp_path, "first", processes_per_replica=2)
+    r = replica(spec)
+    workers = set(r.worker_pids())
+    spec.write_text(spec.read_text().replace("processes_per_replica", "procesess_per_replica"))
+    r.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in r.log(), timeout=20, message="the reload refused in the log")
+    assert "procesess_per_replica" in r.log().split("reload refused")[-1]
+    assert set(r.worker_pids()) == workers
+    assert r.post("/", json={"x": X}).json()["tag"] == "first"
+
+
+def test_sighup_with_a_valid_spec_replaces_workers_one_at_a_time_without_a_failed_request(tmp_path, replica):
+    spec = tagged_spec(tmp_path, "first", processes_per_replica=2)
+    r = replica(spec)
+    workers = set(r.worker_pids())
+    with Load(r) as load:
+        wait_for(lambda: load.ok > 5, timeout=20, message="load running")
+        tagged_spec(tmp_path, "second", model_dir="models/iris-new", bias=IRIS_BIAS_V2, processes_per_replica=2)  # new config, path
+        r.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload done" in r.log(), timeout=60, message="the reload done")
+        wait_for(lambda: not (set(r.worker_pids()) & workers), timeout=30, message="old workers gone")
+        ok_before = load.ok
+        wait_for(lambda: load.ok > ok_before + 5, timeout=10, message="load after the reload")
+    assert load.refused == [] and load.failed == [], (load.refused, load.failed[:5])
+    assert r.post("/", json={"x": X}).json()["tag"] == "second"
+    assert len(r.worker_pids()) == 2
+    expected = (np.asarray(X) @ np.asarray(IRIS_WEIGHTS) + np.asarray(IRIS_BIAS_V2)).tolist()
+    wait_for(lambda: r.post("/", json={"x": X}).json()["scores"] == pytest.approx(expected), timeout=30,
+             message="the model from the new path served")
+
+
+def test_predictor_that_does_not_import_exits_2_before_serving(tmp_path, replica):
+    import subprocess
+    import sys
+
+    spec = write_api(tmp_path, "import no_such_module_4f2a\n\nclass PythonPredictor:\n"
+                     "    def __init__(self, config):\n        pass\n\n    def predict(self, payload):\n"
+                     "        return payload\n", type="python")
+    r = replica(spec, wait=False)
+    assert r.wait_exit(60) == 2
+    log = r.log()
+    assert "no_such_module_4f2a" in log and "line 1 of predictor.py" in log, log
+    assert "Traceback" not in log and "serving on" not in log and "Worker failed to boot" not in log
+    validate = subprocess.run([sys.executable, "-m", "replica.cli", "validate", str(spec)], capture_output=True,
+                              text=True, timeout=60)
+    assert validate.returncode == 2 and "no_such_module_4f2a" in validate.stderr

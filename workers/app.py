@@ -321,10 +321,12 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
 
 
 def runtime_from_env() -> tuple[Runtime, int]:
-    """Build the worker from the settings the supervisor passes in the environment."""
-    from replica.spec import load_spec
+    """Build the worker from the parsed spec and the settings the supervisor passes: the spec file itself is
+    read only by the supervisor, so an edit saved into it changes nothing until a SIGHUP has checked it."""
+    import pickle
 
-    api = load_spec(os.environ["REPLICA_SPEC"], os.environ.get("REPLICA_API") or None)
+    api: ApiSpec = pickle.loads(Path(os.environ["REPLICA_SPEC_PICKLE"]).read_bytes())
+    os.environ.update(api.predictor.env)  # a reload may have changed it since gunicorn started
     tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
