@@ -291,6 +291,7 @@ class Arbiter:
             "--log-level", "warning",
             "--error-logfile", "-",
             "--worker-tmp-dir", str(self.tree.run),
+            "--no-control-socket",  # gunicorn's default socket is one per user, shared by every replica
             "--name", f"replica-{self.api.name}",
             "--config", "python:workers.gunicorn_conf",
             "workers.wsgi:application",
@@ -300,6 +301,7 @@ class Arbiter:
         env.update({
             "REPLICA_SPEC_PICKLE": str(self.spec_pickle),
             "REPLICA_STATE_DIR": str(self.tree.root),
+            "REPLICA_RUNTIME_DIR": str(self.tree.run),
             "REPLICA_POLL_INTERVAL": str(s.poll_interval),
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
@@ -311,7 +313,11 @@ class Arbiter:
         # process group is what the pid file records. The listening socket is the one fd it inherits.
         self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))
         self.gunicorn_started = time.monotonic()
-        write_pidfile(self.pid_file, self.gunicorn.pid)
+        try:
+            write_pidfile(self.pid_file, self.gunicorn.pid)
+        except OSError as e:  # a full state disk: the parent-death signal still stops gunicorn with us
+            log.warning("cannot write %s (%s); a replica started after a crash of this one may find gunicorn "
+                        "still running", self.pid_file, e.strerror)
         log.info("gunicorn started (pid %d): %d workers x %d threads", self.gunicorn.pid,
                  pred.processes_per_replica, pred.threads_per_process)
 
@@ -335,5 +341,6 @@ class Arbiter:
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()
+        shutil.rmtree(self.tree.run, ignore_errors=True)
         log.info("replica stopped")
         return 0

@@ -295,3 +295,60 @@ def test_predictor_that_does_not_import_exits_2_before_serving(tmp_path, replica
     validate = subprocess.run([sys.executable, "-m", "replica.cli", "validate", str(spec)], capture_output=True,
                               text=True, timeout=60)
     assert validate.returncode == 2 and "no_such_module_4f2a" in validate.stderr
+
+
+# -- a full state disk -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 16 MiB tmpfs, unmounted at the end."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.system(f"mount -t tmpfs -o size=16m tmpfs {mnt} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    os.system(f"umount -l {mnt}")
+
+
+def fill(folder) -> None:
+    """Write until the filesystem says ENOSPC."""
+    with open(folder / "filler", "wb") as f:
+        chunk = b"\0" * (1 << 20)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    assert os.statvfs(folder).f_bavail == 0
+
+
+def test_a_full_state_disk_fails_no_request_for_a_loaded_model(tmp_path, replica, small_fs):
+    spec = iris_spec(tmp_path, processes_per_replica=2)
+    r = replica(spec, state_dir=small_fs / "state", poll_interval=0.5)
+    fill(small_fs)
+    with Load(r) as load:
+        wait_for(lambda: load.ok > 5, timeout=20, message="load running on a full disk")
+        for _ in range(2):  # every worker replaced while the disk is full
+            victim = r.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: victim not in r.worker_pids() and len(r.worker_pids()) == 2, timeout=20,
+                     message="the worker replaced")
+            wait_for(lambda: r.get("/readyz").status_code == 200, timeout=30, message="ready on a full disk")
+        for i in range(20):  # new metric label sets on a full disk
+            assert r.post("/", json={"x": X}, params={"model": f"m{i}"}).status_code in (200, 404)
+        ok_before = load.ok
+        wait_for(lambda: load.ok > ok_before + 10, timeout=20, message="load still served")
+    assert load.refused == [] and load.failed == [], (load.refused, load.failed[:5])
+    assert r.get("/metrics").status_code == 200
+    assert "SIGBUS" not in r.log() and "Worker failed to boot" not in r.log()
+    assert r.proc.poll() is None
+    (small_fs / "filler").unlink()
+
+
+def test_worker_respawn_backoff():
+    from workers.gunicorn_conf import MAX_RESPAWN_DELAY, respawn_delay
+
+    delays = [respawn_delay(n) for n in range(0, 12)]
+    assert delays[0] == 0.0 and delays[1] > 0
+    assert delays == sorted(delays) and max(delays) == MAX_RESPAWN_DELAY

@@ -327,7 +327,7 @@ def runtime_from_env() -> tuple[Runtime, int]:
 
     api: ApiSpec = pickle.loads(Path(os.environ["REPLICA_SPEC_PICKLE"]).read_bytes())
     os.environ.update(api.predictor.env)  # a reload may have changed it since gunicorn started
-    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]))
+    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]), os.environ.get("REPLICA_RUNTIME_DIR"))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
     runtime = Runtime(api, tree, heartbeat_timeout=heartbeat)

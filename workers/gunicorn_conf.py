@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from pathlib import Path
 
 from prometheus_client import multiprocess
@@ -37,14 +38,40 @@ def post_fork(server, worker) -> None:
     _die_with_parent(signal.SIGTERM)
 
 
+YOUNG_SECONDS = 10.0  # a worker that dies this soon after it was started is taken as failing to start
+MAX_RESPAWN_DELAY = 10.0
+_young_deaths = 0  # in a row, in this gunicorn master
+
+
+def respawn_delay(young_deaths: int) -> float:
+    """Seconds to wait before starting a worker after `young_deaths` workers in a row died young: gunicorn
+    itself respawns at once, which turns a worker that crashes at start into thousands of deaths a minute."""
+    if young_deaths <= 0:
+        return 0.0
+    return min(MAX_RESPAWN_DELAY, 0.5 * 2 ** (young_deaths - 1))
+
+
+def pre_fork(server, worker) -> None:
+    delay = respawn_delay(_young_deaths)
+    if delay:
+        server.log.warning("%d worker(s) in a row died within %.0fs of starting; starting the next in %.1fs",
+                           _young_deaths, YOUNG_SECONDS, delay)
+        time.sleep(delay)
+    worker.replica_started = time.monotonic()
+
+
 def child_exit(server, worker) -> None:
     """A worker exited, or was killed: its live gauges stop counting and its readiness marker goes, so
     /metrics and /readyz describe the workers that run now (gunicorn starts a replacement)."""
+    global _young_deaths
+    started = getattr(worker, "replica_started", None)
+    young = started is not None and time.monotonic() - started < YOUNG_SECONDS
+    _young_deaths = _young_deaths + 1 if young else 0
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
     state_dir = os.environ.get("REPLICA_STATE_DIR")
     if state_dir:
-        (DiskTree(Path(state_dir)).workers_dir / str(worker.pid)).unlink(missing_ok=True)
+        (DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir / str(worker.pid)).unlink(missing_ok=True)
 
 
 # gunicorn's own lines (a worker killed, a timeout) in the replica's format, so a JSON log stays all JSON.
