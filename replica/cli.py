@@ -76,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     from supervisor.arbiter import Arbiter, StartupError
 
     try:
-        return Arbiter(api, settings).run()
+        status = Arbiter(api, settings).run()
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Exit now, download threads included: the state-directory lock is released by this exit and not before,
+    # so a replica started next never finds a download of this one still writing.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:

@@ -80,6 +80,8 @@ class Arbiter:
         self.catalogue = Catalogue(api.predictor, upstreams)
         pred = api.predictor
         self.watcher = Watcher(self.tree, self.catalogue, poll_interval=settings.poll_interval, prefetch=not pred.caching)
+        for _, upstream in upstreams:
+            upstream.on_page = self.watcher.alive
         self.disk_cache = DiskCache(self.watcher, pred.disk_cache_size) if pred.caching else None
         self._control = None
         self.stop_event = threading.Event()
@@ -116,8 +118,7 @@ class Arbiter:
     def run(self) -> int:
         """Take the state directory, stop what a killed predecessor left, listen, then serve until stopped.
 
-        Raises StartupError for what a restart cannot fix. The state-directory lock is held until the very end,
-        after every child and thread has stopped."""
+        Raises StartupError for what a restart cannot fix."""
         root = self.tree.root
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -128,18 +129,17 @@ class Arbiter:
         except OSError as e:
             raise StartupError(f"the state directory {root} is not writable ({e.strerror}); give --state-dir "
                                "(or REPLICA_STATE_DIR) a folder this user can write") from None
+        # The lock is never released here: it goes with the process (see replica serve), so no thread of this
+        # one can still be writing into the state directory when the next supervisor takes it.
+        stop_leftovers(self.pid_file)
         try:
-            stop_leftovers(self.pid_file)
-            try:
-                self.listener = bind_listener(self.settings.host, self.settings.port)
-            except PortInUse as e:
-                raise StartupError(str(e)) from None
-            try:
-                return self._run()
-            finally:
-                self.listener.close()
+            self.listener = bind_listener(self.settings.host, self.settings.port)
+        except PortInUse as e:
+            raise StartupError(str(e)) from None
+        try:
+            return self._run()
         finally:
-            self._state_lock.release()
+            self.listener.close()
 
     def _run(self) -> int:
         self._install_signals()
@@ -230,6 +230,8 @@ class Arbiter:
     def _follow_sources(self, new: ApiSpec) -> None:
         """Point the watcher at the new model paths and wait for its next pass, so new workers find them."""
         upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
+        for _, upstream in upstreams:
+            upstream.on_page = self.watcher.alive
         self.catalogue = Catalogue(new.predictor, upstreams)
         passed = self.watcher.last_pass
         self.watcher.catalogue = self.catalogue
@@ -330,14 +332,15 @@ class Arbiter:
         self.listener.close()
         if self.gunicorn is not None:
             try:
-                self.gunicorn.wait(self.settings.drain_timeout + 5)
+                self.gunicorn.wait(self.settings.drain_timeout + 2)  # its own graceful timeout is the drain timeout
             except subprocess.TimeoutExpired:
                 log.warning("gunicorn did not stop within the drain timeout; killing it")
                 os.killpg(self.gunicorn.pid, signal.SIGKILL)
                 self.gunicorn.wait()
             self.pid_file.unlink(missing_ok=True)
         if self._watcher_thread is not None:
-            self._watcher_thread.join(timeout=10)
+            # Downloads end at their next chunk; one stalled on a silent upstream ends with the process.
+            self._watcher_thread.join(timeout=2)
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()

@@ -9,10 +9,9 @@ being served mixed.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from replica.disktree import safe_relpath
 from replica.layout import ObjectInfo
@@ -26,14 +25,47 @@ class ChangedDuringDownload(Exception):
     """A file changed upstream between the listing and its download."""
 
 
+class LocalDiskError(Exception):
+    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault."""
+
+
+class Stopped(Exception):
+    """The replica is stopping: a download ends between two chunks instead of running to its end."""
+
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
+
+
+def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
+    """Write an iterable of byte chunks to `dest`, reporting each; a write error names the local disk."""
+    total = 0
+    try:
+        f = open(dest, "wb")
+    except OSError as e:
+        raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+    with f:
+        for chunk in chunks:
+            try:
+                f.write(chunk)
+            except OSError as e:
+                raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+            total += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return total
+
+
 class Upstream(Protocol):
     url: str
 
     def list(self) -> list[ObjectInfo]:
         """Every file under the root, keys relative to it."""
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
-        """Copy one listed file to `dest`; return its size. Raises ChangedDuringDownload or UpstreamError."""
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
+        """Copy one listed file to `dest`, calling `progress` per chunk; return its size.
+
+        Raises ChangedDuringDownload, UpstreamError (reading), LocalDiskError (writing) or Stopped."""
 
 
 class LocalUpstream:
@@ -43,6 +75,7 @@ class LocalUpstream:
         self.root = Path(root)
         self.url = str(self.root)
         self.list_calls = 0
+        self.on_page: Callable[[], None] | None = None  # called per listing page: a long listing is alive
 
     def list(self) -> list[ObjectInfo]:
         self.list_calls += 1
@@ -60,18 +93,19 @@ class LocalUpstream:
                 out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, str(st.st_mtime_ns)))
         return out
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
         src = self.root / safe_relpath(obj.key)
         try:
-            before = src.stat()
-            if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
-                raise ChangedDuringDownload(obj.key)
-            shutil.copyfile(src, dest)
+            with open(src, "rb") as f:
+                before = os.fstat(f.fileno())
+                if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
+                    raise ChangedDuringDownload(obj.key)
+                _write_chunks(iter(lambda: f.read(CHUNK), b""), dest, progress)
             after = src.stat()
         except FileNotFoundError:
             raise ChangedDuringDownload(obj.key) from None
         except OSError as e:
-            raise UpstreamError(f"cannot read {src}: {e}") from e
+            raise UpstreamError(f"cannot read {src}: {e.strerror}") from e
         if (after.st_size, str(after.st_mtime_ns)) != (obj.size, obj.tag):
             raise ChangedDuringDownload(obj.key)
         return obj.size
@@ -87,6 +121,7 @@ class S3Upstream:
         self.prefix = prefix  # empty or ending in '/'
         self.client = client
         self.list_calls = 0
+        self.on_page: Callable[[], None] | None = None  # called per listing page: a long listing is alive
 
     def list(self) -> list[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -96,6 +131,8 @@ class S3Upstream:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                if self.on_page is not None:
+                    self.on_page()
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix):]
                     if key:
@@ -104,18 +141,19 @@ class S3Upstream:
             raise UpstreamError(f"listing {self.url} failed: {_describe(e)}") from e
         return out
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self.prefix + safe_relpath(obj.key)
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
-            if resp["ETag"].strip('"') != obj.tag:
-                resp["Body"].close()
-                raise ChangedDuringDownload(obj.key)
-            with open(dest, "wb") as f:
-                for chunk in resp["Body"].iter_chunks(1 << 20):
-                    f.write(chunk)
+            body = resp["Body"]
+            try:
+                if resp["ETag"].strip('"') != obj.tag:
+                    raise ChangedDuringDownload(obj.key)
+                _write_chunks(body.iter_chunks(CHUNK), dest, progress)
+            finally:
+                body.close()
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ChangedDuringDownload(obj.key) from None
@@ -158,7 +196,7 @@ def make_s3_client(endpoint_url: str | None = None):
             s3={"addressing_style": "path"} if endpoint_url else {},
             retries={"max_attempts": 3, "mode": "adaptive"},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=10,
             max_pool_connections=32,
             **extra,
         )

@@ -18,7 +18,7 @@ from typing import Callable
 from replica.disktree import DiskTree, safe_relpath
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
-from supervisor.upstream import ChangedDuringDownload, UpstreamError
+from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,25 @@ class Watcher:
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
         self._publish_timer: threading.Timer | None = None
         self._publish_timer_lock = threading.Lock()
+        self.stop_event = threading.Event()  # set when the replica stops: downloads end at their next chunk
+        self._last_touch = 0.0
+
+    def progress(self, nbytes: int) -> None:
+        """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
+        /healthz fails only for a watcher that makes no progress), and a stopping replica ends it."""
+        if self.stop_event.is_set():
+            raise Stopped()
+        self.alive()
+
+    def alive(self) -> None:
+        """Touch the heartbeat, at most once a second."""
+        now = time.monotonic()
+        if now - self._last_touch >= 1.0:
+            self._last_touch = now
+            try:
+                self.tree.touch_heartbeat()
+            except OSError:
+                pass
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,6 +101,8 @@ class Watcher:
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
                 list(pool.map(lambda job: self._download(*job), jobs))
+        if self.stop_event.is_set():
+            raise Stopped()
         with self.lock:
             self._remove_gone()
         self.last_pass = time.time()
@@ -117,10 +138,9 @@ class Watcher:
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest)
+                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)
-                self.tree.touch_heartbeat()  # a pass that downloads for minutes is still a live watcher
             manifest = {
                 "name": name,
                 "version": version,
@@ -146,6 +166,11 @@ class Watcher:
             self._retry_soon = True
         except DiskFull as e:
             return str(e)  # a saturated cache is not a property of the version
+        except Stopped:
+            return "the replica is stopping"
+        except LocalDiskError as e:
+            error = f"download failed: {e}"
+            log.error("model %s version %s: %s", name, version, error)
         except UpstreamError as e:
             error = f"download failed: {e}"
             log.warning("model %s version %s: download failed: %s", name, version, e)
@@ -256,10 +281,13 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set. Nothing escapes this loop: a dead watcher would silently freeze models."""
+        self.stop_event = stop
         while not stop.is_set():
             try:
                 self.sync_once()
                 self.failures = 0 if self.catalogue.complete else self.failures + 1
+            except Stopped:
+                return
             except Exception:
                 self.failures += 1
                 log.exception("watcher pass failed; retrying with backoff")

@@ -770,7 +770,7 @@ class StubUpstream:
     def list(self) -> list[ObjectInfo]:
         return [ObjectInfo(k, len(v), hashlib.md5(v).hexdigest()) for k, v in self.objects.items()]
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress=None) -> int:
         self.fetched.append(obj.key)
         dest.write_bytes(self.objects[obj.key])
         return len(self.objects[obj.key])

@@ -578,7 +578,7 @@ class ChangingUpstream:
     def list(self):
         return self.inner.list()
 
-    def fetch(self, obj, dest):
+    def fetch(self, obj, dest, progress=None):
         if self.armed:
             self.fetches += 1
             if self.fetches == self.n:

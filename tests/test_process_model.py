@@ -352,3 +352,81 @@ def test_worker_respawn_backoff():
     delays = [respawn_delay(n) for n in range(0, 12)]
     assert delays[0] == 0.0 and delays[1] > 0
     assert delays == sorted(delays) and max(delays) == MAX_RESPAWN_DELAY
+
+
+# -- SIGTERM during a download ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_during_a_large_download_exits_within_the_drain_timeout_holding_the_lock(s3, s3_client, bucket,
+                                                                                           tmp_path, replica):
+    """200 MB downloading from an S3 server that then stalls mid-transfer: SIGTERM still ends the replica within
+    the drain timeout plus a few seconds, and the state directory stays locked until the process is gone."""
+    from filelock import FileLock, Timeout
+
+    big = tmp_path / "model.bin"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)
+    s3_client.upload_file(str(big), bucket, "models/big/1/model.bin")
+    big.unlink()
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python", name="big",
+                     models={"paths": [{"name": "big", "model_path": f"s3://{bucket}/models/big/"}]})
+    state = tmp_path / "state"
+    drain = 3
+    r = replica(spec, env=s3.env, state_dir=state, wait=False, extra_args=("--drain-timeout", str(drain)))
+
+    def downloading() -> bool:
+        return any(p.is_file() and p.stat().st_size > (1 << 20) for p in (state / "tmp").rglob("*"))
+
+    wait_for(downloading, timeout=60, interval=0.02, message="the download under way")
+    weed = psutil.Process(s3.proc.pid)
+    weed.suspend()  # the upstream stalls mid-transfer
+    try:
+        started = time.monotonic()
+        r.proc.send_signal(signal.SIGTERM)
+        lock = FileLock(str(state / "replica.lock"))
+        while r.proc.poll() is None:
+            with pytest.raises(Timeout):
+                lock.acquire(timeout=0)  # nobody else may take the state directory while it runs
+            assert time.monotonic() - started < drain + 5, "still running past the drain timeout + 5 s"
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    finally:
+        weed.resume()
+    assert r.proc.returncode == 0, r.log()[-2000:]
+    assert elapsed < drain + 5
+    lock.acquire(timeout=0)
+    lock.release()
+    assert "replica stopped" in r.log()
+
+
+@pytest.mark.slow
+def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_path, replica):
+    """An S3 server that sends a large file slowly (paused most of the time): bytes keep arriving, so the
+    heartbeat stays fresh and /healthz says alive for longer than its timeout."""
+    big = tmp_path / "model.bin"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)
+    s3_client.upload_file(str(big), bucket, "models/big/1/model.bin")
+    big.unlink()
+    write_python_linear(tmp_path / "api" / "models" / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python", name="big", models={"paths": [
+        {"name": "iris", "model_path": "models/iris"},
+        {"name": "big", "model_path": f"s3://{bucket}/models/big/"}]})
+    state = tmp_path / "state"
+    r = replica(spec, env=s3.env, state_dir=state, wait=False, extra_args=("--heartbeat-timeout", "3"))
+    wait_for(lambda: any(p.is_file() and p.stat().st_size > 0 for p in (state / "tmp").rglob("*")), timeout=60,
+             interval=0.02, message="the download under way")
+    weed = psutil.Process(s3.proc.pid)
+    statuses = []
+    started = time.monotonic()
+    try:
+        while not (state / "models" / "big" / "1").exists() and time.monotonic() - started < 10:
+            weed.suspend()  # sending about 3% of the time
+            time.sleep(0.9)
+            weed.resume()
+            time.sleep(0.03)
+            statuses.append(r.get("/healthz", timeout=5).status_code)
+    finally:
+        weed.resume()
+    assert time.monotonic() - started > 6, "the download must outlast the heartbeat timeout (3 s) for this test"
+    assert set(statuses) == {200}, statuses

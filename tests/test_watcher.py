@@ -319,11 +319,11 @@ def test_download_error_is_reported_and_retried(single):
     calls = []
 
     class Failing(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             calls.append(obj.key)
             if len(calls) == 1:
                 raise UpstreamError("network down")
-            return super().fetch(obj, dest)
+            return super().fetch(obj, dest, progress)
 
     w = single.watcher(Failing)
     w.download_threads = 1
@@ -411,11 +411,11 @@ def test_changed_during_download_installs_nothing_then_retries(single):
     raised = []
 
     class FlakyOnce(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             if not raised and obj.key.startswith("2/"):
                 raised.append(obj.key)
                 raise ChangedDuringDownload(obj.key)
-            return super().fetch(obj, dest)
+            return super().fetch(obj, dest, progress)
 
     w = single.watcher(FlakyOnce)
     w.sync_once()
@@ -435,11 +435,11 @@ def test_real_change_during_download_is_fetched_again_with_new_content(single):
     touched = []
 
     class Racing(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             if not touched and obj.key == "2/b.bin":
                 touched.append(obj.key)
                 put(self.root / obj.key, "TWO")  # rewritten between the listing and the download
-            return super().fetch(obj, dest)
+            return super().fetch(obj, dest, progress)
 
     w = single.watcher(Racing)
     w.sync_once()
@@ -456,7 +456,7 @@ def test_changed_during_download_keeps_previous_copy(single):
     put(single.up / "1" / "a.bin", "NEW")
 
     class AlwaysChanging(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             raise ChangedDuringDownload(obj.key)
 
     w2 = single.watcher(AlwaysChanging)
@@ -518,7 +518,7 @@ def test_publish_writes_state_json(single):
         assert {"upstream", "disk", "fingerprint", "error"} <= set(info)
         assert info == {**info, "upstream": True, "disk": True, "fingerprint": fps[int(v)].fingerprint,
                         "error": None}
-    assert (single.state / "run" / "heartbeat").exists()
+    assert DiskTree(single.state).heartbeat_file.exists()
 
 
 def test_publish_before_any_pass(single):
@@ -534,11 +534,11 @@ def test_invalid_version_shows_its_reason_not_an_old_download_error(onnx):
     failing = []
 
     class FailOnce(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             if not failing:
                 failing.append(obj.key)
                 raise UpstreamError("network down")
-            return super().fetch(obj, dest)
+            return super().fetch(obj, dest, progress)
 
     put(onnx.up / "2" / "model.onnx", "v2")
     w = onnx.watcher(FailOnce)
@@ -559,7 +559,7 @@ def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single)
     put(original, "NEW")
 
     class Failing(LocalUpstream):
-        def fetch(self, obj, dest):
+        def fetch(self, obj, dest, progress=None):
             raise UpstreamError("network down")
 
     w.catalogue.roots = [(s, Failing(u.url)) for s, u in w.catalogue.roots]
