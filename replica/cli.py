@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-timeout", type=float, default=float(_env("heartbeat-timeout", 0)),
                        help="/healthz fails once the watcher has not polled for this many seconds "
                             "(default: 4 poll intervals, at least 30)")
+    serve.add_argument("--worker-timeout", type=float, default=float(_env("worker-timeout", 30)),
+                       help="a worker whose main loop is stuck this many seconds is killed and replaced "
+                            "(default 30)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         s3_endpoint=args.s3_endpoint,
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
+        worker_timeout=args.worker_timeout,
     )
     from supervisor.arbiter import Arbiter, StartupError
 

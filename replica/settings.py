@@ -25,6 +25,7 @@ class Settings:
     s3_endpoint: str | None = None
     drain_timeout: float = 30.0
     heartbeat_timeout: float = 40.0
+    worker_timeout: float = 30.0
 
     @property
     def s3_client_factory(self) -> Callable:

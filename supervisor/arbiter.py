@@ -287,7 +287,7 @@ class Arbiter:
             "--threads", str(pred.threads_per_process),
             "--worker-class", "gthread",
             "--graceful-timeout", str(int(s.drain_timeout)),
-            "--timeout", "120",
+            "--timeout", str(max(1, round(s.worker_timeout))),
             "--keep-alive", "5",
             "--backlog", "2048",
             "--log-level", "warning",

@@ -430,3 +430,22 @@ def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_pat
         weed.resume()
     assert time.monotonic() - started > 6, "the download must outlast the heartbeat timeout (3 s) for this test"
     assert set(statuses) == {200}, statuses
+
+
+# -- a hung worker ---------------------------------------------------------------------------------------------------
+
+def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
+    r = replica(iris_spec(tmp_path, processes_per_replica=2), extra_args=("--worker-timeout", "2"))
+    victim = psutil.Process(r.worker_pids()[0])
+    victim.suspend()  # hung: its main loop no longer runs
+    try:
+        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=15,
+                 message="the hung worker killed")
+        wait_for(lambda: len(r.worker_pids()) == 2 and victim.pid not in r.worker_pids(), timeout=15,
+                 message="a replacement")
+        wait_for(lambda: r.get("/readyz").status_code == 200, timeout=30, message="ready again")
+    finally:
+        if victim.is_running():
+            victim.kill()
+    assert f"WORKER TIMEOUT (pid:{victim.pid})" in r.log()
+    assert r.post("/", json={"x": X}).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -34,8 +35,19 @@ def on_starting(server) -> None:
 
 def post_fork(server, worker) -> None:
     """A worker whose master was killed stops accepting at once and finishes what it holds; the supervisor's
-    next gunicorn takes the connections waiting on the shared socket."""
+    next gunicorn takes the connections waiting on the shared socket.
+
+    While the app loads (the predictor's imports and __init__ can take minutes) the worker's main loop does
+    not run yet, so a thread tells the master it is alive: --worker-timeout is for a worker that hangs once
+    serving, not one that starts slowly (/readyz shows that)."""
     _die_with_parent(signal.SIGTERM)
+
+    def booting() -> None:
+        while not worker.booted and worker.alive:
+            worker.notify()
+            time.sleep(1.0)
+
+    threading.Thread(target=booting, name="booting", daemon=True).start()
 
 
 YOUNG_SECONDS = 10.0  # a worker that dies this soon after it was started is taken as failing to start
