@@ -449,3 +449,80 @@ def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
             victim.kill()
     assert f"WORKER TIMEOUT (pid:{victim.pid})" in r.log()
     assert r.post("/", json={"x": X}).status_code == 200
+
+
+# -- upstream problems are visible; the local upstream stays inside its root -------------------------------------
+
+def test_a_missing_bucket_shows_in_readyz_models_and_once_in_the_log(s3, tmp_path, replica):
+    spec = write_api(tmp_path, PREDICTOR, type="python", name="iris",
+                     models={"paths": [{"name": "iris", "model_path": "s3://no-such-bucket-7c1d/models/iris/"}]})
+    r = replica(spec, env=s3.env, wait=False, poll_interval=0.2)
+    resp = wait_for(lambda: (x := r.get("/readyz")).status_code == 503 and "NoSuchBucket" in x.text and [x],
+                    timeout=30, message="/readyz naming the error")[0]
+    assert s3.endpoint_url in resp.json()["error"] and "environment variables" in resp.json()["error"]
+    errors = r.get("/v1/models").json()["upstream_errors"]
+    assert list(errors) == ["s3://no-such-bucket-7c1d/models/iris/"] and "NoSuchBucket" in errors[list(errors)[0]]
+    wait_for(lambda: r.log().count("NoSuchBucket") >= 1, timeout=10, message="the log line")
+    time.sleep(1.0)  # several polls more: the error is still logged once
+    assert r.log().count("NoSuchBucket") == 1, r.log()
+    assert "keeping the previous state" not in r.log()
+
+
+def test_local_upstream_follows_no_symlink_out_of_its_root_and_a_loop_stays_in_its_model(tmp_path, replica):
+    models = tmp_path / "models"
+    write_python_linear(models / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    (models / "link" / "1").mkdir(parents=True)
+    (models / "link" / "1" / "passwd").symlink_to("/etc/passwd")
+    (models / "link" / "1" / "model.json").symlink_to(models / "iris" / "1" / "model.json")  # inside: followed
+    (models / "loop" / "1").mkdir(parents=True)
+    (models / "loop" / "1" / "a").symlink_to(models / "loop" / "1" / "b")
+    (models / "loop" / "1" / "b").symlink_to(models / "loop" / "1" / "a")
+    (models / "loop" / "1" / "up").symlink_to(models)  # a folder loop
+    spec = write_api(tmp_path, PREDICTOR, type="python", name="iris", models={"dir": str(models)})
+    state = tmp_path / "state"
+    r = replica(spec, state_dir=state)
+    assert r.post("/", json={"x": X}).status_code == 200
+    copied = [p for p in (state / "models").rglob("*") if p.is_file()]
+    assert not [p for p in copied if p.name == "passwd"], copied
+    assert (state / "models" / "link" / "1" / "model.json").is_file()
+    status = {m["name"]: m for m in r.get("/v1/models").json()["models"]}
+    assert set(status) >= {"iris", "link"}
+    assert r.get("/v1/models").json()["upstream_errors"] == {}
+    log = r.log()
+    assert "skipping link/1/passwd: a symlink to /etc/passwd" in log
+    assert "skipping loop/1/a" in log and "skipping loop/1/up" in log
+
+
+def test_a_failing_download_backs_off_per_version(tmp_path):
+    from replica.disktree import DiskTree
+    from replica.spec import load_spec
+    from supervisor.catalogue import Catalogue
+    from supervisor.upstream import LocalUpstream, UpstreamError
+    from supervisor.watcher import MAX_DOWNLOAD_BACKOFF, Watcher, download_retry_delay
+
+    delays = [download_retry_delay(n, 10.0) for n in range(1, 12)]
+    assert delays[0] == 10.0 and delays == sorted(delays) and max(delays) == MAX_DOWNLOAD_BACKOFF
+
+    write_python_linear(tmp_path / "models" / "bad" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    write_python_linear(tmp_path / "models" / "good" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    predictor = load_spec(write_api(tmp_path, PREDICTOR, type="python", models={"dir": "models"})).predictor
+    fetched = []
+
+    class Failing(LocalUpstream):
+        def fetch(self, obj, dest, progress=None):
+            fetched.append(obj.key)
+            if obj.key.startswith("bad/"):
+                raise UpstreamError("network down")
+            return super().fetch(obj, dest, progress)
+
+    upstreams = [(s, Failing(s.url)) for s in predictor.sources]
+    w = Watcher(DiskTree(tmp_path / "state"), Catalogue(predictor, upstreams), poll_interval=60)
+    w.start()
+    for _ in range(3):
+        w.sync_once()
+    assert fetched.count("bad/1/model.json") == 1, "not downloaded again on every poll"
+    assert "network down" in w.status()["bad"]["versions"]["1"]["error"]
+    assert w.status()["good"]["versions"]["1"]["disk"] is True
+    (tmp_path / "models" / "bad" / "1" / "model.json").write_text("{}")  # changed upstream: tried at once
+    w.sync_once()
+    assert fetched.count("bad/1/model.json") == 2

@@ -14,6 +14,7 @@ from replica.spec import load_spec
 from supervisor.catalogue import Catalogue
 from supervisor.upstream import ChangedDuringDownload, LocalUpstream, UpstreamError
 from supervisor.watcher import Watcher
+from tests.replica_proc import wait_for
 
 _MTIME = [1_600_000_000_000_000_000]
 
@@ -331,8 +332,9 @@ def test_download_error_is_reported_and_retried(single):
     failed = [v for v, s in w.status()["m"]["versions"].items() if s["error"]]
     assert len(failed) == 1 and "network down" in w.status()["m"]["versions"][failed[0]]["error"]
     assert single.tmp_leftovers() == []
-    w.sync_once()
-    assert sorted(w.installed["m"]) == [1, 2]
+    # tried again once its backoff (one poll interval after a first failure) has passed
+    wait_for(lambda: (w.sync_once(), sorted(w.installed["m"]) == [1, 2])[1], timeout=5, interval=0.01,
+             message="the failed version downloaded on a later pass")
     assert all(s["error"] is None for s in w.status()["m"]["versions"].values())
 
 
