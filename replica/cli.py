@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-timeout", type=float, default=float(_env("worker-timeout", 30)),
                        help="a worker whose main loop is stuck this many seconds is killed and replaced "
                             "(default 30)")
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false",
+                       default=_env("access-log", "1") not in ("0", "false", "no"),
+                       help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
         worker_timeout=args.worker_timeout,
+        access_log=args.access_log,
     )
     from supervisor.arbiter import Arbiter, StartupError
 

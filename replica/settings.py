@@ -26,6 +26,7 @@ class Settings:
     drain_timeout: float = 30.0
     heartbeat_timeout: float = 40.0
     worker_timeout: float = 30.0
+    access_log: bool = True
 
     @property
     def s3_client_factory(self) -> Callable:

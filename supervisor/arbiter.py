@@ -308,6 +308,7 @@ class Arbiter:
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
             "REPLICA_LOG_FORMAT": s.log_format,
+            "REPLICA_ACCESS_LOG": "1" if s.access_log else "0",
             "REPLICA_SUPERVISOR_PID": str(os.getpid()),
             "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
         })

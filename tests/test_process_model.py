@@ -526,3 +526,32 @@ def test_a_failing_download_backs_off_per_version(tmp_path):
     (tmp_path / "models" / "bad" / "1" / "model.json").write_text("{}")  # changed upstream: tried at once
     w.sync_once()
     assert fetched.count("bad/1/model.json") == 2
+
+
+# -- logs -------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_one_access_line_per_request_in_both_formats_and_none_with_no_access_log(tmp_path, replica, fmt):
+    import json
+
+    r = replica(iris_spec(tmp_path / "on"), extra_args=("--log-format", fmt))
+    marker = f"/?marker-{fmt}-8d2e"
+    for _ in range(3):
+        assert r.post(marker, json={"x": X}).status_code == 200
+    wait_for(lambda: r.log().count(marker) >= 3, timeout=10, message="access lines")
+    assert r.post("/nope", json={"x": X}).status_code == 404
+    wait_for(lambda: "/nope" in r.log(), timeout=10, message="the 404's access line")
+    time.sleep(0.5)  # a duplicate would be written at the same moment as the original
+    lines = [line for line in r.log().splitlines() if marker in line]
+    assert len(lines) == 3, lines
+    if fmt == "json":
+        records = [json.loads(line) for line in r.log().splitlines() if line.strip()]  # every line is JSON
+        access = [rec for rec in records if marker in rec["message"]]
+        assert all(rec["process"] == "access" and " 200 " in rec["message"] for rec in access), access
+    else:
+        assert all("[access " in line and '" 200 ' in line for line in lines), lines
+
+    quiet = replica(iris_spec(tmp_path / "off"), extra_args=("--log-format", fmt, "--no-access-log"))
+    assert quiet.post(marker, json={"x": X}).status_code == 200
+    time.sleep(0.5)
+    assert marker not in quiet.log()
