@@ -21,7 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
-from replica.settings import Settings
+from supervisor.settings import Settings
 from replica.spec import ApiSpec, PredictorSpec, SpecError
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
@@ -30,6 +30,7 @@ from supervisor.listener import PortInUse, bind_listener
 from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.preflight import load_checked, worker_env
 from supervisor.rolling import RollAborted, roll_workers
+from supervisor.sdnotify import Notifier
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -94,6 +95,8 @@ class Arbiter:
         self.ever_ready = False
         self._watcher_thread: threading.Thread | None = None
         self._reload_thread: threading.Thread | None = None
+        self.notifier = Notifier()
+        self._last_watchdog = 0.0
         self._pipe_r, self._pipe_w = os.pipe()
         self._state_lock = FileLock(str(self.tree.root / "replica.lock"))
 
@@ -154,6 +157,8 @@ class Arbiter:
         self._spawn_gunicorn()
         log.info("replica %s serving on http://%s:%d (state in %s)", self.api.name, self.settings.host,
                  self.settings.port, self.tree.root)
+        self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {self.settings.host}:"
+                             f"{self.settings.port}")
         while True:
             try:
                 readable, _, _ = select.select([self._pipe_r], [], [], 1.0)
@@ -189,10 +194,17 @@ class Arbiter:
             log.warning("received SIGHUP while a reload is in progress; send it again once that one is done")
             return
         log.info("received SIGHUP: checking %s", self.api.spec_file)
+        self.notifier.notify("RELOADING=1")
         self._reload_thread = threading.Thread(target=self._reload, name="reload", daemon=True)
         self._reload_thread.start()
 
     def _reload(self) -> None:
+        try:
+            self._reload_spec()
+        finally:
+            self.notifier.notify("READY=1")
+
+    def _reload_spec(self) -> None:
         """Check the spec file again; if valid, follow its model paths and replace the workers one at a time."""
         try:
             new = load_checked(self.api.spec_file, self.api.name)
@@ -243,7 +255,22 @@ class Arbiter:
         self._watcher_thread = threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watcher", daemon=True)
         self._watcher_thread.start()
 
+    def _watchdog(self) -> None:
+        """Ping systemd's watchdog while the watcher's heartbeat is fresh (the same test /healthz makes): a
+        watcher stuck past the heartbeat timeout stops the pings, and systemd restarts the replica."""
+        interval = self.notifier.watchdog_interval
+        if interval is None or time.monotonic() - self._last_watchdog < interval:
+            return
+        try:
+            age = time.time() - self.tree.heartbeat_file.stat().st_mtime
+        except OSError:
+            age = float("inf")
+        if age <= self.settings.heartbeat_timeout:
+            self.notifier.notify("WATCHDOG=1")
+            self._last_watchdog = time.monotonic()
+
     def _manage(self) -> None:
+        self._watchdog()
         if self._watcher_thread is not None and not self._watcher_thread.is_alive() and not self.stop_event.is_set():
             log.error("the watcher thread stopped; starting it again")
             self._start_watcher()
@@ -300,6 +327,8 @@ class Arbiter:
         ]
         self._write_spec(self.api)
         env = worker_env(self.api)
+        for private in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd talks to the supervisor only
+            env.pop(private, None)
         env.update({
             "REPLICA_SPEC_PICKLE": str(self.spec_pickle),
             "REPLICA_STATE_DIR": str(self.tree.root),
@@ -325,6 +354,7 @@ class Arbiter:
                  pred.processes_per_replica, pred.threads_per_process)
 
     def _shutdown(self) -> int:
+        self.notifier.notify("STOPPING=1")
         self.stop_event.set()
         if self.gunicorn is not None:
             self.gunicorn.send_signal(signal.SIGTERM)  # gunicorn stops accepting and lets requests finish

@@ -38,7 +38,7 @@ class ReplicaProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ReplicaProcess":
-        cmd = [sys.executable, "-m", "replica.cli", "serve", str(self.spec), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "supervisor.cli", "serve", str(self.spec), "--port", str(self.port),
                "--state-dir", str(self.state_dir), "--poll-interval", str(self.poll_interval), *self.extra_args]
         if self.api:
             cmd += ["--api", self.api]

@@ -292,7 +292,7 @@ def test_predictor_that_does_not_import_exits_2_before_serving(tmp_path, replica
     log = r.log()
     assert "no_such_module_4f2a" in log and "line 1 of predictor.py" in log, log
     assert "Traceback" not in log and "serving on" not in log and "Worker failed to boot" not in log
-    validate = subprocess.run([sys.executable, "-m", "replica.cli", "validate", str(spec)], capture_output=True,
+    validate = subprocess.run([sys.executable, "-m", "supervisor.cli", "validate", str(spec)], capture_output=True,
                               text=True, timeout=60)
     assert validate.returncode == 2 and "no_such_module_4f2a" in validate.stderr
 
@@ -555,3 +555,89 @@ def test_one_access_line_per_request_in_both_formats_and_none_with_no_access_log
     assert quiet.post(marker, json={"x": X}).status_code == 200
     time.sleep(0.5)
     assert marker not in quiet.log()
+
+
+# -- systemd -------------------------------------------------------------------------------------------------------
+
+def test_systemd_notify_ready_watchdog_and_stopping(tmp_path, replica):
+    """What a Type=notify unit with WatchdogSec gets, read from a real notify socket."""
+    path = tmp_path / "notify.sock"
+    received: list[str] = []
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    done = threading.Event()
+    listening_at_ready: list[bool] = []
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                message = sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            if "READY=1" in message and not listening_at_ready:
+                listening_at_ready.append(not refused(r.port))
+            received.append(message)
+
+    r = ReplicaProcess(iris_spec(tmp_path), tmp_path / "state", env={"NOTIFY_SOCKET": str(path),
+                                                                      "WATCHDOG_USEC": "1000000"})
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    r.start()
+    try:
+        r.wait_ready()
+        wait_for(lambda: sum("WATCHDOG=1" in m for m in received) >= 3, timeout=10, message="watchdog pings")
+    finally:
+        assert r.stop() == 0
+        done.set()
+        thread.join(5)
+        sock.close()
+    assert any(m.startswith("READY=1") and f"MAINPID={r.proc.pid}" in m for m in received), received
+    assert listening_at_ready == [True], "READY=1 only once the port accepts connections"
+    assert received[-1] == "STOPPING=1", received[-3:]
+
+
+def test_service_unit_is_hardened_and_verifies(tmp_path):
+    """`make service-unit` renders the unit (no install); systemd-analyze verifies it and rates its exposure."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    build = tmp_path / "build"
+    subprocess.run(["make", "-s", "-C", str(root), "service-unit", f"BUILD={build}", "SERVICE_USER=root",
+                    "PREFIX=/opt/replica"], check=True, capture_output=True, text=True, timeout=120)
+    unit = (build / "replica.service").read_text()
+    assert not re.search(r"@[A-Z]+@", unit), "every placeholder filled in"
+    lines = unit.splitlines()
+    assert {"Type=notify", "RestartPreventExitStatus=2", "User=root", "RuntimeDirectory=replica"} <= set(lines)
+    assert "ExecStart=/opt/replica/.venv/bin/replica serve /opt/replica/examples/onnx/api.yaml" in lines
+    watchdog = next(int(x.split("=")[1]) for x in lines if x.startswith("WatchdogSec="))
+    stop = next(int(x.split("=")[1]) for x in lines if x.startswith("TimeoutStopSec="))
+    assert stop > 30 + 2, "the stop timeout leaves the default drain (30 s) its time"
+    assert watchdog > 60, "above the default heartbeat timeout"
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(build / "replica.service")],
+                              capture_output=True, text=True, timeout=60)
+    level = re.search(r"Overall exposure level for replica.service: ([\d.]+) (\w+)", security.stdout)
+    assert level, security.stdout[-500:] + security.stderr
+    assert float(level.group(1)) < 5.0 and level.group(2) in ("OK", "SAFE", "PERFECT"), level.group(0)
+
+
+def test_version_and_the_core_imports_nothing_from_the_supervisor():
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-m", "supervisor.cli", "--version"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("replica "), out
+    core = Path(__file__).resolve().parent.parent / "replica"
+    for module in core.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] in ("supervisor", "workers")], (module.name, names)

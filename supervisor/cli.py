@@ -1,4 +1,8 @@
-"""The `replica` command: `replica serve SPEC` runs the supervisor, `replica validate SPEC` checks a spec."""
+"""The `replica` command: `replica serve SPEC` runs the supervisor, `replica validate SPEC` checks a spec.
+
+It lives with the supervisor it starts, so that the core in replica/ (spec, layouts, disk tree) starts no
+process and imports nothing from here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from replica.settings import Settings, default_state_dir
+from supervisor.settings import Settings, default_state_dir
 from replica.spec import ApiSpec, SpecError
 
 log = logging.getLogger("replica")
@@ -19,8 +23,18 @@ def _env(flag: str, default):
     return os.environ.get("REPLICA_" + flag.upper().replace("-", "_"), default)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-replica")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replica", description="Serve Cortex-style predictors over HTTP.")
+    p.add_argument("--version", action="version", version=f"replica {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve one API of a spec")
     serve.add_argument("spec", type=Path)

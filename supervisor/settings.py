@@ -9,6 +9,8 @@ from typing import Callable
 
 import platformdirs
 
+from supervisor.upstream import make_s3_client
+
 
 def default_state_dir(api_name: str) -> Path:
     return Path(platformdirs.user_cache_dir("model-replica")) / api_name
@@ -30,6 +32,4 @@ class Settings:
 
     @property
     def s3_client_factory(self) -> Callable:
-        from supervisor.upstream import make_s3_client
-
         return functools.partial(make_s3_client, self.s3_endpoint)
