@@ -134,7 +134,7 @@ class Arbiter:
                                "(or REPLICA_STATE_DIR) a folder this user can write") from None
         # The lock is never released here: it goes with the process (see replica serve), so no thread of this
         # one can still be writing into the state directory when the next supervisor takes it.
-        stop_leftovers(self.pid_file)
+        stop_leftovers(self.pid_file, self.tree.root)
         try:
             self.listener = bind_listener(self.settings.host, self.settings.port)
         except PortInUse as e:

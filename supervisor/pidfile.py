@@ -28,27 +28,31 @@ def write_pidfile(path: Path, gunicorn_pid: int) -> None:
     os.replace(tmp, path)
 
 
-def leftover_processes(path: Path) -> list[psutil.Process]:
-    """The processes of the recorded gunicorn group still alive (none when the file is missing or stale)."""
+def leftover_processes(path: Path, state_dir: Path) -> list[psutil.Process]:
+    """The processes of the recorded gunicorn group still alive and still serving `state_dir` (none when the
+    file is missing or stale: after a reboot, or once the pid has been reused by an unrelated process)."""
     try:
         record = json.loads(path.read_text())
         pgid, created = int(record["pgid"]), float(record["created"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return []
+    if created < psutil.boot_time():
+        return []
     found = []
     for p in psutil.process_iter(["pid", "create_time"]):
         try:
-            # Members of the group started no earlier than its leader: a pid reused since has a later group.
-            if p.pid != os.getpid() and os.getpgid(p.pid) == pgid and p.info["create_time"] >= created - 1:
+            if p.pid == os.getpid() or os.getpgid(p.pid) != pgid or p.info["create_time"] < created - 1:
+                continue
+            if p.environ().get("REPLICA_STATE_DIR") == str(state_dir):  # ours, not a recycled group id
                 found.append(p)
-        except (ProcessLookupError, psutil.Error):
+        except (OSError, psutil.Error):
             continue
     return found
 
 
-def stop_leftovers(path: Path, timeout: float = 10.0) -> int:
+def stop_leftovers(path: Path, state_dir: Path, timeout: float = 10.0) -> int:
     """Kill what a previous supervisor left running and wait until it is gone; return how many there were."""
-    procs = leftover_processes(path)
+    procs = leftover_processes(path, state_dir)
     if procs:
         log.warning("stopping %d process(es) a previous replica on this state directory left running (pids %s)",
                     len(procs), ", ".join(str(p.pid) for p in procs))
