@@ -296,8 +296,9 @@ def models_status(r) -> dict:
 
 def check_models_shape(body: dict) -> None:
     """GET /v1/models: {"models": [{"name", "model_version_status": [{"version", "state", "status":
-    {"error_code", "error_message"}, "upstream", "disk", "memory", "error"}]}]}."""
-    assert isinstance(body, dict) and set(body) == {"models"}, body
+    {"error_code", "error_message"}, "upstream", "disk", "memory", "error"}]}], "upstream_errors": {url: why}}."""
+    assert isinstance(body, dict) and set(body) == {"models", "upstream_errors"}, body
+    assert isinstance(body["upstream_errors"], dict)
     assert isinstance(body["models"], list)
     for m in body["models"]:
         assert {"name", "model_version_status"} <= set(m), m
