@@ -696,3 +696,29 @@ def test_an_invalid_version_is_logged_once_with_its_reason(tmp_path, replica):
     assert r.log().count("model twice version 1 is invalid") == 1, "logged once, not on every poll"
     line = next(x for x in r.log().splitlines() if "model twice version 1 is invalid" in x)
     assert ".onnx" in line, line
+
+
+def test_workers_that_die_as_they_start_are_respawned_with_backoff(tmp_path, replica):
+    """A worker that crashes at start (here: its predictor kills its process while a flag file exists) is
+    started again with a growing delay, not thousands of times a minute; once the cause is gone it serves."""
+    flag = tmp_path / "crash"
+    crashing = PREDICTOR.replace('''        self.client = python_client
+''', f'''        self.client = python_client
+        if os.path.exists({str(flag)!r}):
+            os._exit(1)
+''')
+    write_python_linear(tmp_path / "models" / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    spec = write_api(tmp_path, crashing, type="python", name="iris", processes_per_replica=2,
+                     models={"paths": [{"name": "iris", "model_path": "models/iris"}]})
+    r = replica(spec)
+    flag.touch()
+    os.kill(r.worker_pids()[0], signal.SIGKILL)
+    wait_for(lambda: "starting the next in" in r.log(), timeout=30, message="the respawn delay logged")
+    started = time.monotonic()
+    deaths_before = r.log().count("exited with code 1")
+    wait_for(lambda: time.monotonic() - started > 6, timeout=10, interval=0.5)
+    deaths = r.log().count("exited with code 1") - deaths_before
+    assert deaths < 8, f"{deaths} worker deaths in 6 s"
+    assert r.post("/", json={"x": X}).status_code == 200, "the surviving worker keeps serving"
+    flag.unlink()
+    wait_for(lambda: r.get("/readyz").status_code == 200, timeout=30, message="both workers back")
