@@ -114,6 +114,8 @@ class Load:
                     self.refused.append(time.monotonic())
                 else:
                     self.failed.append(str(e))
+            except requests.RequestException as e:  # a timeout, a body cut short: a failure too
+                self.failed.append(f"{type(e).__name__}: {e}")
 
     def __enter__(self) -> "Load":
         for t in self.threads:
