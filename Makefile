@@ -89,24 +89,35 @@ bench: $(VENV)/.installed-bench wrk
 bench-quick: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py --quick
 
-# The systemd service: `sudo make install-service SPEC=/etc/replica/api.yaml` (runs as the system user
-# SERVICE_USER, state in /var/lib/replica, settings in /etc/replica/replica.env; see the README).
-SPEC ?= $(CURDIR)/examples/onnx/api.yaml
+# The systemd service: `sudo make install-service SPEC=/etc/replica/api.yaml` copies the project into PREFIX with
+# its own virtualenv (a path the service user can read: a virtualenv in a home folder often is not), checks that
+# the service user can run it, and installs the unit: runs as the system user SERVICE_USER, state in
+# /var/lib/replica, settings in /etc/replica/replica.env (see the README). `make service-unit` only renders it.
+PREFIX ?= /opt/replica
+SPEC ?= $(PREFIX)/examples/onnx/api.yaml
 SERVICE_USER ?= replica
 UNIT_DIR ?= /etc/systemd/system
+BUILD ?= build
 
-service-unit: $(VENV)/.installed-run
-	@mkdir -p build
-	sed -e 's|@PREFIX@|$(CURDIR)|g' -e 's|@SPEC@|$(abspath $(SPEC))|g' -e 's|@USER@|$(SERVICE_USER)|g' \
-		scripts/replica.service > build/replica.service
-	@if command -v systemd-analyze >/dev/null; then systemd-analyze verify build/replica.service; fi
-	@echo "build/replica.service written"
+service-unit:
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SPEC@|$(abspath $(SPEC))|g' -e 's|@USER@|$(SERVICE_USER)|g' \
+		scripts/replica.service > $(BUILD)/replica.service
+	@echo "$(BUILD)/replica.service written"
 
 install-service: service-unit
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin $(SERVICE_USER)
+	install -d -m 0755 $(PREFIX)
+	cp -r README.md setup.cfg pyproject.toml replica supervisor workers scripts examples $(PREFIX)/
+	[ -x $(PREFIX)/.venv/bin/python ] || $(PYTHON) -m venv $(PREFIX)/.venv
+	$(PREFIX)/.venv/bin/python -m pip install --quiet '$(PREFIX)[examples]'
+	chmod -R a+rX $(PREFIX)
+	runuser -u $(SERVICE_USER) -- $(PREFIX)/.venv/bin/replica --version \
+		|| { echo "$(SERVICE_USER) cannot run $(PREFIX)/.venv/bin/replica (is the interpreter under a home folder? set PYTHON=/usr/bin/python3)"; exit 1; }
 	install -d -m 0755 /etc/replica
 	[ -f /etc/replica/replica.env ] || install -m 0640 -g $(SERVICE_USER) scripts/replica.env /etc/replica/replica.env
-	install -m 0644 build/replica.service $(UNIT_DIR)/replica.service
+	install -m 0644 $(BUILD)/replica.service $(UNIT_DIR)/replica.service
+	systemd-analyze verify $(UNIT_DIR)/replica.service
 	systemctl daemon-reload
 	systemctl enable --now replica.service
 	@echo "replica.service installed and started: systemctl status replica; journalctl -u replica -f"

@@ -7,7 +7,12 @@ Layout::
     STATE/locks/NAME/VERSION.lock            a read-write lock per version (SQLite-backed, cross-process)
     STATE/tmp/                               downloads in progress (same filesystem, so renames are atomic)
     STATE/state.json                         what the supervisor knows: catalogue, disk state, errors
-    STATE/run/                               heartbeat, worker readiness, the supervisor's socket
+    STATE/gunicorn.pid                       the process group a killed supervisor may have left running
+    RUNTIME/                                 heartbeat, worker readiness, metrics, the parsed spec, sockets
+
+RUNTIME is a folder on a memory filesystem (see `runtime_dir`), not on the state filesystem: prometheus-client
+memory-maps its files, and a worker whose metrics file cannot grow on a full disk dies of SIGBUS. A full
+state disk must never stop workers serving the models they have.
 
 Only the supervisor writes `models/`, `tmp/` and `state.json`: a version appears with one atomic rename
 under its exclusive lock and disappears under the same lock, and workers load it under the shared lock, so a
@@ -17,6 +22,7 @@ worker never sees a half-written or half-deleted version.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -42,15 +48,26 @@ def safe_relpath(key: str) -> str:
     return key
 
 
+def runtime_dir(state_dir: Path) -> Path:
+    """The runtime folder of a state directory: under systemd's RuntimeDirectory (/run/replica), else
+    $XDG_RUNTIME_DIR, else /dev/shm (tmpfs on Linux), named after the state directory so that two replicas
+    never share one and a restarted replica finds its own."""
+    base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR")
+    if not base:
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(base.split(":")[0]) / f"replica-{digest}"
+
+
 class DiskTree:
     """Paths of the disk tree and the operations on it; the write operations are the supervisor's alone."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, runtime: str | Path | None = None):
         self.root = Path(root).resolve()
         self.models = self.root / "models"
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
-        self.run = self.root / "run"
+        self.run = Path(runtime) if runtime else runtime_dir(self.root)
         self.state_file = self.root / "state.json"
         self.heartbeat_file = self.run / "heartbeat"
         self.workers_dir = self.run / "workers"
@@ -137,6 +154,7 @@ class DiskTree:
     def prepare(self) -> None:
         for d in (self.models, self.locks, self.tmp, self.run, self.workers_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.run.chmod(0o700)  # the parsed spec and the control socket are this user's alone
         for leftover in self.tmp.iterdir():  # downloads interrupted by a crash
             shutil.rmtree(leftover, ignore_errors=True)
         for marker in self.workers_dir.iterdir():

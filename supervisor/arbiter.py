@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -20,22 +21,53 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
-from replica.settings import Settings
-from replica.spec import ApiSpec
+from supervisor.settings import Settings
+from replica.spec import ApiSpec, PredictorSpec, SpecError
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
+from supervisor.listener import PortInUse, bind_listener
+from supervisor.pidfile import stop_leftovers, write_pidfile
+from supervisor.preflight import load_checked, worker_env
+from supervisor.rolling import RollAborted, roll_workers
+from supervisor.sdnotify import Notifier
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR = 2, 3  # gunicorn: bad options; a worker cannot import the app
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+HEALTHY_SECONDS = 60.0  # a gunicorn that ran this long was healthy: its death starts the backoff afresh
+MAX_RESTART_DELAY = 30.0
+WORKER_READY_TIMEOUT = 600.0  # a reload gives each new worker this long to load its models
 
 
-class StateDirInUse(Exception):
+class StartupError(Exception):
+    """A problem a restart cannot fix (exit status 2): the message names the fix."""
+
+
+class StateDirInUse(StartupError):
     pass
+
+
+def restart_only_changes(running: PredictorSpec, new: PredictorSpec) -> list[str]:
+    """The keys of a new spec that a SIGHUP cannot apply to running workers (they shape gunicorn or the
+    supervisor's disk cache); a reload that changes any of them is refused, naming them."""
+    keys = ("type", "processes_per_replica", "threads_per_process", "disk_cache_size")
+    changed = [k for k in keys if getattr(running, k) != getattr(new, k)]
+    if running.caching != new.caching:
+        changed.append("cache_size (model caching turned on or off)")
+    return changed
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before starting gunicorn again after `failures` deaths in a row (1 = the first).
+
+    The first restart is immediate: the listening socket stays open, so a quick restart costs no refused
+    connection. Deaths in quick succession then back off exponentially up to MAX_RESTART_DELAY."""
+    if failures <= 1:
+        return 0.0
+    return min(MAX_RESTART_DELAY, 2.0 ** (failures - 2))
 
 
 class Arbiter:
@@ -49,15 +81,22 @@ class Arbiter:
         self.catalogue = Catalogue(api.predictor, upstreams)
         pred = api.predictor
         self.watcher = Watcher(self.tree, self.catalogue, poll_interval=settings.poll_interval, prefetch=not pred.caching)
+        for _, upstream in upstreams:
+            upstream.on_page = self.watcher.alive
         self.disk_cache = DiskCache(self.watcher, pred.disk_cache_size) if pred.caching else None
         self._control = None
         self.stop_event = threading.Event()
         self.signal_queue: list[int] = []
         self.gunicorn: subprocess.Popen | None = None
+        self.gunicorn_started = 0.0
+        self.listener = None
         self.restart_at: float | None = None
-        self.restarts = 0
+        self.failures = 0  # gunicorn deaths in a row, each within HEALTHY_SECONDS of its start
         self.ever_ready = False
         self._watcher_thread: threading.Thread | None = None
+        self._reload_thread: threading.Thread | None = None
+        self.notifier = Notifier()
+        self._last_watchdog = 0.0
         self._pipe_r, self._pipe_w = os.pipe()
         self._state_lock = FileLock(str(self.tree.root / "replica.lock"))
 
@@ -75,16 +114,35 @@ class Arbiter:
             signal.signal(sig, self._on_signal)
 
     # -- the loop ------------------------------------------------------------------------------------------
+    @property
+    def pid_file(self) -> Path:
+        return self.tree.root / "gunicorn.pid"
+
     def run(self) -> int:
-        self.tree.root.mkdir(parents=True, exist_ok=True)
+        """Take the state directory, stop what a killed predecessor left, listen, then serve until stopped.
+
+        Raises StartupError for what a restart cannot fix."""
+        root = self.tree.root
         try:
+            root.mkdir(parents=True, exist_ok=True)
             self._state_lock.acquire(timeout=0)
         except Timeout:
-            raise StateDirInUse(f"another replica is using the state directory {self.tree.root}; give this one its own --state-dir") from None
+            raise StateDirInUse(f"another replica is using the state directory {root}; give this one its own "
+                                "--state-dir") from None
+        except OSError as e:
+            raise StartupError(f"the state directory {root} is not writable ({e.strerror}); give --state-dir "
+                               "(or REPLICA_STATE_DIR) a folder this user can write") from None
+        # The lock is never released here: it goes with the process (see replica serve), so no thread of this
+        # one can still be writing into the state directory when the next supervisor takes it.
+        stop_leftovers(self.pid_file, self.tree.root)
+        try:
+            self.listener = bind_listener(self.settings.host, self.settings.port)
+        except PortInUse as e:
+            raise StartupError(str(e)) from None
         try:
             return self._run()
         finally:
-            self._state_lock.release()
+            self.listener.close()
 
     def _run(self) -> int:
         self._install_signals()
@@ -99,6 +157,8 @@ class Arbiter:
         self._spawn_gunicorn()
         log.info("replica %s serving on http://%s:%d (state in %s)", self.api.name, self.settings.host,
                  self.settings.port, self.tree.root)
+        self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {self.settings.host}:"
+                             f"{self.settings.port}")
         while True:
             try:
                 readable, _, _ = select.select([self._pipe_r], [], [], 1.0)
@@ -111,19 +171,106 @@ class Arbiter:
                 if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                     log.info("received %s: draining requests and stopping", signal.Signals(sig).name)
                     return self._shutdown()
-                if sig == signal.SIGHUP and self.gunicorn is not None:
-                    log.info("received SIGHUP: reloading gunicorn workers")
-                    self.gunicorn.send_signal(signal.SIGHUP)
+                if sig == signal.SIGHUP:
+                    self._start_reload()
             status = self._reap()
             if status is not None:
                 return status
             self._manage()
 
+    # -- SIGHUP -------------------------------------------------------------------------------------------
+    @property
+    def spec_pickle(self) -> Path:
+        return self.tree.run / "spec.pickle"
+
+    def _write_spec(self, api: ApiSpec) -> None:
+        """The parsed spec every worker starts from: workers never read the spec file themselves."""
+        tmp = self.spec_pickle.with_name("spec.pickle.tmp")
+        tmp.write_bytes(pickle.dumps(api))
+        os.replace(tmp, self.spec_pickle)
+
+    def _start_reload(self) -> None:
+        if self._reload_thread is not None and self._reload_thread.is_alive():
+            log.warning("received SIGHUP while a reload is in progress; send it again once that one is done")
+            return
+        log.info("received SIGHUP: checking %s", self.api.spec_file)
+        self.notifier.notify("RELOADING=1")
+        self._reload_thread = threading.Thread(target=self._reload, name="reload", daemon=True)
+        self._reload_thread.start()
+
+    def _reload(self) -> None:
+        try:
+            self._reload_spec()
+        finally:
+            self.notifier.notify("READY=1")
+
+    def _reload_spec(self) -> None:
+        """Check the spec file again; if valid, follow its model paths and replace the workers one at a time."""
+        try:
+            new = load_checked(self.api.spec_file, self.api.name)
+        except SpecError as e:
+            log.error("reload refused, the running spec keeps serving: %s", " ".join(str(e).split()))
+            return
+        blocked = restart_only_changes(self.api.predictor, new.predictor)
+        if blocked:
+            log.error("reload refused, the running spec keeps serving: %s changed, which takes a restart "
+                      "(systemctl restart replica)", ", ".join(blocked))
+            return
+        old = self.api
+        if new.predictor.sources != old.predictor.sources:
+            self._follow_sources(new)
+        self.api = new
+        self._write_spec(new)
+        gunicorn = self.gunicorn
+        if gunicorn is None:
+            log.info("reload: the next gunicorn starts with the new spec")
+            return
+
+        def restore() -> None:
+            self.api = old
+            self._write_spec(old)
+
+        try:
+            n = roll_workers(gunicorn.pid, self.tree.workers_dir, WORKER_READY_TIMEOUT, self.stop_event,
+                             restore)
+        except RollAborted as e:
+            restore()
+            log.error("reload aborted, back to the previous spec: %s", e)
+            return
+        log.info("reload done: %d worker(s) serve the new spec", n)
+
+    def _follow_sources(self, new: ApiSpec) -> None:
+        """Point the watcher at the new model paths and wait for its next pass, so new workers find them."""
+        upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
+        for _, upstream in upstreams:
+            upstream.on_page = self.watcher.alive
+        self.catalogue = Catalogue(new.predictor, upstreams)
+        passed = self.watcher.last_pass
+        self.watcher.catalogue = self.catalogue
+        deadline = time.monotonic() + max(30.0, 3 * self.settings.poll_interval)
+        while self.watcher.last_pass == passed and time.monotonic() < deadline and not self.stop_event.is_set():
+            time.sleep(0.1)
+
     def _start_watcher(self) -> None:
         self._watcher_thread = threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watcher", daemon=True)
         self._watcher_thread.start()
 
+    def _watchdog(self) -> None:
+        """Ping systemd's watchdog while the watcher's heartbeat is fresh (the same test /healthz makes): a
+        watcher stuck past the heartbeat timeout stops the pings, and systemd restarts the replica."""
+        interval = self.notifier.watchdog_interval
+        if interval is None or time.monotonic() - self._last_watchdog < interval:
+            return
+        try:
+            age = time.time() - self.tree.heartbeat_file.stat().st_mtime
+        except OSError:
+            age = float("inf")
+        if age <= self.settings.heartbeat_timeout:
+            self.notifier.notify("WATCHDOG=1")
+            self._last_watchdog = time.monotonic()
+
     def _manage(self) -> None:
+        self._watchdog()
         if self._watcher_thread is not None and not self._watcher_thread.is_alive() and not self.stop_event.is_set():
             log.error("the watcher thread stopped; starting it again")
             self._start_watcher()
@@ -144,9 +291,11 @@ class Arbiter:
             log.error("the workers could not start (see the error above); stopping")
             self.stop_event.set()
             return 1
-        self.restarts += 1
-        delay = min(30.0, 2.0 ** min(self.restarts, 5))
-        log.error("gunicorn exited with status %s; restarting it in %.0fs", code, delay)
+        ran = time.monotonic() - self.gunicorn_started
+        self.failures = 1 if ran >= HEALTHY_SECONDS else self.failures + 1
+        delay = restart_delay(self.failures)
+        log.error("gunicorn exited with status %s after %.0fs; restarting it%s", code, ran,
+                  f" in {delay:.0f}s" if delay else " now")
         self.restart_at = time.time() + delay
         return None
 
@@ -160,53 +309,72 @@ class Arbiter:
         self.tree.metrics_dir.mkdir(parents=True)
         cmd = [
             sys.executable, "-m", "gunicorn",
-            "--bind", f"{s.host}:{s.port}",
+            "--bind", f"fd://{self.listener.fileno()}",
             "--workers", str(pred.processes_per_replica),
             "--threads", str(pred.threads_per_process),
             "--worker-class", "gthread",
             "--graceful-timeout", str(int(s.drain_timeout)),
-            "--timeout", "120",
+            "--timeout", str(max(1, round(s.worker_timeout))),
             "--keep-alive", "5",
             "--backlog", "2048",
             "--log-level", "warning",
             "--error-logfile", "-",
             "--worker-tmp-dir", str(self.tree.run),
+            "--no-control-socket",  # gunicorn's default socket is one per user, shared by every replica
             "--name", f"replica-{self.api.name}",
             "--config", "python:workers.gunicorn_conf",
             "workers.wsgi:application",
         ]
-        env = dict(os.environ)
-        env.update(pred.env)
+        self._write_spec(self.api)
+        env = worker_env(self.api)
+        for private in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd talks to the supervisor only
+            env.pop(private, None)
         env.update({
-            "REPLICA_SPEC": str(self.api.spec_file),
-            "REPLICA_API": self.api.name,
+            "REPLICA_SPEC_PICKLE": str(self.spec_pickle),
             "REPLICA_STATE_DIR": str(self.tree.root),
+            "REPLICA_RUNTIME_DIR": str(self.tree.run),
             "REPLICA_POLL_INTERVAL": str(s.poll_interval),
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
             "REPLICA_LOG_FORMAT": s.log_format,
+            "REPLICA_ACCESS_LOG": "1" if s.access_log else "0",
+            "REPLICA_SUPERVISOR_PID": str(os.getpid()),
             "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
         })
-        # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn.
-        self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True)
+        # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
+        # process group is what the pid file records. The listening socket is the one fd it inherits.
+        self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))
+        self.gunicorn_started = time.monotonic()
+        try:
+            write_pidfile(self.pid_file, self.gunicorn.pid)
+        except OSError as e:  # a full state disk: the parent-death signal still stops gunicorn with us
+            log.warning("cannot write %s (%s); a replica started after a crash of this one may find gunicorn "
+                        "still running", self.pid_file, e.strerror)
         log.info("gunicorn started (pid %d): %d workers x %d threads", self.gunicorn.pid,
                  pred.processes_per_replica, pred.threads_per_process)
 
     def _shutdown(self) -> int:
+        self.notifier.notify("STOPPING=1")
         self.stop_event.set()
         if self.gunicorn is not None:
             self.gunicorn.send_signal(signal.SIGTERM)  # gunicorn stops accepting and lets requests finish
+        # Once gunicorn has closed its copies too, new connections are refused (a client retries elsewhere)
+        # instead of waiting in a backlog nobody will accept from.
+        self.listener.close()
+        if self.gunicorn is not None:
             try:
-                self.gunicorn.wait(self.settings.drain_timeout + 5)
+                self.gunicorn.wait(self.settings.drain_timeout + 2)  # its own graceful timeout is the drain timeout
             except subprocess.TimeoutExpired:
                 log.warning("gunicorn did not stop within the drain timeout; killing it")
-                self.gunicorn.kill()
+                os.killpg(self.gunicorn.pid, signal.SIGKILL)
                 self.gunicorn.wait()
+            self.pid_file.unlink(missing_ok=True)
         if self._watcher_thread is not None:
-            self._watcher_thread.join(timeout=10)
+            # Downloads end at their next chunk; one stalled on a silent upstream ends with the process.
+            self._watcher_thread.join(timeout=2)
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()
+        shutil.rmtree(self.tree.run, ignore_errors=True)
         log.info("replica stopped")
         return 0

@@ -38,6 +38,7 @@ class Catalogue:
         self._by_root: dict[int, dict[str, CatalogueEntry]] = {}
         self.list_calls = 0
         self.last_success: float | None = None
+        self._logged_invalid: set[tuple[str, int | None, str]] = set()
 
     @property
     def complete(self) -> bool:
@@ -52,7 +53,10 @@ class Catalogue:
                 objects = upstream.list()
             except UpstreamError as e:
                 if self.root_errors.get(upstream.url) != str(e):
-                    log.warning("listing failed, keeping the previous state of %s: %s", upstream.url, e)
+                    if index in self._by_root:
+                        log.warning("listing failed, keeping the previous state of %s: %s", upstream.url, e)
+                    else:
+                        log.error("%s; none of its models can be served until it lists", e)
                 self.root_errors[upstream.url] = str(e)
                 continue
             except Exception as e:  # an unexpected error must not look like an empty bucket either
@@ -68,8 +72,23 @@ class Catalogue:
             for name, entry in root.items():
                 models.setdefault(name, entry)  # `paths` names are unique; a `dir` child cannot shadow them
         self.models = models
+        self._log_invalid()
         if not self.root_errors:
             self.last_success = time.time()
+
+    def _log_invalid(self) -> None:
+        """Log each invalid model or version once per reason (its reason also shows in /v1/models)."""
+        current = set()
+        for name, entry in self.models.items():
+            if entry.listing.error:
+                current.add((name, None, entry.listing.error))
+            for version, v in entry.listing.versions.items():
+                if v.error:
+                    current.add((name, version, v.error))
+        for name, version, error in sorted(current - self._logged_invalid, key=str):
+            log.warning("model %s%s is invalid and not served: %s", name,
+                        f" version {version}" if version is not None else "", error)
+        self._logged_invalid = current
 
     def _declare(self, source: ModelSource, upstream: Upstream, objects) -> dict[str, CatalogueEntry]:
         ptype = self.predictor.type

@@ -8,14 +8,17 @@ being served mixed.
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
+import stat
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from replica.disktree import safe_relpath
 from replica.layout import ObjectInfo
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
@@ -26,14 +29,47 @@ class ChangedDuringDownload(Exception):
     """A file changed upstream between the listing and its download."""
 
 
+class LocalDiskError(Exception):
+    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault."""
+
+
+class Stopped(Exception):
+    """The replica is stopping: a download ends between two chunks instead of running to its end."""
+
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
+
+
+def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
+    """Write an iterable of byte chunks to `dest`, reporting each; a write error names the local disk."""
+    total = 0
+    try:
+        f = open(dest, "wb")
+    except OSError as e:
+        raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+    with f:
+        for chunk in chunks:
+            try:
+                f.write(chunk)
+            except OSError as e:
+                raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+            total += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return total
+
+
 class Upstream(Protocol):
     url: str
 
     def list(self) -> list[ObjectInfo]:
         """Every file under the root, keys relative to it."""
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
-        """Copy one listed file to `dest`; return its size. Raises ChangedDuringDownload or UpstreamError."""
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
+        """Copy one listed file to `dest`, calling `progress` per chunk; return its size.
+
+        Raises ChangedDuringDownload, UpstreamError (reading), LocalDiskError (writing) or Stopped."""
 
 
 class LocalUpstream:
@@ -43,35 +79,75 @@ class LocalUpstream:
         self.root = Path(root)
         self.url = str(self.root)
         self.list_calls = 0
+        self.on_page: Callable[[], None] | None = None  # called per listing page: a long listing is alive
+        self._skipped: set[tuple[str, str]] = set()
 
     def list(self) -> list[ObjectInfo]:
+        """Every regular file under the root, symlinks included only while they stay inside it.
+
+        A symlink out of the root (`1/passwd -> /etc/passwd`) is skipped, so nothing outside the models folder
+        is ever copied and served. Symlinks to folders are not followed (a folder is listed where it is), so
+        there is no loop to walk; a file symlink loop, or any entry that cannot be read, is skipped, so it
+        affects only the model that holds it (which then shows the file missing) and never the whole listing.
+        Each skipped path is logged once."""
         self.list_calls += 1
         if not self.root.is_dir():
             raise UpstreamError(f"{self.root} is not a directory")
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fn in filenames:
-                p = Path(dirpath) / fn
+        root_real = os.path.realpath(self.root)
+        out: list[ObjectInfo] = []
+        stack: list[tuple[str, str]] = [(str(self.root), "")]
+        while stack:
+            folder, rel = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as e:
+                self._skip(rel or ".", e.strerror or str(e))
+                continue
+            for entry in entries:
+                key = rel + entry.name
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if target != root_real and not target.startswith(root_real + os.sep):
+                        self._skip(key, f"a symlink to {target}, outside {self.root}")
+                        continue
                 try:
-                    st = p.stat()
+                    st = os.stat(entry.path)
                 except FileNotFoundError:
                     continue  # removed while listing
-                out.append(ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, str(st.st_mtime_ns)))
+                except OSError as e:  # a symlink loop (ELOOP), a permission problem
+                    self._skip(key, e.strerror or str(e))
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if entry.is_symlink():  # its folder is listed where it really is: no loop, no double
+                        self._skip(key, "a symlink to a folder (only symlinks to files are followed)")
+                    elif not entry.name.startswith("."):
+                        stack.append((entry.path, key + "/"))
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(ObjectInfo(key, st.st_size, str(st.st_mtime_ns)))
         return out
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def _skip(self, key: str, reason: str) -> None:
+        if (key, reason) not in self._skipped:
+            self._skipped.add((key, reason))
+            log.warning("%s: skipping %s: %s", self.root, key, reason)
+
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
         src = self.root / safe_relpath(obj.key)
+        real = os.path.realpath(src)
+        root_real = os.path.realpath(self.root)
+        if not real.startswith(root_real + os.sep):  # a symlink changed since the listing
+            raise UpstreamError(f"{src} now leads outside {self.root} (to {real}); it is not copied")
         try:
-            before = src.stat()
-            if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
-                raise ChangedDuringDownload(obj.key)
-            shutil.copyfile(src, dest)
+            with open(src, "rb") as f:
+                before = os.fstat(f.fileno())
+                if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
+                    raise ChangedDuringDownload(obj.key)
+                _write_chunks(iter(lambda: f.read(CHUNK), b""), dest, progress)
             after = src.stat()
         except FileNotFoundError:
             raise ChangedDuringDownload(obj.key) from None
         except OSError as e:
-            raise UpstreamError(f"cannot read {src}: {e}") from e
+            raise UpstreamError(f"cannot read {src}: {e.strerror}") from e
         if (after.st_size, str(after.st_mtime_ns)) != (obj.size, obj.tag):
             raise ChangedDuringDownload(obj.key)
         return obj.size
@@ -87,6 +163,7 @@ class S3Upstream:
         self.prefix = prefix  # empty or ending in '/'
         self.client = client
         self.list_calls = 0
+        self.on_page: Callable[[], None] | None = None  # called per listing page: a long listing is alive
 
     def list(self) -> list[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -96,26 +173,30 @@ class S3Upstream:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                if self.on_page is not None:
+                    self.on_page()
                 for item in page.get("Contents", []):
                     key = item["Key"][len(self.prefix):]
                     if key:
                         out.append(ObjectInfo(key, int(item["Size"]), item["ETag"].strip('"')))
         except (BotoCoreError, ClientError) as e:
-            raise UpstreamError(f"listing {self.url} failed: {_describe(e)}") from e
+            raise UpstreamError(f"listing {self.url} failed: {_describe(e)} (endpoint {self.client.meta.endpoint_url}, "
+                                f"credentials: {getattr(self.client, 'credential_source', 'unknown')})") from e
         return out
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self.prefix + safe_relpath(obj.key)
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
-            if resp["ETag"].strip('"') != obj.tag:
-                resp["Body"].close()
-                raise ChangedDuringDownload(obj.key)
-            with open(dest, "wb") as f:
-                for chunk in resp["Body"].iter_chunks(1 << 20):
-                    f.write(chunk)
+            body = resp["Body"]
+            try:
+                if resp["ETag"].strip('"') != obj.tag:
+                    raise ChangedDuringDownload(obj.key)
+                _write_chunks(body.iter_chunks(CHUNK), dest, progress)
+            finally:
+                body.close()
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ChangedDuringDownload(obj.key) from None
@@ -152,18 +233,33 @@ def make_s3_client(endpoint_url: str | None = None):
     with _client_lock:  # boto3 sessions are not thread-safe to create
         session = boto3.session.Session()
         extra = {}
-        if session.get_credentials() is None:
+        credentials = session.get_credentials()
+        if credentials is None:
             extra["signature_version"] = UNSIGNED
         config = Config(
             s3={"addressing_style": "path"} if endpoint_url else {},
             retries={"max_attempts": 3, "mode": "adaptive"},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=10,
             max_pool_connections=32,
             **extra,
         )
         region = session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    # Where the credentials came from (botocore's provider name: env, shared-credentials-file, iam-role...),
+    # for error messages: a listing error is most often the wrong credentials being picked up.
+    client.credential_source = _CREDENTIAL_SOURCES.get(credentials.method, credentials.method) if credentials \
+        else "none found, requests are unsigned"
+    return client
+
+
+_CREDENTIAL_SOURCES = {
+    "env": "environment variables (AWS_ACCESS_KEY_ID)",
+    "shared-credentials-file": "the shared credentials file (~/.aws/credentials)",
+    "config-file": "the AWS config file (~/.aws/config)",
+    "iam-role": "the instance role (EC2 metadata)",
+    "container-role": "the container role",
+}
 
 
 def open_upstream(url: str, s3_client_factory=make_s3_client) -> Upstream:

@@ -18,11 +18,18 @@ from typing import Callable
 from replica.disktree import DiskTree, safe_relpath
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
-from supervisor.upstream import ChangedDuringDownload, UpstreamError
+from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0  # seconds; an outage is retried at least this often, so changes show soon after
+MAX_DOWNLOAD_BACKOFF = 600.0  # a version that keeps failing to download is tried again at least this often
+
+
+def download_retry_delay(failures: int, poll_interval: float) -> float:
+    """Seconds before the next try of a version whose download failed `failures` times in a row: every poll
+    would download the same bytes again (all the egress of a large model, each time) to fail the same way."""
+    return min(MAX_DOWNLOAD_BACKOFF, poll_interval * 2.0 ** max(0, failures - 1))
 
 
 class DiskFull(Exception):
@@ -54,6 +61,27 @@ class Watcher:
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
         self._publish_timer: threading.Timer | None = None
         self._publish_timer_lock = threading.Lock()
+        self.stop_event = threading.Event()  # set when the replica stops: downloads end at their next chunk
+        # (name, version) -> (fingerprint, failures in a row, when to try again): a changed version is tried at once
+        self._download_failures: dict[tuple[str, int], tuple[str, int, float]] = {}
+        self._last_touch = 0.0
+
+    def progress(self, nbytes: int) -> None:
+        """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
+        /healthz fails only for a watcher that makes no progress), and a stopping replica ends it."""
+        if self.stop_event.is_set():
+            raise Stopped()
+        self.alive()
+
+    def alive(self) -> None:
+        """Touch the heartbeat, at most once a second."""
+        now = time.monotonic()
+        if now - self._last_touch >= 1.0:
+            self._last_touch = now
+            try:
+                self.tree.touch_heartbeat()
+            except OSError:
+                pass
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,11 +105,13 @@ class Watcher:
                 if listing.error is not None or on_disk == listing.fingerprint:
                     # an old download error must not hide the current state (its layout error, or up to date)
                     self.version_errors.pop((name, version), None)
-                elif self.prefetch or on_disk:
+                elif (self.prefetch or on_disk) and not self._backing_off(name, listing):
                     jobs.append((name, entry, listing))
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
                 list(pool.map(lambda job: self._download(*job), jobs))
+        if self.stop_event.is_set():
+            raise Stopped()
         with self.lock:
             self._remove_gone()
         self.last_pass = time.time()
@@ -92,6 +122,18 @@ class Watcher:
                          sum(len(v) for v in self.installed.values()))
             self.ready = True
         self.publish()
+
+    def _backing_off(self, name: str, listing: VersionListing) -> bool:
+        failed = self._download_failures.get((name, listing.version))
+        return failed is not None and failed[0] == listing.fingerprint and time.time() < failed[2]
+
+    def _download_failed(self, name: str, listing: VersionListing) -> float:
+        """Count a failed download of this fingerprint; return the seconds until it is tried again."""
+        prev = self._download_failures.get((name, listing.version))
+        failures = prev[1] + 1 if prev is not None and prev[0] == listing.fingerprint else 1
+        delay = download_retry_delay(failures, self.poll_interval)
+        self._download_failures[(name, listing.version)] = (listing.fingerprint, failures, time.time() + delay)
+        return delay
 
     def fetch_version(self, name: str, version: int) -> str | None:
         """Download one catalogued version now (for the disk cache); return why not, or None when on disk."""
@@ -117,10 +159,9 @@ class Watcher:
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest)
+                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)
-                self.tree.touch_heartbeat()  # a pass that downloads for minutes is still a live watcher
             manifest = {
                 "name": name,
                 "version": version,
@@ -136,6 +177,7 @@ class Watcher:
                 self.tree.install(staging, name, version, manifest)
                 self.installed.setdefault(name, {})[version] = listing.fingerprint
                 self.version_errors.pop((name, version), None)
+                self._download_failures.pop((name, version), None)
                 self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
                      "updated" if replaced else "downloaded", len(listing.files), total)
@@ -146,12 +188,20 @@ class Watcher:
             self._retry_soon = True
         except DiskFull as e:
             return str(e)  # a saturated cache is not a property of the version
+        except Stopped:
+            return "the replica is stopping"
+        except LocalDiskError as e:
+            error = f"download failed: {e}"
+            log.error("model %s version %s: %s; trying again in %.0fs", name, version, error,
+                      self._download_failed(name, listing))
         except UpstreamError as e:
             error = f"download failed: {e}"
-            log.warning("model %s version %s: download failed: %s", name, version, e)
+            log.warning("model %s version %s: download failed: %s; trying again in %.0fs", name, version, e,
+                        self._download_failed(name, listing))
         except Exception as e:
             error = f"download failed: {type(e).__name__}: {e}"
-            log.exception("model %s version %s: download failed", name, version)
+            log.exception("model %s version %s: download failed; trying again in %.0fs", name, version,
+                          self._download_failed(name, listing))
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -256,10 +306,13 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set. Nothing escapes this loop: a dead watcher would silently freeze models."""
+        self.stop_event = stop
         while not stop.is_set():
             try:
                 self.sync_once()
                 self.failures = 0 if self.catalogue.complete else self.failures + 1
+            except Stopped:
+                return
             except Exception:
                 self.failures += 1
                 log.exception("watcher pass failed; retrying with backoff")

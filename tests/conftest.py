@@ -81,3 +81,19 @@ def replica(tmp_path):
     yield start
     for r in started:
         r.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir(tmp_path_factory):
+    """Runtime folders (heartbeat, readiness markers, metrics) of the replicas the tests start, in one place that
+    pytest cleans up, instead of /dev/shm."""
+    import os
+
+    folder = tmp_path_factory.mktemp("runtime")
+    before = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = before

@@ -22,7 +22,8 @@ def free_port() -> int:
 
 class ReplicaProcess:
     def __init__(self, spec: Path, state_dir: Path, *, api: str | None = None, env: dict | None = None,
-                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = (), cwd: Path | None = None):
+                 poll_interval: float = 1.0, extra_args: tuple[str, ...] = (), cwd: Path | None = None,
+                 port: int | None = None):
         self.spec = Path(spec)
         self.state_dir = Path(state_dir)
         self.api = api
@@ -30,7 +31,7 @@ class ReplicaProcess:
         self.poll_interval = poll_interval
         self.extra_args = extra_args
         self.cwd = cwd  # where `replica serve` is started (default: the test's own working directory)
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / f"replica-{self.port}.log"
 
@@ -39,7 +40,7 @@ class ReplicaProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ReplicaProcess":
-        cmd = [sys.executable, "-m", "replica.cli", "serve", str(self.spec), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "supervisor.cli", "serve", str(self.spec), "--port", str(self.port),
                "--state-dir", str(self.state_dir), "--poll-interval", str(self.poll_interval), *self.extra_args]
         if self.api:
             cmd += ["--api", self.api]

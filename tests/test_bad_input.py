@@ -206,8 +206,8 @@ def spec_dir(tmp_path):
 
 
 def validate_in_process(spec: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`replica validate SPEC` as the CLI runs it (replica.cli.main), without re-configuring pytest's logging."""
-    from replica import cli
+    """`replica validate SPEC` as the CLI runs it (supervisor.cli.main), without re-configuring pytest's logging."""
+    from supervisor import cli
 
     monkeypatch.setattr("replica.logs.configure_logging", lambda *a, **k: None)
     code = cli.main(["validate", str(spec), *args])
@@ -329,7 +329,7 @@ def test_real_cli_validate_exits_2_and_names_each_problem(tmp_path):
     spec.write_text(_api(model_path=None, processes_per_replica=3, threads_per_procses=2,
                          models={**_paths({"name": "../x", "model_path": "m"}), "cache_size": 1,
                                  "disk_cache_size": 1}))
-    proc = subprocess.run([sys.executable, "-m", "replica.cli", "validate", str(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "supervisor.cli", "validate", str(spec)], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
     assert proc.returncode == 2, proc.stderr
     has_all(proc.stderr, f"{P}.threads_per_procses: unknown key", "did you mean 'threads_per_process'",
@@ -341,7 +341,7 @@ def test_real_cli_serve_with_a_bad_spec_exits_2_before_starting_anything(tmp_pat
     (tmp_path / "predictor.py").write_text(textwrap.dedent(GOOD_PREDICTORS))
     spec = tmp_path / "api.yaml"
     spec.write_text(_api(model_path=None, models=_paths({"name": "a/b", "model_path": "m"})))
-    proc = subprocess.run([sys.executable, "-m", "replica.cli", "serve", str(spec), "--port", "1",
+    proc = subprocess.run([sys.executable, "-m", "supervisor.cli", "serve", str(spec), "--port", "1",
                            "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2, proc.stderr
     has_all(proc.stderr, f"{P}.models.paths[0].name: 'a/b' is not a valid model name")
@@ -770,7 +770,7 @@ class StubUpstream:
     def list(self) -> list[ObjectInfo]:
         return [ObjectInfo(k, len(v), hashlib.md5(v).hexdigest()) for k, v in self.objects.items()]
 
-    def fetch(self, obj: ObjectInfo, dest: Path) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress=None) -> int:
         self.fetched.append(obj.key)
         dest.write_bytes(self.objects[obj.key])
         return len(self.objects[obj.key])

@@ -296,8 +296,9 @@ def models_status(r) -> dict:
 
 def check_models_shape(body: dict) -> None:
     """GET /v1/models: {"models": [{"name", "model_version_status": [{"version", "state", "status":
-    {"error_code", "error_message"}, "upstream", "disk", "memory", "error"}]}]}."""
-    assert isinstance(body, dict) and set(body) == {"models"}, body
+    {"error_code", "error_message"}, "upstream", "disk", "memory", "error"}]}], "upstream_errors": {url: why}}."""
+    assert isinstance(body, dict) and set(body) == {"models", "upstream_errors"}, body
+    assert isinstance(body["upstream_errors"], dict)
     assert isinstance(body["models"], list)
     for m in body["models"]:
         assert {"name", "model_version_status"} <= set(m), m
@@ -578,7 +579,7 @@ class ChangingUpstream:
     def list(self):
         return self.inner.list()
 
-    def fetch(self, obj, dest):
+    def fetch(self, obj, dest, progress=None):
         if self.armed:
             self.fetches += 1
             if self.fetches == self.n:

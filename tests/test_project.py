@@ -109,7 +109,7 @@ def test_without_log_level_the_replicas_level_stays(tmp_path, monkeypatch, root_
 def test_cli_refuses_at_start_up_with_exit_2(tmp_path, dotenv, predictor, fragments):
     spec = project(tmp_path, dotenv, **predictor)
     for command in (["validate", str(spec)], ["serve", str(spec), "--port", "1", "--state-dir", str(tmp_path / "s")]):
-        proc = subprocess.run([sys.executable, "-m", "replica.cli", *command], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "supervisor.cli", *command], capture_output=True, text=True,
                               cwd=REPO, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: invalid API spec"), proc.stderr

@@ -146,6 +146,10 @@ class Runtime:
             return False, f"the supervisor's watcher last polled {age:.0f}s ago"
         return True, "ok"
 
+    def upstream_errors(self) -> dict[str, str]:
+        """Each model root whose last listing failed (credentials, missing bucket, endpoint down), with why."""
+        return (self.tree.read_state() or {}).get("root_errors") or {}
+
     def ready_workers(self) -> list[int]:
         pids = []
         for marker in self.tree.workers_dir.iterdir():
@@ -317,13 +321,19 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     @app.route("/readyz")
     def readyz():
         runtime.registry.refresh_state()
+        errors = runtime.upstream_errors()
         if not runtime.registry.supervisor_ready:
-            raise Unavailable("the first sync of models to disk has not finished", retry_after=2)
+            why = "; ".join(errors.values())
+            raise Unavailable("the first sync of models to disk has not finished" + (f": {why}" if why else ""),
+                              retry_after=2)
         ready = len(runtime.ready_workers())
         wanted = api.predictor.processes_per_replica
         if ready < wanted or not runtime.registry.initial_sync_done.is_set():
             raise Unavailable(f"{ready} of {wanted} workers ready", retry_after=2)
-        return Response(json.dumps({"status": "ready", "workers": ready}), mimetype="application/json")
+        body = {"status": "ready", "workers": ready}
+        if errors:
+            body["upstream_errors"] = errors
+        return Response(json.dumps(body), mimetype="application/json")
 
     @app.route("/metrics")
     def prometheus_metrics():
@@ -332,7 +342,8 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
 
     @app.route("/v1/models")
     def models():
-        return Response(encoding.dumps({"models": runtime.registry.status()}), mimetype="application/json")
+        return Response(encoding.dumps({"models": runtime.registry.status(), "upstream_errors": runtime.upstream_errors()}),
+                        mimetype="application/json")
 
     @app.route("/v1/models/<name>")
     @app.route("/v1/models/<name>/versions/<version>")
@@ -353,11 +364,13 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
 
 
 def runtime_from_env() -> tuple[Runtime, int]:
-    """Build the worker from the settings the supervisor passes in the environment."""
-    from replica.spec import load_spec
+    """Build the worker from the parsed spec and the settings the supervisor passes: the spec file itself is
+    read only by the supervisor, so an edit saved into it changes nothing until a SIGHUP has checked it."""
+    import pickle
 
-    api = load_spec(os.environ["REPLICA_SPEC"], os.environ.get("REPLICA_API") or None)
-    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]))
+    api: ApiSpec = pickle.loads(Path(os.environ["REPLICA_SPEC_PICKLE"]).read_bytes())
+    os.environ.update(api.predictor.env)  # a reload may have changed it since gunicorn started
+    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]), os.environ.get("REPLICA_RUNTIME_DIR"))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
     runtime = Runtime(api, tree, heartbeat_timeout=heartbeat)

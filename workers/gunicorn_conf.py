@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 from prometheus_client import multiprocess
@@ -10,20 +14,103 @@ from prometheus_client import multiprocess
 from replica.disktree import DiskTree
 
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux's PR_SET_PDEATHSIG)."""
+    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def on_starting(server) -> None:
+    """The master stops (draining its workers) when the supervisor dies, so nothing serves without a
+    supervisor. If the supervisor died before this ran, the signal will never come: stop now."""
+    _die_with_parent(signal.SIGTERM)
+    supervisor = os.environ.get("REPLICA_SUPERVISOR_PID")
+    if supervisor and os.getppid() != int(supervisor):
+        os._exit(1)
+
+
+def post_fork(server, worker) -> None:
+    """A worker whose master was killed stops accepting at once and finishes what it holds; the supervisor's
+    next gunicorn takes the connections waiting on the shared socket.
+
+    While the app loads (the predictor's imports and __init__ can take minutes) the worker's main loop does
+    not run yet, so a thread tells the master it is alive: --worker-timeout is for a worker that hangs once
+    serving, not one that starts slowly (/readyz shows that)."""
+    _die_with_parent(signal.SIGTERM)
+
+    def booting() -> None:
+        while not worker.booted and worker.alive:
+            worker.notify()
+            time.sleep(1.0)
+
+    threading.Thread(target=booting, name="booting", daemon=True).start()
+
+
+YOUNG_SECONDS = 10.0  # a worker that dies this soon after it was started is taken as failing to start
+MAX_RESPAWN_DELAY = 10.0
+_young_deaths = 0  # in a row, in this gunicorn master
+
+
+def respawn_delay(young_deaths: int) -> float:
+    """Seconds to wait before starting a worker after `young_deaths` workers in a row died young: gunicorn
+    itself respawns at once, which turns a worker that crashes at start into thousands of deaths a minute."""
+    if young_deaths <= 0:
+        return 0.0
+    return min(MAX_RESPAWN_DELAY, 0.5 * 2 ** (young_deaths - 1))
+
+
+def pre_fork(server, worker) -> None:
+    delay = respawn_delay(_young_deaths)
+    if delay:
+        server.log.warning("%d worker(s) in a row died within %.0fs of starting; starting the next in %.1fs",
+                           _young_deaths, YOUNG_SECONDS, delay)
+        time.sleep(delay)
+    worker.replica_started = time.monotonic()
+
+
 def child_exit(server, worker) -> None:
     """A worker exited, or was killed: its live gauges stop counting and its readiness marker goes, so
     /metrics and /readyz describe the workers that run now (gunicorn starts a replacement)."""
+    global _young_deaths
+    started = getattr(worker, "replica_started", None)
+    young = started is not None and time.monotonic() - started < YOUNG_SECONDS
+    _young_deaths = _young_deaths + 1 if young else 0
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
     state_dir = os.environ.get("REPLICA_STATE_DIR")
     if state_dir:
-        (DiskTree(Path(state_dir)).workers_dir / str(worker.pid)).unlink(missing_ok=True)
+        (DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir / str(worker.pid)).unlink(missing_ok=True)
 
 
-# gunicorn's own lines (a worker killed, a timeout) in the replica's format, so a JSON log stays all JSON.
-if os.environ.get("REPLICA_LOG_FORMAT") == "json":
-    logconfig_dict = {
+def _logconfig(fmt: str, access: bool) -> dict:
+    """gunicorn's own lines (a worker killed, a timeout) and one access line per request, in the replica's
+    format on stderr. Neither logger propagates to the root logger, which has a handler of its own in every
+    worker: a line goes out once."""
+    if fmt == "json":
+        formatters = {"gunicorn": {"()": "replica.logs.JsonFormatter", "process_name": "gunicorn"},
+                      "access": {"()": "replica.logs.JsonFormatter", "process_name": "access"}}
+    else:
+        text = "%(asctime)s %(levelname)s [{} %(process)d] %(name)s: %(message)s"
+        formatters = {"gunicorn": {"format": text.format("gunicorn")}, "access": {"format": text.format("access")}}
+    handlers = {name: {"class": "logging.StreamHandler", "formatter": name, "stream": "ext://sys.stderr"}
+                for name in formatters}
+    return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"generic": {"()": "replica.logs.JsonFormatter", "process_name": "gunicorn"}},
+        "root": {"level": "WARNING", "handlers": []},
+        "formatters": formatters,
+        "handlers": handlers,
+        "loggers": {
+            "gunicorn.error": {"level": "WARNING", "handlers": ["gunicorn"], "propagate": False},
+            "gunicorn.access": {"level": "INFO" if access else "WARNING", "handlers": ["access"],
+                                "propagate": False},
+        },
     }
+
+
+logconfig_dict = _logconfig(os.environ.get("REPLICA_LOG_FORMAT", "text"), os.environ.get("REPLICA_ACCESS_LOG") != "0")
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s bytes %(M)sms'

@@ -1,4 +1,8 @@
-"""The `replica` command: `replica serve SPEC` runs the supervisor, `replica validate SPEC` checks a spec."""
+"""The `replica` command: `replica serve SPEC` runs the supervisor, `replica validate SPEC` checks a spec.
+
+It lives with the supervisor it starts, so that the core in replica/ (spec, layouts, disk tree) starts no
+process and imports nothing from here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from replica.interface import check_source
-from replica.project import ProjectError, apply_log_level, project_environment
-from replica.settings import Settings, default_state_dir
-from replica.spec import ApiSpec, SpecError, load_spec
+from replica.project import apply_log_level
+from replica.spec import ApiSpec, SpecError
+from supervisor.settings import Settings, default_state_dir
 
 log = logging.getLogger("replica")
 
@@ -21,8 +24,18 @@ def _env(flag: str, default):
     return os.environ.get("REPLICA_" + flag.upper().replace("-", "_"), default)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("model-replica")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replica", description="Serve Cortex-style predictors over HTTP.")
+    p.add_argument("--version", action="version", version=f"replica {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve one API of a spec")
     serve.add_argument("spec", type=Path)
@@ -43,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-timeout", type=float, default=float(_env("heartbeat-timeout", 0)),
                        help="/healthz fails once the watcher has not polled for this many seconds "
                             "(default: 4 poll intervals, at least 30)")
+    serve.add_argument("--worker-timeout", type=float, default=float(_env("worker-timeout", 30)),
+                       help="a worker whose main loop is stuck this many seconds is killed and replaced "
+                            "(default 30)")
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false",
+                       default=_env("access-log", "1") not in ("0", "false", "no"),
+                       help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -50,26 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(spec: Path, api: str | None) -> ApiSpec:
-    """The spec plus its predictor class, checked from source: every problem stops start-up here."""
-    parsed = load_spec(spec, api)
-    problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
-    if problems:
-        raise SpecError(str(parsed.spec_file), [f"predictor.path: {p}" for p in problems])
-    try:
-        project_environment(parsed)  # the workers apply it; a bad .env stops start-up here instead
-    except ProjectError as e:
-        raise SpecError(str(parsed.spec_file), [str(e)]) from None
-    return parsed
-
-
 def main(argv: list[str] | None = None) -> int:
     from replica.logs import configure_logging
 
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"))
+    from supervisor.preflight import load_checked
+
     try:
-        api = _load(args.spec, args.api)
+        api = load_checked(args.spec, args.api)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,14 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         s3_endpoint=args.s3_endpoint,
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
+        worker_timeout=args.worker_timeout,
+        access_log=args.access_log,
     )
-    from supervisor.arbiter import Arbiter, StateDirInUse
+    from supervisor.arbiter import Arbiter, StartupError
 
     try:
-        return Arbiter(api, settings).run()
-    except StateDirInUse as e:
+        status = Arbiter(api, settings).run()
+    except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Exit now, download threads included: the state-directory lock is released by this exit and not before,
+    # so a replica started next never finds a download of this one still writing.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import platformdirs
 
+from supervisor.upstream import make_s3_client
+
 
 def default_state_dir(api_name: str) -> Path:
     return Path(platformdirs.user_cache_dir("model-replica")) / api_name
@@ -25,9 +27,9 @@ class Settings:
     s3_endpoint: str | None = None
     drain_timeout: float = 30.0
     heartbeat_timeout: float = 40.0
+    worker_timeout: float = 30.0
+    access_log: bool = True
 
     @property
     def s3_client_factory(self) -> Callable:
-        from supervisor.upstream import make_s3_client
-
         return functools.partial(make_s3_client, self.s3_endpoint)
