@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-timeout", type=float, default=float(_env("heartbeat-timeout", 0)),
                        help="/healthz fails once the watcher has not polled for this many seconds "
                             "(default: 4 poll intervals, at least 30)")
+    serve.add_argument("--header-timeout", type=float, default=float(_env("header-timeout", 10)),
+                       help="seconds a request's head may take from its first byte; slower peers get 408 "
+                            "(default 10)")
+    serve.add_argument("--body-timeout", type=float, default=float(_env("body-timeout", 30)),
+                       help="seconds a request's body may take after its head, and a response may wait for the "
+                            "peer to read it (default 30)")
+    serve.add_argument("--keep-alive", type=int, default=int(_env("keep-alive", 5)),
+                       help="seconds an idle connection is kept open for its next request; 0 closes every "
+                            "connection after its response (default 5)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -70,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         return _validate(api, args.s3_endpoint)
+    for flag, value, ok, bound in (("--header-timeout", args.header_timeout, args.header_timeout > 0, "> 0"),
+                                   ("--body-timeout", args.body_timeout, args.body_timeout > 0, "> 0"),
+                                   ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0")):
+        if not ok:
+            print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
+            return 2
     settings = Settings(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(api.name),
         host=args.host,
@@ -80,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         s3_endpoint=args.s3_endpoint,
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
     )
     from supervisor.arbiter import Arbiter, StateDirInUse
 

@@ -25,6 +25,9 @@ class Settings:
     s3_endpoint: str | None = None
     drain_timeout: float = 30.0
     heartbeat_timeout: float = 40.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: int = 5
 
     @property
     def s3_client_factory(self) -> Callable:
