@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+import yaml
 
 from tests.helpers import serving, write_api
 from tests.replica_proc import wait_for
@@ -18,14 +19,20 @@ from tests.replica_proc import wait_for
 ECHO = """
 import time
 
+import flask
+
 
 class PythonPredictor:
     def __init__(self, config):
         pass
 
     def predict(self, payload, query_params):
+        if "started" in query_params:
+            open(query_params["started"], "w").close()
         if "sleep" in query_params:
             time.sleep(float(query_params["sleep"]))
+        if "abort" in query_params:
+            flask.abort(int(query_params["abort"]), query_params.get("why"))
         return {"echo": payload}
 """
 
@@ -140,3 +147,52 @@ def test_slow_and_idle_peers_never_starve_a_good_client(replica):
             assert info["answer"].startswith(answer), (kind, info["answer"][:100])
     assert b"--header-timeout" in peers.by_kind("slowloris")[0]["answer"]
     assert b"--body-timeout" in peers.by_kind("short body")[0]["answer"]
+
+
+def count(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` in /metrics text whose labels include `labels`."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_predictor_abort_answers_its_own_status(replica):
+    resp = replica.post("/", json={}, params={"abort": 400, "why": "bad x"})
+    assert resp.status_code == 400
+    assert resp.json() == {"error": "bad x"}
+    resp = replica.post("/", json={}, params={"abort": 404, "why": "no such thing"})
+    assert (resp.status_code, resp.json()) == (404, {"error": "no such thing"})
+    metrics = replica.get("/metrics").text
+    assert count(metrics, "replica_requests_total", code="400") >= 1
+    assert count(metrics, "replica_requests_total", code="500") == 0
+
+
+def test_over_max_replica_concurrency_sheds_with_503_then_serves(tmp_path):
+    spec = write_api(tmp_path, ECHO, type="python", name="shed")
+    doc = yaml.safe_load(spec.read_text())
+    doc[0]["autoscaling"] = {"max_replica_concurrency": 1}
+    spec.write_text(yaml.safe_dump(doc))
+    started = tmp_path / "started"
+    with serving(spec, tmp_path / "state") as r:
+        slow: dict = {}
+        t = threading.Thread(target=lambda: slow.update(resp=r.post("/", json={"slow": 1}, params={
+            "sleep": 3, "started": str(started)})))
+        t.start()
+        try:
+            wait_for(started.exists, timeout=10, interval=0.05, message="the slow request running")
+            shed = r.post("/", json={"fast": 1}, timeout=2)
+            assert shed.status_code == 503, shed.text
+            assert shed.headers["Retry-After"] == "1"
+            assert "max_replica_concurrency" in shed.json()["error"]
+            # Only predictions count: a health check waits for the busy thread instead of being shed.
+            assert r.get("/healthz", timeout=10).status_code == 200
+        finally:
+            t.join(10)
+        assert slow["resp"].status_code == 200
+        metrics = r.get("/metrics", timeout=5).text
+        assert count(metrics, "replica_requests_shed_total") == 1
+        assert count(metrics, "replica_requests_total", code="503") == 1
+        after = r.post("/", json={"fast": 2}, timeout=5)
+        assert (after.status_code, after.json()) == (200, {"echo": {"fast": 2}})

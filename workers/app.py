@@ -177,6 +177,15 @@ def _to_response(result: Any) -> Response:
     return Response(encoding.dumps(result), mimetype="application/json")
 
 
+def _http_exception(e: HTTPException) -> Response:
+    """A werkzeug HTTPException answers its status with its description as the error; one that carries a
+    response (`abort(response)`) answers that response."""
+    if e.response is not None:
+        return e.response
+    headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+    return _error(e.code or 500, e.description or "", headers)
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
 
@@ -241,6 +250,8 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
                 result = runtime.predictor.predict(**{k: available[k] for k in runtime.predict_args})
             except ReplicaHTTPError:
                 raise
+            except HTTPException as e:  # flask.abort(400, "...") in the predictor: its own status
+                return _http_exception(e)
             except Exception as e:
                 log.exception("predictor raised %s", type(e).__name__)
                 return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
