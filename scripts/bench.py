@@ -52,6 +52,11 @@ def quick(work: Path, args) -> int:
         print(f"hot path, {n} worker(s): replica {r[f'replica p{n}']['rps']:.0f} req/s, floor "
               f"{r[f'floor p{n}']['rps']:.0f} req/s -> replica / floor = "
               f"{figures.ratio(r, f'replica p{n}', f'floor p{n}'):.2f}x (target >= 0.90x)")
+        if n > 1:
+            sp = figures.spread(r, n)
+            print(f"keep-alive spread, {n} workers: worst round / sync floor {sp['worst_vs_sync']:.2f}x (target "
+                  f">= 0.90x), worst / median round {sp['worst_vs_median']:.2f}x (target >= 0.95x), busiest "
+                  f"worker's CPU share {sp['busiest_worker_share']:.0%}")
     return 0
 
 
