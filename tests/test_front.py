@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -196,3 +198,14 @@ def test_over_max_replica_concurrency_sheds_with_503_then_serves(tmp_path):
         assert count(metrics, "replica_requests_total", code="503") == 1
         after = r.post("/", json={"fast": 2}, timeout=5)
         assert (after.status_code, after.json()) == (200, {"echo": {"fast": 2}})
+
+
+@pytest.mark.parametrize("flag, value, says", [("--header-timeout", "0", "--header-timeout must be > 0 seconds"),
+                                               ("--body-timeout", "-1", "--body-timeout must be > 0 seconds"),
+                                               ("--keep-alive", "-1", "--keep-alive must be >= 0 seconds")])
+def test_bad_deadline_flag_stops_start_up(tmp_path, flag, value, says):
+    spec = write_api(tmp_path, ECHO, type="python", name="flags")
+    out = subprocess.run([sys.executable, "-m", "replica.cli", "serve", str(spec), "--state-dir", str(tmp_path / "s"),
+                          flag, value], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
