@@ -12,7 +12,7 @@ file descriptor and a few bytes, never a thread:
 - a request's head must arrive within `--header-timeout` seconds of its first byte, its body within
   `--body-timeout` seconds of the end of its head; past either, 408 and the connection is closed;
 - a response that the peer does not read within `--body-timeout` seconds is abandoned (the thread's socket
-  writes have that timeout);
+  sends time out after that long);
 - closing lingers in the loop (half-close, drain until the peer closes or two seconds pass), never blocking it.
 
 Keep-alive connections spread over the worker processes through the shared board (`workers.board`): a worker
@@ -34,6 +34,7 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -187,9 +188,14 @@ class FrontWorker(base.Worker):
                 self.log.warning("cannot accept a connection: %s", e)
                 return
             raise
-        # The descriptor stays non-blocking: the loop reads it with os.read; a thread's writes wait at most the
-        # body timeout for a peer that does not read its response.
-        sock.settimeout(self.body_timeout)
+        # A blocking socket whose sends time out in the kernel (SO_SNDTIMEO): a thread's writes wait at most the
+        # body timeout for a peer that does not read its response, without the poll() before every send that a
+        # Python-level timeout costs. The loop never blocks on it: it reads only what select() said is there
+        # and writes with MSG_DONTWAIT.
+        sock.setblocking(True)
+        seconds = int(self.body_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", seconds, int((self.body_timeout - seconds) * 1e6)))
         conn = Conn(sock, client, self.listener_names[listener.fileno()])
         self.conns[conn.fd] = conn
         self.n_open += 1
@@ -221,7 +227,7 @@ class FrontWorker(base.Worker):
         if conn.state == BODY and conn.body_end > 0:
             want = max(READ_SIZE, min(conn.body_end - len(conn.buf), 16 << 20))
         try:
-            data = os.read(conn.fd, want)
+            data = conn.sock.recv(want, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -277,7 +283,7 @@ class FrontWorker(base.Worker):
     def _write_now(self, conn: Conn, data: bytes) -> bool:
         """Write from the loop without waiting; False when the peer's window could not take it all."""
         try:
-            return os.write(conn.fd, data) == len(data)
+            return conn.sock.send(data, socket.MSG_DONTWAIT) == len(data)
         except OSError:
             return False
 
