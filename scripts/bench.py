@@ -106,7 +106,8 @@ def full(work: Path, args) -> dict:
     data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg()}
     want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
     if "hot" in want:
-        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration)
+        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration,
+                                       mlserver=not args.no_mlserver)
     if "profile" in want:
         data["profile"] = hot_path_profile(work)
     s3 = SeaweedS3(work / "seaweedfs", buckets=[])
@@ -523,6 +524,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
     parser.add_argument("--only", nargs="+", choices=["hot", "profile", "caching", "reloads", "scale", "memory"])
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path figure")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite the document and plots from docs/bench/results.json")
     args = parser.parse_args()
