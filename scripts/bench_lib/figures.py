@@ -119,6 +119,7 @@ def spread(results: dict, n: int) -> dict:
               for r in results[f"replica p{n}"]["rounds"] if r.get("worker_cpu_s")]
     return {"worst_vs_sync": min(a / b for a, b in zip(rep, sync)),
             "worst_vs_median": min(rep) / statistics.median(rep),
+            "sync_worst_vs_median": min(sync) / statistics.median(sync),  # the machine's own noise, for scale
             "busiest_worker_share": max(shares) if shares else float("nan")}
 
 
