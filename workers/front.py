@@ -151,7 +151,8 @@ class FrontWorker(base.Worker):
             if now >= next_balance:
                 self._balance(now)
                 next_balance = now + BALANCE_SECONDS
-            self._dispatch_events(min(next_sweep, next_balance if not self.accepting else next_sweep) - now)
+            # While not accepting, wake every BALANCE_SECONDS to see whether the other workers caught up.
+            self._dispatch_events((next_sweep if self.accepting else min(next_sweep, next_balance)) - now)
         self._stop()
 
     def _dispatch_events(self, timeout: float) -> None:
