@@ -9,13 +9,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk run-local examples test test-all bench bench-quick lint clean service-unit install-service
+.PHONY: help venv install install-test install-bench wrk haproxy run-local run-cluster examples test test-all bench bench-quick lint clean service-unit install-service
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
+	@echo "make run-cluster SeaweedFS + $(REPLICAS) replicas + HAProxy on http://$(HOST):$(CLUSTER_PORT) (docs/scaling.md)"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
-	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (10-20 min)"
+	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (15-25 min)"
 	@echo "make bench-quick print the hot-path ratio replica / gunicorn + Flask floor (under a minute)"
 
 $(PY):
@@ -29,6 +30,10 @@ $(VENV)/.installed-run: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[test,frameworks]'
+	touch $@
+
+$(VENV)/.installed-cluster: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[cluster]'
 	touch $@
 
 $(VENV)/.installed-bench: setup.cfg pyproject.toml | $(PY)
@@ -49,10 +54,18 @@ run-local: examples
 	@echo
 	exec $(VENV)/bin/replica serve examples/onnx/api.yaml --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
-test: $(VENV)/.installed-test
+# Scaling out on one machine: one SeaweedFS, REPLICAS replicas and HAProxy routing each model to its home replica
+# (scripts/run_cluster.py prints the curl line; Ctrl-C stops every process it started).
+REPLICAS ?= 3
+MODELS ?= 9
+CLUSTER_PORT ?= 8080
+run-cluster: $(VENV)/.installed-cluster haproxy
+	$(PY) scripts/run_cluster.py --replicas $(REPLICAS) --models $(MODELS) --port $(CLUSTER_PORT)
+
+test: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: $(VENV)/.installed-test
+test-all: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -q
 
 # The load generator: wrk from the distribution when it can be installed; without it the bench uses locust.
@@ -62,8 +75,16 @@ wrk:
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || ($(SUDO) apt-get update && $(SUDO) apt-get install -y wrk) \
 		|| echo "wrk could not be installed: the benchmark falls back to locust (FastHttpUser)"
 
+# HAProxy from the distribution: the load balancer of tests/test_cluster.py, `make run-cluster` and the cluster
+# benchmark (deploy/haproxy/). Without it those tests are skipped, saying why.
+HAPROXY := $(shell command -v haproxy || ls /usr/sbin/haproxy 2>/dev/null)
+haproxy:
+	@[ -n "$(HAPROXY)" ] || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy) \
+		|| echo "haproxy could not be installed: the cluster tests will be skipped"
+
 bench: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_batching.py
 
 bench-quick: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py --quick

@@ -24,7 +24,7 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # Keys of a Cortex spec that only make sense on a Cortex cluster: accepted so that a Cortex user's spec works
 # unchanged, and ignored with a log line saying so.
 CLUSTER_ONLY_API_KEYS = ("networking", "compute", "update_strategy", "monitoring")
-CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size", "server_side_batching", "log_level")
+CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size", "log_level")
 
 API_KEYS = ("name", "kind", "predictor", "autoscaling") + CLUSTER_ONLY_API_KEYS
 # Of Cortex's autoscaling keys, one bounds a single replica; the others steer a cluster's replica count.
@@ -45,9 +45,12 @@ PREDICTOR_KEYS = (
     "config",
     "python_path",
     "env",
+    "server_side_batching",
 ) + CLUSTER_ONLY_PREDICTOR_KEYS
 MODELS_KEYS = ("paths", "dir", "signature_key", "cache_size", "disk_cache_size")
 PATH_ENTRY_KEYS = ("name", "model_path", "signature_key")
+BATCHING_KEYS = ("max_batch_size", "batch_interval")
+MAX_BATCH_SIZE = 1024  # Cortex's (arbitrary) upper bound
 
 
 class SpecError(Exception):
@@ -74,6 +77,15 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
+class BatchingSpec:
+    """`predictor.server_side_batching`: a batch runs when `max_batch_size` requests have arrived or
+    `batch_interval` seconds have passed since its first, whichever comes first."""
+
+    max_batch_size: int
+    batch_interval: float  # seconds
+
+
+@dataclass(frozen=True)
 class PredictorSpec:
     type: str
     path: Path
@@ -87,6 +99,7 @@ class PredictorSpec:
     cache_size: int | None = None
     disk_cache_size: int | None = None
     single_model: str | None = None  # the model's name when the spec uses `model_path`
+    server_side_batching: BatchingSpec | None = None
 
     @property
     def caching(self) -> bool:
@@ -291,6 +304,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
         else:
             sources += _parse_paths(models["paths"], f"{mwhere}.paths", base, ptype, default_sig, problems)
         cache_size, disk_cache_size = _parse_cache(models, mwhere, processes, problems)
+    batching = _parse_batching(pred.get("server_side_batching"), f"{where}.server_side_batching", threads, problems)
     if ptype in ("tensorflow", "onnx") and not has_model_path and models is None:
         problems.append(f"{where}: the {ptype} predictor needs models; set model_path or models.paths / models.dir")
 
@@ -315,6 +329,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
             cache_size=cache_size,
             disk_cache_size=disk_cache_size,
             single_model=single_model,
+            server_side_batching=batching,
         ),
     )
 
@@ -388,3 +403,62 @@ def _parse_cache(models: dict, where: str, processes: int | None, problems: list
             "processes_per_replica: 1"
         )
     return cache, disk
+
+
+# Go's time.ParseDuration, which Cortex used for batch_interval: decimal numbers, each with an optional fraction
+# and a unit, optionally signed as a whole ("100ms", "0.1s", "1m30s", ".5s", "1.s").
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+_DURATION_RE = re.compile(r"^[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+\Z")
+_DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration string (Cortex's format for durations); ValueError when it is not one."""
+    if text in ("0", "+0", "-0"):
+        return 0.0
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"{text!r} is not a duration; write a number with a unit (ns, us, ms, s, m, h), "
+                         "e.g. 100ms or 0.1s")
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART_RE.findall(text))
+    return -seconds if text.startswith("-") else seconds
+
+
+def _parse_batching(value: Any, where: str, threads: int | None, problems: list[str]) -> BatchingSpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{where}: must be a mapping with max_batch_size and batch_interval")
+        return None
+    problems += _unknown_keys(value, BATCHING_KEYS, f"{where}.")
+    size = interval = None
+    if "max_batch_size" not in value:
+        problems.append(f"{where}.max_batch_size: required; the most requests one batch holds (2 to {MAX_BATCH_SIZE})")
+    else:
+        size = _positive_int(value["max_batch_size"], f"{where}.max_batch_size", problems, 2, MAX_BATCH_SIZE)
+    raw = value.get("batch_interval")
+    if raw is None:
+        problems.append(f"{where}.batch_interval: required; the longest a batch waits for requests, e.g. 100ms or 0.1s")
+    elif not isinstance(raw, str):
+        problems.append(f"{where}.batch_interval: {raw!r} has no unit; write a duration such as 100ms or 0.1s")
+    else:
+        try:
+            interval = parse_duration(raw.strip())
+        except ValueError as e:
+            problems.append(f"{where}.batch_interval: {e}")
+        else:
+            if interval <= 0:
+                problems.append(f"{where}.batch_interval: must be greater than 0, got {raw!r}")
+                interval = None
+    if size is not None and threads is not None and size > threads:
+        # Batching is per worker process, and a process holds at most threads_per_process requests at once (each
+        # waits in its own thread): a larger batch could never fill, and every batch would wait batch_interval.
+        problems.append(
+            f"{where}.max_batch_size: {size} is more than threads_per_process ({threads}), the most requests one "
+            f"worker process holds at once, so a batch could never fill; set threads_per_process to at least "
+            f"{size} or lower max_batch_size"
+        )
+        size = None
+    if size is None or interval is None:
+        return None
+    return BatchingSpec(max_batch_size=size, batch_interval=interval)

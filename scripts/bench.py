@@ -10,7 +10,8 @@ Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
    throughput of a hot set inside cache_size against a single model;
 3. reloads: p50/p99 of model A while model B gets a new version every few seconds, against no reloads;
 4. catalogue scale: scripts/bench_catalogue.py (1,000 and 10,000 models);
-5. memory: RSS per worker (ONNX, TensorFlow), resident models against cache_size during a scan.
+5. memory: RSS per worker (ONNX, TensorFlow), resident models against cache_size during a scan;
+6. server-side batching: scripts/bench_batching.py (`make bench` runs it after this script).
 
     .venv/bin/python scripts/bench.py            # everything (10-20 min), writes docs/benchmarks.md + docs/bench/
     .venv/bin/python scripts/bench.py --quick    # hot-path ratio replica / floor only (under a minute)
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts import bench_catalogue  # noqa: E402
+from scripts import bench_batching, bench_catalogue  # noqa: E402
 from scripts.bench_lib import figures, load, plots, profile, servers  # noqa: E402
 from tests.s3server import SeaweedS3  # noqa: E402
 
@@ -505,6 +506,10 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
         parts.append(data["scale"]["section"].replace("## Catalogue scale", "## Catalogue scale", 1))
     if "memory" in data or "caching" in data:
         parts.append(section_memory(data))
+    if bench_batching.RESULTS.exists():  # section 6 comes from scripts/bench_batching.py, run after this script
+        parts.append(bench_batching.section(json.loads(bench_batching.RESULTS.read_text())))
+    if (ASSETS / "cluster.md").exists():  # written by scripts/bench_cluster.py, kept across runs of this script
+        parts.append((ASSETS / "cluster.md").read_text())
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replica.spec import SpecError, load_spec
+from replica.spec import BatchingSpec, SpecError, load_spec, parse_duration
 
 
 @pytest.fixture
@@ -114,6 +114,7 @@ def test_full_cortex_spec_with_cluster_only_keys_is_accepted(write, tmp_path):
     assert src.url == "s3://cortex-examples/tensorflow/iris-classifier/nn/"
     assert src.name == "iris-classifier" and not src.is_dir
     assert src.signature_key == "predict"
+    assert p.server_side_batching == BatchingSpec(max_batch_size=8, batch_interval=0.1)
 
 
 def test_models_paths_entries_become_named_sources(write):
@@ -594,3 +595,64 @@ def test_autoscaling_must_be_a_mapping_with_known_keys(write):
     one_problem(write({**api(), "autoscaling": 5}), "autoscaling", "must be a mapping")
     one_problem(write({**api(), "autoscaling": {"max_replica_concurency": 5}}), "autoscaling.max_replica_concurency",
                 "did you mean 'max_replica_concurrency'")
+
+
+# -- server_side_batching ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("interval, seconds", [
+    ("0.1s", 0.1), ("100ms", 0.1), ("250us", 0.00025), ("250\u00b5s", 0.00025), ("1m30s", 90.0), (".5s", 0.5),
+    ("1.s", 1.0), ("2h", 7200.0), ("5000000ns", 0.005),
+])
+def test_batching_interval_is_a_go_duration(write, interval, seconds):
+    b = load_spec(write(api(threads_per_process=4, server_side_batching={
+        "max_batch_size": 4, "batch_interval": interval}))).predictor.server_side_batching
+    assert b.max_batch_size == 4
+    assert b.batch_interval == pytest.approx(seconds)
+
+
+def test_no_batching_by_default(write):
+    assert load_spec(write(api())).predictor.server_side_batching is None
+
+
+@pytest.mark.parametrize("interval, fragment", [
+    ("0s", "greater than 0"), ("0", "greater than 0"), ("-1s", "greater than 0"), ("1", "not a duration"),
+    ("10 ms", "not a duration"), ("1.2.3s", "not a duration"), ("fast", "not a duration"), ("1d", "not a duration"),
+    (0.1, "has no unit"), (1, "has no unit"),
+])
+def test_batching_bad_interval(write, interval, fragment):
+    one_problem(write(api(threads_per_process=4, server_side_batching={"max_batch_size": 4, "batch_interval": interval})),
+                "predictor.server_side_batching.batch_interval", fragment)
+
+
+@pytest.mark.parametrize("size, fragment", [(1, "between 2 and 1024"), (1025, "between 2 and 1024"),
+                                            ("8", "integer"), (True, "integer"), (4.0, "integer")])
+def test_batching_bad_max_batch_size(write, size, fragment):
+    one_problem(write(api(threads_per_process=2000, server_side_batching={"max_batch_size": size, "batch_interval": "1s"})),
+                "predictor.server_side_batching.max_batch_size", fragment)
+
+
+def test_batching_fields_are_required_and_known(write):
+    problems = problems_of(write(api(server_side_batching={"max_batch_sise": 4})))
+    assert any(p.startswith("predictor.server_side_batching.max_batch_sise: unknown key (did you mean 'max_batch_size'?)")
+               for p in problems), problems
+    assert any(p.startswith("predictor.server_side_batching.max_batch_size: required") for p in problems), problems
+    assert any(p.startswith("predictor.server_side_batching.batch_interval: required") for p in problems), problems
+    one_problem(write(api(server_side_batching=[4, "1s"])), "predictor.server_side_batching", "mapping")
+
+
+def test_batch_larger_than_threads_per_process_is_refused_with_the_fix(write):
+    one_problem(write(api(processes_per_replica=4, threads_per_process=2,
+                          server_side_batching={"max_batch_size": 8, "batch_interval": "100ms"})),
+                "predictor.server_side_batching.max_batch_size", "more than threads_per_process (2)",
+                "set threads_per_process to at least 8")
+
+
+@pytest.mark.parametrize("ptype", ["python", "onnx", "tensorflow"])
+def test_batching_for_every_predictor_type(write, ptype):
+    spec = load_spec(write(api(type=ptype, model_path="m", threads_per_process=8,
+                               server_side_batching={"max_batch_size": 8, "batch_interval": "10ms"})))
+    assert spec.predictor.server_side_batching == BatchingSpec(8, 0.01)
+
+
+def test_parse_duration_sums_its_parts():
+    assert parse_duration("1h2m3s4ms") == pytest.approx(3723.004)

@@ -25,7 +25,8 @@ from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
 from workers import encoding, metrics
-from workers.errors import BadRequest, Unavailable
+from workers.batching import Batcher, Failure
+from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
 from workers.predictor import load_predictor_class
 from workers.registry import ModelRegistry
 
@@ -41,6 +42,9 @@ class Runtime:
         self.heartbeat_timeout = heartbeat_timeout
         pred = api.predictor
         cls = load_predictor_class(api)
+        batching = pred.server_side_batching
+        self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
+                        if batching else None)
         self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
                                       single_model=pred.single_model, cache_size=pred.cache_size)
         self.client = self._make_client()
@@ -74,14 +78,14 @@ class Runtime:
             providers = execution_providers(pred.config)
             log.info("onnxruntime execution providers: %s", ", ".join(providers))
             self._loader = onnx_loader(providers)
-            return ONNXClient(self.registry)
+            return ONNXClient(self.registry, self.batcher)
         if pred.type == "tensorflow":
             from workers.tensorflow_client import TensorFlowClient, tensorflow_loader
 
             keys = {s.name: s.signature_key for s in pred.sources if s.name}
             dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
             self._loader = tensorflow_loader(keys, dir_key)
-            return TensorFlowClient(self.registry)
+            return TensorFlowClient(self.registry, self.batcher)
         from workers.python_client import PythonClient
 
         self._loader = None  # the predictor's load_model, bound once the predictor exists
@@ -97,6 +101,34 @@ class Runtime:
         hook = getattr(self.predictor, "unload_model", None)
         if hook is not None:
             hook(model)
+
+    def predict(self, available: dict) -> Any:
+        """Call the predictor's `predict` with the arguments it declares; with server_side_batching, a Python
+        predictor's `predict` gets those arguments as lists, one element per request of the batch (Cortex v0.25),
+        while the ONNX and TensorFlow clients batch inside `client.predict`."""
+        args = {k: available[k] for k in self.predict_args}
+        if self.batcher is None or self.api.predictor.type != "python":
+            return self.predictor.predict(**args)
+        return self.batcher.submit(("",), args, self._predict_batch)
+
+    def _predict_batch(self, items: list[dict]) -> list:
+        """One call of `predict` with lists; if it raises, each request runs alone (as a list of one), so a bad
+        request fails only itself."""
+        try:
+            results = self.predictor.predict(**{k: [item[k] for item in items] for k in self.predict_args})
+        except Exception as e:
+            if len(items) == 1:
+                return [Failure(e)]
+            log.warning("predict raised %s for a batch of %d requests; running them one at a time",
+                        type(e).__name__, len(items))
+            return [self._predict_batch([item])[0] for item in items]
+        if not isinstance(results, list) or len(results) != len(items):
+            got = f"a list of {len(results)}" if isinstance(results, list) else f"a {type(results).__name__}"
+            message = (f"with server_side_batching, predict receives lists ({len(items)} requests in this batch) and "
+                       f"must return a list of the same length, in the same order; it returned {got}")
+            log.error("%s", message)
+            return [Failure(ReplicaHTTPError(message))] * len(items)
+        return results
 
     def _mark_ready(self) -> None:
         self.registry.initial_sync_done.wait()
@@ -263,7 +295,7 @@ def _predict(runtime: Runtime, scope) -> Response:
                  "headers": dict(req.headers) if "headers" in wanted else None}
     with scope:
         try:
-            result = runtime.predictor.predict(**{k: available[k] for k in runtime.predict_args})
+            result = runtime.predict(available)
         except HTTPException:  # a client's ModelNotFound, or the predictor's flask.abort: its own status
             raise
         except Exception as e:

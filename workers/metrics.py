@@ -37,6 +37,10 @@ CACHE_HITS = Counter("replica_cache_hits", "Requests whose model version was alr
 CACHE_MISSES = Counter("replica_cache_misses", "Requests that had to bring their model version into memory")
 SHED = Counter("replica_requests_shed", "Prediction requests answered 503 because autoscaling.max_replica_concurrency "
                "requests were already in flight")
+BATCH_SIZE = Histogram("replica_batch_size", "Requests per batch run (server_side_batching), by model", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+BATCH_WAIT_SECONDS = Histogram("replica_batch_wait_seconds", "Time a request waited in the batch queue before its "
+                               "batch ran (server_side_batching), by model", ["model"], buckets=LATENCY_BUCKETS)
 
 _request_series: dict[tuple[str, str, int], tuple] = {}
 
@@ -56,6 +60,16 @@ def count_shed() -> None:
     """A prediction refused at admission (503): counted on its own and with the other requests by status."""
     SHED.inc()
     observe_request("", "", 503, 0.0)
+
+
+def observe_batch(key: tuple, size: int, waits: list[float]) -> None:
+    """One batch run: its size and each member's wait; the key's first element is the model name ("" for a
+    Python predictor's batches, which are not per model)."""
+    model = key[0] if key and isinstance(key[0], str) else ""
+    BATCH_SIZE.labels(model).observe(size)
+    wait = BATCH_WAIT_SECONDS.labels(model)
+    for seconds in waits:
+        wait.observe(seconds)
 
 
 class SupervisorCollector:

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from workers.batching import Batcher, run_stacked, stack_key, stackable
 from workers.errors import BadRequest
-from workers.registry import ModelRegistry
+from workers.registry import LoadedVersion, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def onnx_loader(providers: list[str]):
 
 
 class ONNXClient:
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, batcher: Batcher | None = None):
         self._registry = registry
+        self._batcher = batcher  # server_side_batching: concurrent predict calls share one session.run
 
     def get_model(self, model_name: str | None = None, model_version: Any = "latest") -> dict:
         """{"session": InferenceSession, "signatures": its inputs, "input_signatures": {name: {shape, type}}}."""
@@ -73,13 +75,25 @@ class ONNXClient:
     def predict(self, model_input: Any, model_name: str | None = None, model_version: Any = "latest") -> list:
         """Run the model; returns the session's outputs (a list of numpy arrays, in output order)."""
         lv = self._registry.get(model_name, model_version)
-        feeds = to_feeds(model_input, lv.model["signatures"], lv.name)
-        try:
-            return lv.model["session"].run(None, feeds)
-        except Exception as e:
-            if type(e).__name__ in ("InvalidArgument", "Fail") or "INVALID_ARGUMENT" in str(e):
-                raise BadRequest(f"model '{lv.name}' rejected the input: {e}") from e
-            raise
+        feeds = to_feeds(model_input, lv.model["signatures"], lv.name)  # a bad input is a 400 before any batch
+        if self._batcher is not None and stackable(feeds, _batch_dims(lv.model["signatures"])):
+            key = (lv.name, lv.version, lv, None, stack_key(feeds))
+            return self._batcher.submit(key, feeds, lambda items: run_stacked(items, lambda f: _run(lv, f)))
+        return _run(lv, feeds)
+
+
+def _run(lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> list:
+    try:
+        return lv.model["session"].run(None, feeds)
+    except Exception as e:
+        if type(e).__name__ in ("InvalidArgument", "Fail") or "INVALID_ARGUMENT" in str(e):
+            raise BadRequest(f"model '{lv.name}' rejected the input: {e}") from e
+        raise
+
+
+def _batch_dims(inputs: list) -> dict[str, bool]:
+    """Per input, whether its first dimension is variable (symbolic or unknown): a batch dimension."""
+    return {i.name: bool(i.shape) and not isinstance(i.shape[0], int) for i in inputs}
 
 
 def to_feeds(model_input: Any, inputs: list, model_name: str) -> dict[str, np.ndarray]:
