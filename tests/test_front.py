@@ -19,6 +19,7 @@ from tests.helpers import serving, write_api
 from tests.replica_proc import wait_for
 
 ECHO = """
+import os
 import time
 
 import flask
@@ -33,6 +34,8 @@ class PythonPredictor:
             open(query_params["started"], "w").close()
         if "sleep" in query_params:
             time.sleep(float(query_params["sleep"]))
+        if "pid" in query_params:
+            return {"pid": os.getpid()}
         if "abort" in query_params:
             flask.abort(int(query_params["abort"]), query_params.get("why"))
         return {"echo": payload}
@@ -209,3 +212,23 @@ def test_bad_deadline_flag_stops_start_up(tmp_path, flag, value, says):
                           flag, value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_keep_alive_connections_spread_over_the_worker_processes(tmp_path):
+    """Eight keep-alive connections, opened one after another, end up four on each of two processes (gunicorn's
+    gthread worker lets whichever process wins the accept race keep all of them)."""
+    spec = write_api(tmp_path, ECHO, type="python", name="spread", processes_per_replica=2)
+    with serving(spec, tmp_path / "state") as r:
+        sessions = [requests.Session() for _ in range(8)]
+        try:
+            owners = []
+            for s in sessions:
+                owners.append(s.post(r.base + "/", json={}, params={"pid": 1}, timeout=10).json()["pid"])
+                time.sleep(0.05)  # the other process sees the new count (it re-reads the board every 10 ms)
+            for s, pid in zip(sessions, owners):  # each connection stays with its process
+                assert s.post(r.base + "/", json={}, params={"pid": 1}, timeout=10).json()["pid"] == pid
+        finally:
+            for s in sessions:
+                s.close()
+    counts = sorted(owners.count(pid) for pid in set(owners))
+    assert counts == [4, 4], owners
