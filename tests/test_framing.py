@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.board import FIELDS, HWM, Board, may_accept, over_limit
+from workers.board import BEAT, CONNS, FIELDS, HWM, IN_FLIGHT, PID, READY, Board, may_accept, over_limit
 from workers.framing import HEAD_END, chunked_end, parse_head
 
 
@@ -74,10 +74,17 @@ def test_malformed_chunk_is_bad():
 
 
 def test_least_connections_policy():
-    assert may_accept(0, [])
-    assert may_accept(3, [3, 5])
-    assert not may_accept(4, [3, 5])
+    assert may_accept(0, True, [])
+    assert may_accept(3, True, [(3, True), (5, True)])
+    assert not may_accept(4, True, [(3, True), (5, True)])
     assert over_limit(2, 2) and not over_limit(1, 2)
+
+
+def test_a_worker_still_loading_leaves_connections_to_ready_ones():
+    assert not may_accept(0, False, [(6, True)])  # a replacement does not take what a ready worker can answer
+    assert may_accept(6, True, [(0, False)])  # and its zero connections do not hold back the ready one
+    assert may_accept(0, False, [(0, False)])  # while none is ready, least connections among all
+    assert not may_accept(1, False, [(0, False)])
 
 
 def test_board_slots_are_shared_and_stale_slots_do_not_count(tmp_path):
@@ -85,12 +92,12 @@ def test_board_slots_are_shared_and_stale_slots_do_not_count(tmp_path):
     mine = board.claim()
     assert mine == 0
     board.beat(10_000)
-    board.set_counts(3, 2)
+    board.set_counts(3, 2, True)
     # Another worker's slot, as its process would have written it: pid, heartbeat (ms), connections, in flight.
-    board.words[FIELDS:2 * FIELDS] = memoryview(bytearray(8 * FIELDS)).cast("q")
-    board.words[FIELDS], board.words[FIELDS + 1], board.words[FIELDS + 2], board.words[FIELDS + 3] = 12345, 10_500, 1, 4
+    for field, value in zip((PID, BEAT, CONNS, IN_FLIGHT, READY), (12345, 10_500, 1, 4, 1)):
+        board.words[FIELDS + field] = value
     board.words[HWM] = 2
-    assert board.others_conns(11_000) == [1]
+    assert board.others(11_000) == [(1, True)]
     assert board.total_in_flight(11_000) == 6
-    assert board.others_conns(13_000) == []  # its heartbeat is over two seconds old: a dead or frozen worker
+    assert board.others(13_000) == []  # its heartbeat is over two seconds old: a dead or frozen worker
     assert board.total_in_flight(13_000) == 2

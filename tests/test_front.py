@@ -232,3 +232,13 @@ def test_keep_alive_connections_spread_over_the_worker_processes(tmp_path):
                 s.close()
     counts = sorted(owners.count(pid) for pid in set(owners))
     assert counts == [4, 4], owners
+
+
+def test_endless_request_head_is_refused_with_431(replica):
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 900_000)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert replica.get("/healthz").status_code == 200

@@ -390,6 +390,7 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
     app.extensions["replica"] = runtime
     app.register_blueprint(bp)
+    app.replica_ready = runtime.registry.initial_sync_done.is_set  # read by workers.front before it accepts
     return app
 
 

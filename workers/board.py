@@ -3,7 +3,7 @@
 gunicorn's workers share one listening socket and race for each connection; a keep-alive connection then stays
 with whoever won it, so one process can end up with every connection while the others idle. Each front worker
 publishes its counts here and accepts only while it holds no more connections than the least loaded live worker
-(nginx's `least_conn`, which Cortex ran in front of its processes), and the replica-wide count of requests in
+that is ready (nginx's `least_conn`, which Cortex ran in front of its processes), and the replica-wide count of requests in
 flight bounds admission (`autoscaling.max_replica_concurrency`).
 
 The board is a small file mapped shared by every worker: created by the gunicorn master before it forks, one
@@ -21,15 +21,24 @@ import os
 import tempfile
 
 SLOTS = 256
-FIELDS = 4  # pid, heartbeat (ms, CLOCK_MONOTONIC, shared by every process), open connections, requests in flight
-PID, BEAT, CONNS, IN_FLIGHT = range(FIELDS)
+# pid, heartbeat (ms, CLOCK_MONOTONIC, shared by every process), open connections, requests in flight, ready
+FIELDS = 5
+PID, BEAT, CONNS, IN_FLIGHT, READY = range(FIELDS)
 HWM = SLOTS * FIELDS  # one word after the slots: 1 + the highest slot ever claimed, so readers scan only those
 STALE_MS = 2000
 
 
-def may_accept(mine: int, others: list[int]) -> bool:
-    """Least connections: accept while no live worker holds fewer connections than this one."""
-    return not others or mine <= min(others)
+def may_accept(mine: int, ready: bool, others: list[tuple[int, bool]]) -> bool:
+    """Least connections among the workers that can serve: accept while no ready live worker holds fewer
+    connections than this one. A worker still loading its models accepts only while no other is ready (a
+    replacement for a killed worker must not take the connections its ready siblings can answer)."""
+    if ready:
+        pool = [c for c, r in others if r]
+    elif any(r for _, r in others):
+        return False
+    else:
+        pool = [c for c, _ in others]
+    return not pool or mine <= min(pool)
 
 
 def over_limit(in_flight: int, limit: int) -> bool:
@@ -63,7 +72,7 @@ class Board:
                 continue
             base = slot * FIELDS
             w = self.words
-            w[base + CONNS] = w[base + IN_FLIGHT] = 0
+            w[base + CONNS] = w[base + IN_FLIGHT] = w[base + READY] = 0
             w[base + PID] = os.getpid()
             self.slot, self._base = slot, base
             if w[HWM] < slot + 1:
@@ -74,20 +83,22 @@ class Board:
     def beat(self, now_ms: int) -> None:
         self.words[self._base + BEAT] = now_ms
 
-    def set_counts(self, conns: int, in_flight: int) -> None:
+    def set_counts(self, conns: int, in_flight: int, ready: bool) -> None:
         self.words[self._base + CONNS] = conns
         self.words[self._base + IN_FLIGHT] = in_flight
+        self.words[self._base + READY] = ready
 
     def add_in_flight(self, delta: int) -> None:
         """Only the owning worker's event loop writes its slot (a read-modify-write from several threads could
         lose an update)."""
         self.words[self._base + IN_FLIGHT] += delta
 
-    def others_conns(self, now_ms: int) -> list[int]:
+    def others(self, now_ms: int) -> list[tuple[int, bool]]:
+        """(open connections, ready) of every other live worker."""
         w, out, oldest = self.words, [], now_ms - STALE_MS
         for base in range(0, w[HWM] * FIELDS, FIELDS):
             if base != self._base and w[base + BEAT] > oldest and w[base + PID]:
-                out.append(w[base + CONNS])
+                out.append((w[base + CONNS], bool(w[base + READY])))
         return out
 
     def total_in_flight(self, now_ms: int) -> int:

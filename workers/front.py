@@ -130,6 +130,9 @@ class FrontWorker(base.Worker):
         super().init_process()
 
     def run(self) -> None:
+        # The application may say when it can serve (the replica's: once its models are loaded), so that a
+        # worker still starting leaves new connections to its ready siblings.
+        self.app_ready = getattr(self.wsgi, "replica_ready", None)
         self.poller.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, (self._on_signal_pipe, None))
         for _ in range(self.cfg.threads):
@@ -166,10 +169,11 @@ class FrontWorker(base.Worker):
 
     # -- accepting ----------------------------------------------------------------------------------------------
     def _balance(self, now: float) -> None:
-        """Listen while this worker may take a connection (fewest connections among live workers)."""
-        self.board.set_counts(self.n_open, self.in_flight)
+        """Listen while this worker may take a connection (fewest connections among ready live workers)."""
+        ready = self.app_ready is None or self.app_ready()
+        self.board.set_counts(self.n_open, self.in_flight, ready)
         want = (self.alive and len(self.conns) < self.cfg.worker_connections
-                and may_accept(self.n_open, self.board.others_conns(int(now * 1000))))
+                and may_accept(self.n_open, ready, self.board.others(int(now * 1000))))
         if want == self.accepting:
             return
         for listener in self.sockets:
@@ -251,6 +255,7 @@ class FrontWorker(base.Worker):
             if end < 0:
                 if len(buf) > self.max_head:
                     self._refuse(conn, 431, "Request Header Fields Too Large", "request head too large")
+                    return
                 conn.scan = len(buf)
                 return
             head = conn.head = framing.parse_head(buf, end)
