@@ -23,7 +23,7 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 # Keys of a Cortex spec that only make sense on a Cortex cluster: accepted so that a Cortex user's spec works
 # unchanged, and ignored with a log line saying so.
-CLUSTER_ONLY_API_KEYS = ("networking", "compute", "autoscaling", "update_strategy", "monitoring")
+CLUSTER_ONLY_API_KEYS = ("networking", "compute", "update_strategy", "monitoring")
 CLUSTER_ONLY_PREDICTOR_KEYS = ("image", "tensorflow_serving_image", "shm_size")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Environment variable names a spec may not set: Cortex reserved CORTEX_ for itself, the replica passes its own
@@ -31,7 +31,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 RESERVED_ENV_PREFIXES = ("CORTEX_", "REPLICA_")
 RESERVED_ENV_NAMES = ("PROMETHEUS_MULTIPROC_DIR",)
 
-API_KEYS = ("name", "kind", "predictor") + CLUSTER_ONLY_API_KEYS
+API_KEYS = ("name", "kind", "predictor", "autoscaling") + CLUSTER_ONLY_API_KEYS
+# Of Cortex's autoscaling keys, one bounds a single replica; the others steer a cluster's replica count.
+AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "init_replicas", "max_replica_concurrency",
+                    "target_replica_concurrency", "window", "downscale_stabilization_period",
+                    "upscale_stabilization_period", "max_downscale_factor", "max_upscale_factor",
+                    "downscale_tolerance", "upscale_tolerance")
+MAX_REPLICA_CONCURRENCY = 1024  # Cortex's default
+MAX_REPLICA_CONCURRENCY_LIMIT = 30000  # Cortex v0.22's upper bound
 PREDICTOR_KEYS = (
     "type",
     "path",
@@ -112,6 +119,7 @@ class ApiSpec:
     kind: str
     predictor: PredictorSpec
     spec_file: Path
+    max_replica_concurrency: int = MAX_REPLICA_CONCURRENCY  # requests in flight per replica; 503 above
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -230,6 +238,8 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
     if kind != "RealtimeAPI":
         problems.append(f"{dot}kind: '{kind}' is not supported; the only kind is RealtimeAPI")
 
+    max_concurrency = _parse_autoscaling(api.get("autoscaling"), f"{dot}autoscaling", problems)
+
     pred = api.get("predictor")
     where = f"{dot}predictor"
     if not isinstance(pred, dict):
@@ -324,6 +334,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
         name=name,
         kind=kind,
         spec_file=spec_file,
+        max_replica_concurrency=max_concurrency,
         predictor=PredictorSpec(
             type=ptype,
             path=predictor_file,
@@ -341,6 +352,27 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
             server_side_batching=batching,
         ),
     )
+
+
+def _parse_autoscaling(autoscaling: Any, where: str, problems: list[str]) -> int:
+    """`max_replica_concurrency` (Cortex's rules: an integer in 1..30000, at least target_replica_concurrency);
+    the keys that size a cluster are accepted and ignored."""
+    if autoscaling is None:
+        return MAX_REPLICA_CONCURRENCY
+    if not isinstance(autoscaling, dict):
+        problems.append(f"{where}: must be a mapping (e.g. max_replica_concurrency: 1024)")
+        return MAX_REPLICA_CONCURRENCY
+    problems += _unknown_keys(autoscaling, AUTOSCALING_KEYS, f"{where}.")
+    for key in autoscaling:
+        if key in AUTOSCALING_KEYS and key != "max_replica_concurrency":
+            log.info("spec key %s.%s applies to a Cortex cluster only and is ignored here", where, key)
+    value = autoscaling.get("max_replica_concurrency", MAX_REPLICA_CONCURRENCY)
+    limit = _positive_int(value, f"{where}.max_replica_concurrency", problems, 1, MAX_REPLICA_CONCURRENCY_LIMIT)
+    target = autoscaling.get("target_replica_concurrency")
+    if limit is not None and isinstance(target, (int, float)) and not isinstance(target, bool) and target > limit:
+        problems.append(f"{where}.target_replica_concurrency: {target} is above max_replica_concurrency ({limit}); "
+                        "lower it or raise max_replica_concurrency")
+    return limit or MAX_REPLICA_CONCURRENCY
 
 
 def _parse_paths(paths: Any, where: str, base: Path, ptype: Any, default_sig: str | None, problems: list[str]) -> list[ModelSource]:

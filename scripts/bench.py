@@ -53,6 +53,12 @@ def quick(work: Path, args) -> int:
         print(f"hot path, {n} worker(s): replica {r[f'replica p{n}']['rps']:.0f} req/s, floor "
               f"{r[f'floor p{n}']['rps']:.0f} req/s -> replica / floor = "
               f"{figures.ratio(r, f'replica p{n}', f'floor p{n}'):.2f}x (target >= 0.90x)")
+        if n > 1:
+            sp = figures.spread(r, n)
+            print(f"keep-alive spread, {n} workers: worst round / sync floor {sp['worst_vs_sync']:.2f}x (target "
+                  f">= 0.90x), worst / median round {sp['worst_vs_median']:.2f}x (target >= 0.95x; the sync "
+                  f"floor's own {sp['sync_worst_vs_median']:.2f}x), busiest worker's CPU share "
+                  f"{sp['busiest_worker_share']:.0%}")
     return 0
 
 
@@ -102,12 +108,13 @@ def full(work: Path, args) -> dict:
     data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg()}
     want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
     if "hot" in want:
-        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration)
+        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration,
+                                       mlserver=not args.no_mlserver)
     if "profile" in want:
         data["profile"] = hot_path_profile(work)
-    s3 = SeaweedS3(work / "seaweedfs", buckets=[])
+    s3 = SeaweedS3(work / "seaweedfs", buckets=[]) if want & {"caching", "reloads", "scale"} else None
     try:
-        if want & {"caching", "reloads", "scale"}:
+        if s3 is not None:
             s3.start()
             s3.wait_ready(timeout=60)
         if "caching" in want:
@@ -118,7 +125,8 @@ def full(work: Path, args) -> dict:
             results, cat_args = figures.scale(work, s3, args.models)
             data["scale"] = {"results": results, "section": bench_catalogue.section(results, cat_args)}
     finally:
-        s3.stop()
+        if s3 is not None:
+            s3.stop()
     if "memory" in want:
         data["memory"] = figures.memory(work)
     data["environment"] = environment(data)
@@ -165,6 +173,13 @@ def targets(data: dict) -> list[tuple[str, str, bool | None]]:
         for n in hot["processes"]:
             x = figures.ratio(r, f"replica p{n}", f"floor p{n}")
             rows.append((f"hot path, {n} worker(s): >= 0.9x the gunicorn + Flask floor", fmt_ratio(x), x >= 0.9))
+            if n > 1 and f"sync floor p{n}" in r:
+                sp = figures.spread(r, n)
+                rows.append((f"keep-alive, {n} workers: worst round >= 0.9x plain `gunicorn -w {n}` (sync)",
+                             fmt_ratio(sp["worst_vs_sync"]), sp["worst_vs_sync"] >= 0.9))
+                rows.append((f"keep-alive, {n} workers: worst round >= 0.95x the median round",
+                             f"{fmt_ratio(sp['worst_vs_median'])} (busiest worker's CPU share at most "
+                             f"{sp['busiest_worker_share']:.0%})", sp["worst_vs_median"] >= 0.95))
             if f"mlserver p{n}" in r:
                 y = figures.ratio(r, f"replica p{n}", f"mlserver p{n}")
                 rows.append((f"hot path, {n} worker(s): >= 2x MLServer", fmt_ratio(y), y >= 2))
@@ -220,8 +235,11 @@ target's median over rounds and the *ratio* is the median of per-round ratios (s
 - *replica pN*: `replica serve` with `processes_per_replica: N`, `threads_per_process: 1`, the default
   `--poll-interval` (10 s), the model in a local directory, the examples' ONNX predictor.
 - *floor pN*: `scripts/bench_floor_app.py`, a bare gunicorn + Flask app that calls the same onnxruntime session
-  directly, with the replica's gunicorn flags (gthread, 1 thread, keep-alive 5 s) and N workers: the floor
-  this stack can reach.
+  directly, as gthread (1 thread, keep-alive 5 s: the flags the replica ran with before its own worker class)
+  with N workers: the floor this stack can reach per request.
+- *sync floor pN*: the same app under plain `gunicorn -w N` (sync workers). It closes every connection after
+  its response, so wrk reconnects and the kernel spreads connections over the workers: the floor for how
+  keep-alive load spreads over processes (gthread keeps each connection on the worker that accepted it).
 - *mlserver pN*: MLServer {data['environment']['versions']['MLServer']} with `parallel_workers: N`, the same model
   through `scripts/mlserver_runtime/runtime.py` (V2 inference protocol, FP32 [1, 4] in, the label out), its
   metrics on (the default), as the replica's `/metrics` is; the floor has no metrics.{f" **Not measured**: {missing}." if missing else ""}
@@ -230,7 +248,33 @@ target's median over rounds and the *ratio* is the median of per-round ratios (s
 
 ![hot path](bench/hot_path.png)
 """
-    return text + ratios_hot(hot)
+    return text + ratios_hot(hot) + spread_hot(hot)
+
+
+def spread_hot(hot: dict) -> str:
+    """Per-round throughput and each worker's CPU share, for every multi-worker target."""
+    r = hot["results"]
+    lines = []
+    for n in [n for n in hot["processes"] if n > 1]:
+        names = [k for k in (f"replica p{n}", f"floor p{n}", f"sync floor p{n}") if k in r]
+        rows = []
+        for name in names:
+            for i, rd in enumerate(r[name]["rounds"], 1):
+                used = rd.get("worker_cpu_s") or []
+                shares = " / ".join(f"{u / (sum(used) or 1):.0%}" for u in used) or "n/a"
+                rows.append([name, str(i), f"{rd['rps']:,.0f}", shares])
+        sp = figures.spread(r, n)
+        lines.append(f"""
+### Keep-alive load over {n} worker processes
+
+wrk's {hot['connections']} keep-alive connections against {n} worker processes, per round, with each worker's share of
+the CPU its server used in that round. Worst replica round / plain `gunicorn -w {n}` in the same round:
+**{fmt_ratio(sp['worst_vs_sync'])}**; worst / median replica round: **{fmt_ratio(sp['worst_vs_median'])}** (the
+sync floor's own worst / median round, which only the machine's other load moves: {fmt_ratio(sp['sync_worst_vs_median'])}).
+
+{table(["target", "round", "req/s", "CPU share per worker"], rows)}
+""")
+    return "".join(lines)
 
 
 def ratios_hot(hot: dict) -> str:
@@ -488,6 +532,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
     parser.add_argument("--only", nargs="+", choices=["hot", "profile", "caching", "reloads", "scale", "memory"])
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path figure")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite the document and plots from docs/bench/results.json")
     args = parser.parse_args()

@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-access-log", dest="access_log", action="store_false",
                        default=_env("access-log", "1") not in ("0", "false", "no"),
                        help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
+    serve.add_argument("--header-timeout", type=float, default=float(_env("header-timeout", 10)),
+                       help="seconds a request's head may take from its first byte; slower peers get 408 "
+                            "(default 10)")
+    serve.add_argument("--body-timeout", type=float, default=float(_env("body-timeout", 30)),
+                       help="seconds a request's body may take after its head, and a response may wait for the "
+                            "peer to read it (default 30)")
+    serve.add_argument("--keep-alive", type=int, default=int(_env("keep-alive", 5)),
+                       help="seconds an idle connection is kept open for its next request; 0 closes every "
+                            "connection after its response (default 5)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -84,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     apply_log_level(api.predictor.log_level)
     if args.command == "validate":
         return _validate(api, args.s3_endpoint)
+    for flag, value, ok, bound in (("--header-timeout", args.header_timeout, args.header_timeout > 0, "> 0"),
+                                   ("--body-timeout", args.body_timeout, args.body_timeout > 0, "> 0"),
+                                   ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0")):
+        if not ok:
+            print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
+            return 2
     settings = Settings(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(api.name),
         host=args.host,
@@ -96,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
         worker_timeout=args.worker_timeout,
         access_log=args.access_log,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
     )
     from supervisor.arbiter import Arbiter, StartupError
 

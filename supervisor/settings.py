@@ -29,6 +29,9 @@ class Settings:
     heartbeat_timeout: float = 40.0
     worker_timeout: float = 30.0
     access_log: bool = True
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: int = 5
 
     @property
     def s3_client_factory(self) -> Callable:

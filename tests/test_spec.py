@@ -588,6 +588,36 @@ def test_all_problems_reported_together(write):
     assert text.count("\n  - ") == len(problems)
 
 
+# -- autoscaling.max_replica_concurrency ------------------------------------------------------------------------
+
+def test_max_replica_concurrency_defaults_to_cortex_1024(write):
+    assert load_spec(write(api())).max_replica_concurrency == 1024
+    assert load_spec(write({**api(), "autoscaling": {"min_replicas": 2}})).max_replica_concurrency == 1024
+
+
+def test_max_replica_concurrency_is_read(write):
+    spec = {**api(), "autoscaling": {"max_replica_concurrency": 8, "target_replica_concurrency": 2}}
+    assert load_spec(write(spec)).max_replica_concurrency == 8
+
+
+@pytest.mark.parametrize("value, fragment", [(0, "between 1 and 30000"), (30001, "between 1 and 30000"),
+                                             ("many", "must be an integer"), (True, "must be an integer")])
+def test_max_replica_concurrency_must_be_in_cortex_range(write, value, fragment):
+    one_problem(write({**api(), "autoscaling": {"max_replica_concurrency": value}}),
+                "autoscaling.max_replica_concurrency", fragment)
+
+
+def test_target_concurrency_above_max_is_refused(write):
+    one_problem(write({**api(), "autoscaling": {"max_replica_concurrency": 4, "target_replica_concurrency": 5}}),
+                "autoscaling.target_replica_concurrency", "above max_replica_concurrency (4)")
+
+
+def test_autoscaling_must_be_a_mapping_with_known_keys(write):
+    one_problem(write({**api(), "autoscaling": 5}), "autoscaling", "must be a mapping")
+    one_problem(write({**api(), "autoscaling": {"max_replica_concurency": 5}}), "autoscaling.max_replica_concurency",
+                "did you mean 'max_replica_concurrency'")
+
+
 # -- server_side_batching ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("interval, seconds", [

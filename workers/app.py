@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from flask import Flask, Request, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Blueprint, Flask, Request, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
@@ -213,153 +213,196 @@ def _to_response(result: Any) -> Response:
     return Response(encoding.dumps(result), mimetype="application/json")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def _error(status: int, message: str, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
     return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
+
+
+def _status_of(e: HTTPException) -> int:
+    return e.response.status_code if e.response is not None else (e.code or 500)
+
+
+# -- the views: a blueprint over the worker's Runtime, which create_app keeps in app.extensions ------------------
+bp = Blueprint("replica", __name__)
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["replica"]
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(e: HTTPException) -> Response:
+    """Every HTTP error, the replica's own (workers.errors), werkzeug's and a predictor's `flask.abort`, answers
+    its status with `{"error": description}` and its headers; one that carries a response answers that."""
+    if e.response is not None:
+        return e.response
+    headers = [(k, v) for k, v in e.get_headers() if k.lower() != "content-type"]
+    return _error(e.code or 500, e.description or e.name, headers)
+
+
+# Werkzeug's own 413, 404 and 405 (body over the limit, no such route, wrong method) get messages that name the
+# fix; the same statuses raised with a description of their own (`flask.abort(404, "...")`) keep it.
+@bp.app_errorhandler(RequestEntityTooLarge)
+def _too_large(e: RequestEntityTooLarge) -> Response:
+    if e.description != RequestEntityTooLarge.description:
+        return _http_error(e)
+    return _error(413, f"request body over the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes "
+                       "(--max-request-size)")
+
+
+@bp.app_errorhandler(NotFound)
+def _no_route(e: NotFound) -> Response:
+    if e.description != NotFound.description:
+        return _http_error(e)
+    return _error(404, f"no route {request.path}; POST / or /predict runs the predictor, GET / describes the API")
+
+
+@bp.app_errorhandler(MethodNotAllowed)
+def _bad_method(e: MethodNotAllowed) -> Response:
+    if e.description != MethodNotAllowed.description:
+        return _http_error(e)
+    return _error(405, f"{request.method} is not allowed on {request.path}",
+                  [("Allow", ", ".join(e.valid_methods or ()))])
+
+
+@bp.route("/", methods=["POST"])
+@bp.route("/predict", methods=["POST"])
+def predict() -> Response:
+    """Every prediction, whatever its outcome, is counted by model, version and status (in the view itself:
+    Flask's before/after/teardown hooks would cost every request about 8% of the hot path)."""
+    started = time.perf_counter()
+    runtime = _runtime()
+    metrics.IN_FLIGHT.inc()
+    scope = runtime.registry.request_scope()  # afterwards, which versions the request used
+    status = 500
+    try:
+        response = _predict(runtime, scope)
+        status = response.status_code
+        return response
+    except HTTPException as e:  # the replica's own errors, 413 while reading the body, the predictor's abort
+        status = _status_of(e)
+        raise
+    finally:
+        metrics.IN_FLIGHT.dec()
+        lv = scope.pinned[0] if scope.pinned else None
+        metrics.observe_request(lv.name if lv else "", str(lv.version) if lv else "", status,
+                                time.perf_counter() - started)
+
+
+def _predict(runtime: Runtime, scope) -> Response:
+    if not runtime.registry.initial_sync_done.is_set():
+        raise Unavailable("the replica is still loading its models", retry_after=2)
+    # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
+    wanted = runtime.wanted_args
+    req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
+    available = {"payload": _parse_payload(req) if "payload" in wanted else None,
+                 "query_params": req.args.to_dict() if "query_params" in wanted else None,
+                 "headers": dict(req.headers) if "headers" in wanted else None}
+    with scope:
+        try:
+            result = runtime.predict(available)
+        except HTTPException:  # a client's ModelNotFound, or the predictor's flask.abort: its own status
+            raise
+        except Exception as e:
+            log.exception("predictor raised %s", type(e).__name__)
+            return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
+        try:
+            response = _to_response(result)
+        except (TypeError, ValueError) as e:  # ValueError: a circular reference
+            log.exception("cannot serialize the prediction")
+            return _error(500, f"cannot serialize the prediction: {e}")
+    if runtime.post_predict is not None:
+        available["response"] = response
+        args = {k: available[k] for k in runtime.post_predict_args}
+        post_predict = runtime.post_predict
+
+        def _post() -> None:
+            try:
+                post_predict(**args)
+            except Exception:
+                log.exception("post_predict raised")
+
+        response.call_on_close(_post)
+    return response
+
+
+@bp.route("/", methods=["GET"])
+def usage() -> Response:
+    runtime = _runtime()
+    api = runtime.api
+    lines = [
+        f"API {api.name}: a {api.predictor.type} predictor.",
+        "POST / (or /predict) with a JSON body to get a prediction; GET /v1/models for model states.",
+        "",
+    ]
+    for m in runtime.registry.status():
+        states = ", ".join(f"v{v['version']} {v['state']}" for v in m["model_version_status"]) or "no versions"
+        lines.append(f"model {m['name']}: {states}")
+    return Response("\n".join(lines) + "\n", mimetype="text/plain")
+
+
+@bp.route("/healthz")
+def healthz() -> Response:
+    ok, why = _runtime().supervisor_alive()
+    if not ok:
+        return _error(503, why)
+    return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+
+
+@bp.route("/readyz")
+def readyz() -> Response:
+    runtime = _runtime()
+    runtime.registry.refresh_state()
+    errors = runtime.upstream_errors()
+    if not runtime.registry.supervisor_ready:
+        why = "; ".join(errors.values())
+        raise Unavailable("the first sync of models to disk has not finished" + (f": {why}" if why else ""),
+                          retry_after=2)
+    ready = len(runtime.ready_workers())
+    wanted = runtime.api.predictor.processes_per_replica
+    if ready < wanted or not runtime.registry.initial_sync_done.is_set():
+        raise Unavailable(f"{ready} of {wanted} workers ready", retry_after=2)
+    body = {"status": "ready", "workers": ready}
+    if errors:
+        body["upstream_errors"] = errors
+    return Response(json.dumps(body), mimetype="application/json")
+
+
+@bp.route("/metrics")
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.exposition(_runtime().tree)
+    return Response(body, content_type=content_type)
+
+
+@bp.route("/v1/models")
+def models() -> Response:
+    runtime = _runtime()
+    return Response(encoding.dumps({"models": runtime.registry.status(), "upstream_errors": runtime.upstream_errors()}),
+                    mimetype="application/json")
+
+
+@bp.route("/v1/models/<name>")
+@bp.route("/v1/models/<name>/versions/<version>")
+def model(name: str, version: str | None = None) -> Response:
+    registry = _runtime().registry
+    if not registry.known(name):
+        return _error(404, f"model '{name}' not found")
+    status = registry.status(name)[0]
+    if version is not None:
+        if not (version.isascii() and version.isdigit()):  # "²".isdigit() is True, int("²") fails
+            return _error(400, f"invalid model version {version!r}: use a non-negative integer")
+        rows = [r for r in status["model_version_status"] if r["version"] == str(int(version))]
+        if not rows:
+            return _error(404, f"model '{name}' has no version {version}")
+        status = {**status, "model_version_status": rows}
+    return Response(encoding.dumps(status), mimetype="application/json")
 
 
 def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     app = Flask("replica")
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
-    api = runtime.api
-
-    @app.errorhandler(ReplicaHTTPError)
-    def _replica_error(e: ReplicaHTTPError):
-        return _error(e.status, e.message, e.headers)
-
-    @app.errorhandler(413)
-    def _too_large(e):
-        return _error(413, f"request body over the limit of {max_request_size} bytes (--max-request-size)")
-
-    @app.errorhandler(404)
-    def _no_route(e):
-        return _error(404, f"no route {request.path}; POST / or /predict runs the predictor, GET / describes the API")
-
-    @app.errorhandler(405)
-    def _bad_method(e):
-        return _error(405, f"{request.method} is not allowed on {request.path}")
-
-    @app.route("/", methods=["POST"])
-    @app.route("/predict", methods=["POST"])
-    def predict():
-        """Every prediction, whatever its outcome, is counted by model, version and status (in the view itself:
-        Flask's before/after/teardown hooks would cost every request about 8% of the hot path)."""
-        started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
-        scope = runtime.registry.request_scope()  # afterwards, which versions the request used
-        status = 500
-        try:
-            response = _predict(scope)
-            status = response.status_code
-            return response
-        except ReplicaHTTPError as e:
-            status = e.status
-            raise
-        except HTTPException as e:  # 413 while reading the body
-            status = e.code or 500
-            raise
-        finally:
-            metrics.IN_FLIGHT.dec()
-            lv = scope.pinned[0] if scope.pinned else None
-            metrics.observe_request(lv.name if lv else "", str(lv.version) if lv else "", status,
-                                    time.perf_counter() - started)
-
-    def _predict(scope) -> Response:
-        if not runtime.registry.initial_sync_done.is_set():
-            raise Unavailable("the replica is still loading its models", retry_after=2)
-        # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
-        wanted = runtime.wanted_args
-        req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
-        available = {"payload": _parse_payload(req) if "payload" in wanted else None,
-                     "query_params": req.args.to_dict() if "query_params" in wanted else None,
-                     "headers": dict(req.headers) if "headers" in wanted else None}
-        with scope:
-            try:
-                result = runtime.predict(available)
-            except ReplicaHTTPError:
-                raise
-            except Exception as e:
-                log.exception("predictor raised %s", type(e).__name__)
-                return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
-            try:
-                response = _to_response(result)
-            except (TypeError, ValueError) as e:  # ValueError: a circular reference
-                log.exception("cannot serialize the prediction")
-                return _error(500, f"cannot serialize the prediction: {e}")
-        if runtime.post_predict is not None:
-            available["response"] = response
-            args = {k: available[k] for k in runtime.post_predict_args}
-
-            def _post() -> None:
-                try:
-                    runtime.post_predict(**args)
-                except Exception:
-                    log.exception("post_predict raised")
-
-            response.call_on_close(_post)
-        return response
-
-    @app.route("/", methods=["GET"])
-    def usage():
-        models = runtime.registry.status()
-        lines = [
-            f"API {api.name}: a {api.predictor.type} predictor.",
-            "POST / (or /predict) with a JSON body to get a prediction; GET /v1/models for model states.",
-            "",
-        ]
-        for m in models:
-            states = ", ".join(f"v{v['version']} {v['state']}" for v in m["model_version_status"]) or "no versions"
-            lines.append(f"model {m['name']}: {states}")
-        return Response("\n".join(lines) + "\n", mimetype="text/plain")
-
-    @app.route("/healthz")
-    def healthz():
-        ok, why = runtime.supervisor_alive()
-        if not ok:
-            return _error(503, why)
-        return Response(json.dumps({"status": "ok"}), mimetype="application/json")
-
-    @app.route("/readyz")
-    def readyz():
-        runtime.registry.refresh_state()
-        errors = runtime.upstream_errors()
-        if not runtime.registry.supervisor_ready:
-            why = "; ".join(errors.values())
-            raise Unavailable("the first sync of models to disk has not finished" + (f": {why}" if why else ""),
-                              retry_after=2)
-        ready = len(runtime.ready_workers())
-        wanted = api.predictor.processes_per_replica
-        if ready < wanted or not runtime.registry.initial_sync_done.is_set():
-            raise Unavailable(f"{ready} of {wanted} workers ready", retry_after=2)
-        body = {"status": "ready", "workers": ready}
-        if errors:
-            body["upstream_errors"] = errors
-        return Response(json.dumps(body), mimetype="application/json")
-
-    @app.route("/metrics")
-    def prometheus_metrics():
-        body, content_type = metrics.exposition(runtime.tree)
-        return Response(body, content_type=content_type)
-
-    @app.route("/v1/models")
-    def models():
-        return Response(encoding.dumps({"models": runtime.registry.status(), "upstream_errors": runtime.upstream_errors()}),
-                        mimetype="application/json")
-
-    @app.route("/v1/models/<name>")
-    @app.route("/v1/models/<name>/versions/<version>")
-    def model(name: str, version: str | None = None):
-        if not runtime.registry.known(name):
-            return _error(404, f"model '{name}' not found")
-        status = runtime.registry.status(name)[0]
-        if version is not None:
-            if not (version.isascii() and version.isdigit()):  # "²".isdigit() is True, int("²") fails
-                return _error(400, f"invalid model version {version!r}: use a non-negative integer")
-            rows = [r for r in status["model_version_status"] if r["version"] == str(int(version))]
-            if not rows:
-                return _error(404, f"model '{name}' has no version {version}")
-            status = {**status, "model_version_status": rows}
-        return Response(encoding.dumps(status), mimetype="application/json")
-
+    app.extensions["replica"] = runtime
+    app.register_blueprint(bp)
+    app.replica_ready = runtime.registry.initial_sync_done.is_set  # read by workers.front before it accepts
     return app
 
 

@@ -35,6 +35,8 @@ IN_MEMORY = Gauge("replica_models_in_memory", "Model versions held in memory, al
                   multiprocess_mode="livesum")
 CACHE_HITS = Counter("replica_cache_hits", "Requests whose model version was already in memory")
 CACHE_MISSES = Counter("replica_cache_misses", "Requests that had to bring their model version into memory")
+SHED = Counter("replica_requests_shed", "Prediction requests answered 503 because autoscaling.max_replica_concurrency "
+               "requests were already in flight")
 BATCH_SIZE = Histogram("replica_batch_size", "Requests per batch run (server_side_batching), by model", ["model"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 BATCH_WAIT_SECONDS = Histogram("replica_batch_wait_seconds", "Time a request waited in the batch queue before its "
@@ -52,6 +54,12 @@ def observe_request(model: str, version: str, status: int, seconds: float) -> No
                                                   REQUEST_SECONDS.labels(model)))
     series[0].inc()
     series[1].observe(seconds)
+
+
+def count_shed() -> None:
+    """A prediction refused at admission (503): counted on its own and with the other requests by status."""
+    SHED.inc()
+    observe_request("", "", 503, 0.0)
 
 
 def observe_batch(key: tuple, size: int, waits: list[float]) -> None:

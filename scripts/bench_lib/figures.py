@@ -60,19 +60,40 @@ def replica(work: Path, name: str, *, env: dict | None = None, poll_interval: fl
     return ReplicaProcess(spec, folder / "state", env=env, poll_interval=poll_interval)
 
 
+def worker_cpu_s(pids: list[int]) -> list[float]:
+    """CPU seconds (user + system) each process has used so far (0 for one that is gone)."""
+    out = []
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out.append(t.user + t.system)
+        except psutil.NoSuchProcess:
+            out.append(0.0)
+    return out
+
+
 def rounds(targets: dict[str, tuple[str, str, list[str]]], *, rounds: int, duration: float,
-           warmup: float = 1.0) -> dict[str, list[dict]]:
+           warmup: float = 1.0, workers: dict[str, list[int]] | None = None) -> dict[str, list[dict]]:
     """Run wrk against every target (name -> (base URL, body, paths)) in turn, `rounds` times; per target the
-    list of per-round results."""
+    list of per-round results. For targets named in `workers` (name -> worker pids), each round also records
+    every worker's CPU seconds and share, which shows whether the load spread over the processes."""
     out: dict[str, list[dict]] = {name: [] for name in targets}
+    workers = workers or {}
     for name, (base, body, paths) in targets.items():  # warm every server once (lazy sessions, JIT caches)
         load.run(base, body, paths, duration=max(warmup, 1), connections=CONNECTIONS)
     for i in range(rounds):
         for name, (base, body, paths) in targets.items():
+            pids = workers.get(name, [])
+            before = worker_cpu_s(pids)
             res = load.run(base, body, paths, duration=duration, connections=CONNECTIONS).as_dict()
+            shares = ""
+            if pids:
+                used = [a - b for a, b in zip(worker_cpu_s(pids), before)]
+                res["worker_cpu_s"] = used
+                shares = "  CPU per worker " + " / ".join(f"{u:.1f}s ({u / (sum(used) or 1):.0%})" for u in used)
             out[name].append(res)
             print(f"  round {i + 1}/{rounds} {name:<22} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                  f"p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}", flush=True)
+                  f"p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}{shares}", flush=True)
     return out
 
 
@@ -87,6 +108,19 @@ def summarize(per_round: list[dict]) -> dict:
 def ratio(results: dict, a: str, b: str, key: str = "rps") -> float:
     """Median over rounds of a[key] / b[key] (both measured in the same round)."""
     return statistics.median(x[key] / y[key] for x, y in zip(results[a]["rounds"], results[b]["rounds"]))
+
+
+def spread(results: dict, n: int) -> dict:
+    """Keep-alive load over n worker processes: the replica's worst round against plain `gunicorn -w n` (sync)
+    in the same round, and against its own median (an unbalanced round shows as a low worst round)."""
+    rep = [r["rps"] for r in results[f"replica p{n}"]["rounds"]]
+    sync = [r["rps"] for r in results[f"sync floor p{n}"]["rounds"]]
+    shares = [max(r["worker_cpu_s"]) / (sum(r["worker_cpu_s"]) or 1)
+              for r in results[f"replica p{n}"]["rounds"] if r.get("worker_cpu_s")]
+    return {"worst_vs_sync": min(a / b for a, b in zip(rep, sync)),
+            "worst_vs_median": min(rep) / statistics.median(rep),
+            "sync_worst_vs_median": min(sync) / statistics.median(sync),  # the machine's own noise, for scale
+            "busiest_worker_share": max(shares) if shares else float("nan")}
 
 
 # -- 1. hot path -------------------------------------------------------------------------------------------------
@@ -107,10 +141,12 @@ def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int =
             running.append(r)
             replicas[f"replica p{n}"] = r
             f = servers.Floor(model_file, n, work).start()
-            running.append(f)
+            sync = servers.Floor(model_file, n, work, worker_class="sync").start()
+            running += [f, sync]
             targets[f"replica p{n}"] = (r.base, models.SAMPLE, ["/"])
             targets[f"floor p{n}"] = (f.base, models.SAMPLE, ["/"])
-            pids[f"replica p{n}"], pids[f"floor p{n}"] = r.proc.pid, f.proc.pid
+            targets[f"sync floor p{n}"] = (sync.base, models.SAMPLE, ["/"])
+            pids[f"replica p{n}"], pids[f"floor p{n}"], pids[f"sync floor p{n}"] = r.proc.pid, f.proc.pid, sync.proc.pid
         if mlserver:
             py, why = servers.ensure_mlserver_venv(work / "mlserver-install.log")
             if py is None:
@@ -133,7 +169,10 @@ def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int =
         check_answers(targets)
         print(f"hot path: {', '.join(targets)}; {n_rounds} rounds of {duration:g}s each, {CONNECTIONS} connections",
               flush=True)
-        raw = rounds(targets, rounds=n_rounds, duration=duration)
+        workers = {name: [c.pid for c in psutil.Process(pid).children()] for name, pid in pids.items()
+                   if not name.startswith("replica")}
+        workers.update({name: r.worker_pids() for name, r in replicas.items()})
+        raw = rounds(targets, rounds=n_rounds, duration=duration, workers=workers)
         for name, pid in pids.items():
             if name in targets:
                 rss[name] = tree_rss_mib(pid)

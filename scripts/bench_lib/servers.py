@@ -1,6 +1,7 @@
 """The servers the hot-path figure compares, each on a free port on 127.0.0.1 and stopped by PID:
 
-- `Floor`: a bare gunicorn + Flask app (`scripts/bench_floor_app.py`) with the replica's gunicorn flags;
+- `Floor`: a bare gunicorn + Flask app (`scripts/bench_floor_app.py`), as gthread (the flags the replica had
+  before its own worker class) or as plain `gunicorn -w N` (sync workers);
 - `MLServer`: Seldon MLServer with `parallel_workers` workers and a custom ONNX runtime
   (`scripts/mlserver_runtime/`), from its own virtualenv (`.venv-mlserver/`, created on first use).
 
@@ -91,18 +92,22 @@ class Server:
 
 
 class Floor(Server):
-    """gunicorn + Flask + onnxruntime, nothing else; the same gunicorn flags as the replica's supervisor."""
+    """gunicorn + Flask + onnxruntime, nothing else. `worker_class="gthread"` (1 thread, keep-alive 5 s) is the
+    hot path's floor: the flags the replica ran with before it had its own worker class. `"sync"` is plain
+    `gunicorn -w N`, which closes every connection after its response, so the kernel spreads the load over the
+    workers: the floor of the keep-alive spread figure."""
 
     ready_path = "/readyz"
 
-    def __init__(self, model_file: Path, workers: int, work: Path):
-        super().__init__(f"floor-{workers}", work / f"floor-{workers}.log")
-        self.model_file, self.workers = model_file, workers
+    def __init__(self, model_file: Path, workers: int, work: Path, worker_class: str = "gthread"):
+        super().__init__(f"floor-{worker_class}-{workers}", work / f"floor-{worker_class}-{workers}.log")
+        self.model_file, self.workers, self.worker_class = model_file, workers, worker_class
 
     def start(self) -> "Floor":
+        flags = (["--worker-class", "gthread", "--threads", "1", "--keep-alive", "5"]
+                 if self.worker_class == "gthread" else [])
         self._popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                     "--workers", str(self.workers), "--threads", "1", "--worker-class", "gthread",
-                     "--keep-alive", "5", "--backlog", "2048", "--log-level", "warning",
+                     "--workers", str(self.workers), *flags, "--backlog", "2048", "--log-level", "warning",
                      "scripts.bench_floor_app:app"],
                     env={"BENCH_ONNX_MODEL": str(self.model_file), "PYTHONPATH": str(ROOT)}, cwd=ROOT)
         return self
