@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 import uuid
 from pathlib import Path

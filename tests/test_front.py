@@ -208,7 +208,7 @@ def test_over_max_replica_concurrency_sheds_with_503_then_serves(tmp_path):
                                                ("--keep-alive", "-1", "--keep-alive must be >= 0 seconds")])
 def test_bad_deadline_flag_stops_start_up(tmp_path, flag, value, says):
     spec = write_api(tmp_path, ECHO, type="python", name="flags")
-    out = subprocess.run([sys.executable, "-m", "replica.cli", "serve", str(spec), "--state-dir", str(tmp_path / "s"),
+    out = subprocess.run([sys.executable, "-m", "supervisor.cli", "serve", str(spec), "--state-dir", str(tmp_path / "s"),
                           flag, value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

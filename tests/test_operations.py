@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 
-import numpy as np
 import psutil
 import pytest
 import requests
