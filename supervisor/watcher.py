@@ -36,8 +36,14 @@ class Watcher:
         new versions only when `fetch_version` asks for them."""
         self.tree = tree
         self.prefetch = prefetch
-        self.lock = threading.RLock()  # guards `installed` against the on-demand fetches of the disk cache
-        self.before_install: Callable[[str, int], None] | None = None  # makes room on disk (disk cache)
+        # Guards `installed` and `_installing`, and is held only for bookkeeping: never across a file lock, a download
+        # or a delete, so a worker's slow load of one version delays no other fetch, publish or heartbeat.
+        self.lock = threading.RLock()
+        # The disk cache's admission: (name, version, on disk, installing) -> the versions that must leave first.
+        self.make_room: Callable[[str, int, list, set], list] | None = None
+        # Being installed: they count against the bound and cannot be chosen. A version being removed no longer
+        # counts: the install that chose it waits for its removal before it installs.
+        self._installing: set[tuple[str, int]] = set()
         self.catalogue = catalogue
         self.poll_interval = poll_interval
         self.download_threads = download_threads
@@ -54,6 +60,7 @@ class Watcher:
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
         self._publish_timer: threading.Timer | None = None
         self._publish_timer_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,8 +89,7 @@ class Watcher:
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
                 list(pool.map(lambda job: self._download(*job), jobs))
-        with self.lock:
-            self._remove_gone()
+        self._remove_gone()
         self.last_pass = time.time()
         self.poll_seconds = time.monotonic() - start
         if self.catalogue.complete or self._had_disk_copies:
@@ -129,13 +135,8 @@ class Watcher:
                 "files": [[f.key, f.size, f.tag] for f in listing.files],
                 "installed_at": time.time(),
             }
+            replaced = self._install(staging, name, version, manifest)
             with self.lock:
-                replaced = version in self.installed.get(name, {})
-                if not replaced and self.before_install is not None:
-                    self.before_install(name, version)
-                self.tree.install(staging, name, version, manifest)
-                self.installed.setdefault(name, {})[version] = listing.fingerprint
-                self.version_errors.pop((name, version), None)
                 self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
                      "updated" if replaced else "downloaded", len(listing.files), total)
@@ -144,8 +145,8 @@ class Watcher:
             error = f"changed upstream during download ({e}); fetching again"
             log.info("model %s version %s changed upstream during download (%s); fetching it again", name, version, e)
             self._retry_soon = True
-        except DiskFull as e:
-            return str(e)  # a saturated cache is not a property of the version
+        except DiskFull:
+            raise  # a saturated cache is not a property of the version: the caller answers for it
         except UpstreamError as e:
             error = f"download failed: {e}"
             log.warning("model %s version %s: download failed: %s", name, version, e)
@@ -158,25 +159,70 @@ class Watcher:
         self.version_errors[(name, version)] = error
         return error
 
+    def _install(self, staging, name: str, version: int, manifest: dict) -> bool:
+        """Move a download into place, first evicting what the disk cache names; whether it replaced a copy.
+
+        The bookkeeping happens under the lock; the deletes and the install (which waits for the version's
+        exclusive file lock, so for any worker loading it) happen outside it."""
+        key = (name, version)
+        with self.lock:
+            replaced = version in self.installed.get(name, {})
+            leaving: list = []
+            if not replaced and self.make_room is not None:
+                on_disk = {(n, v) for n, vs in self.installed.items() for v in vs} | self._installing
+                leaving = self.make_room(name, version, sorted(on_disk), set(self._installing))
+                self._forget(leaving)
+            self._installing.add(key)
+        try:
+            self.evict(leaving, f"least recently used; making room for {name} version {version}")
+            self.tree.install(staging, name, version, manifest, while_waiting=self.tree.touch_heartbeat)
+            with self.lock:
+                self.installed.setdefault(name, {})[version] = manifest["fingerprint"]
+                self.version_errors.pop(key, None)
+        finally:
+            with self.lock:
+                self._installing.discard(key)
+        return replaced
+
+    def evict(self, keys: list, why: str) -> None:
+        """Remove versions from disk to make room (disk cache); they count as on disk until they are gone."""
+        self._remove(keys, lambda name, version: log.info("model %s version %s evicted from disk (%s)",
+                                                           name, version, why))
+        with self.lock:
+            self.disk_evictions += len(keys)
+
+    def _forget(self, keys: list) -> None:
+        """Take versions out of `installed` (the caller holds the lock) before their files are removed."""
+        for name, version in keys:
+            self.installed.get(name, {}).pop(version, None)
+            if name in self.installed and not self.installed[name]:
+                del self.installed[name]
+
+    def _remove(self, keys: list, done: Callable[[str, int], None]) -> None:
+        with self.lock:
+            self._forget(keys)
+        for name, version in keys:
+            self.tree.remove(name, version, while_waiting=self.tree.touch_heartbeat)
+            done(name, version)
+
     def _remove_gone(self) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
-        for name in list(self.installed):
-            entry = self.catalogue.models.get(name)
-            if entry is None:
-                if not self.catalogue.complete:
-                    continue  # an unlisted root might still hold it
-                versions = list(self.installed[name])
-            elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
-                continue
-            else:
-                versions = [v for v in self.installed[name] if v not in entry.listing.versions]
-            for version in versions:
-                self.tree.remove(name, version)
-                del self.installed[name][version]
-                self.version_errors.pop((name, version), None)
-                log.info("model %s version %s removed (gone upstream)", name, version)
-            if not self.installed[name]:
-                del self.installed[name]
+        gone = []
+        with self.lock:
+            for name in list(self.installed):
+                entry = self.catalogue.models.get(name)
+                if entry is None:
+                    if not self.catalogue.complete:
+                        continue  # an unlisted root might still hold it
+                    versions = list(self.installed[name])
+                elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
+                    continue
+                else:
+                    versions = [v for v in self.installed[name] if v not in entry.listing.versions]
+                for version in versions:
+                    self.version_errors.pop((name, version), None)
+                    gone.append((name, version))
+        self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
 
     # -- what workers read ------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -210,21 +256,24 @@ class Watcher:
         return models
 
     def publish(self) -> None:
-        """Write state.json for the workers; under the lock, so a newer state is never overwritten by an older one."""
-        with self.lock:
-            self.tree.write_state({
-                "ready": self.ready,
-                "caching": not self.prefetch,
-                "control_socket": self.control_socket,
-                "models": self._status(),
-                "root_errors": self.catalogue.root_errors,
-                "list_calls": self.catalogue.list_calls,
-                "last_poll": self.last_pass,
-                "last_success": self.catalogue.last_success,
-                "bytes_downloaded": self.bytes_downloaded,
-                "disk_evictions": self.disk_evictions,
-                "poll_seconds": self.poll_seconds,
-            })
+        """Write state.json for the workers. Publishes take turns, and each builds its state only once it has
+        its turn, so a newer state is never overwritten by an older one; the write itself is outside `lock`."""
+        with self._publish_lock:
+            with self.lock:
+                state = {
+                    "ready": self.ready,
+                    "caching": not self.prefetch,
+                    "control_socket": self.control_socket,
+                    "models": self._status(),
+                    "root_errors": dict(self.catalogue.root_errors),
+                    "list_calls": self.catalogue.list_calls,
+                    "last_poll": self.last_pass,
+                    "last_success": self.catalogue.last_success,
+                    "bytes_downloaded": self.bytes_downloaded,
+                    "disk_evictions": self.disk_evictions,
+                    "poll_seconds": self.poll_seconds,
+                }
+            self.tree.write_state(state)
         self.tree.touch_heartbeat()
 
     def publish_soon(self, delay: float = 0.25) -> None:
