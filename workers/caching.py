@@ -70,20 +70,17 @@ class CachingRegistry(ModelRegistry):
         if target is None or target not in upstream:
             raise ModelNotFound(self.not_found_reason(name, version, model))
         try:
-            rec = self._bring_in(name, target, evict=True)
+            rec = self._bring_in(name, target)
         except (Unavailable, ModelNotFound):
             if stale is None:
                 raise
             # The newer version cannot be served yet (uploading, failed, cache saturated): keep serving the
             # version this request would have had, loading it back if it was evicted meanwhile.
             return self.get(name, stale.version)
-        assert rec is not None  # with evict=True a miss either serves or raises
         return rec
 
-    def _bring_in(self, name: str, version: int, evict: bool) -> Record | None:
-        """Serve one version: share a bring-in already under way, or run it; pinned when it returns.
-
-        None only with `evict=False` (loading back after a failure), when no slot was free."""
+    def _bring_in(self, name: str, version: int) -> Record:
+        """Serve one version: share a bring-in already under way, or run it; pinned when it returns."""
         for _ in range(3):  # a version replaced or removed between its load and the pin is brought in again
             with self._cond:
                 rec = self._current(name, version)
@@ -100,10 +97,11 @@ class CachingRegistry(ModelRegistry):
                     event, owner = threading.Event(), True
                     rec.flight = event
                 rec.wanted += 1  # not an eviction victim until this request has pinned it
-            served = gave_up = False
+            served = False
             try:
                 if owner:
-                    gave_up = not self._fill(rec, evict)
+                    self._admit(rec)
+                    self._fetch_and_load(rec)
                 else:
                     event.wait()
             finally:
@@ -119,8 +117,6 @@ class CachingRegistry(ModelRegistry):
                     event.set()
             if served:
                 return rec
-            if gave_up:
-                return None
         raise Unavailable(f"model '{name}' version {version} is being replaced; try again", retry_after=1)
 
     def _fail_fast(self, rec: Record) -> None:
@@ -134,39 +130,57 @@ class CachingRegistry(ModelRegistry):
                           f"tried again in {math.ceil(rec.retry_at - now)} s",
                           retry_after=max(1, math.ceil(rec.retry_at - now)))
 
-    def _fill(self, rec: Record, evict: bool) -> bool:
-        """Admit, fetch and load `rec`; False when `evict` is False and no slot was free. Whatever fails gives
-        back the slots it emptied: the versions evicted for it are loaded back."""
+    def _fetch_and_load(self, rec: Record) -> None:
+        """Put `rec` (which holds a memory slot) on disk and load it; on any failure, hand its slot back."""
         name, version = rec.key
-        evicted = self._admit(rec, evict)
-        if evicted is None:
-            return False
+        loaded = False
         try:
             error, full = self._ensure(rec)
             if full:  # every version on disk is held: nothing wrong with this one, so no failure is recorded
-                with self._cond:
-                    self._drop(rec)
                 raise Unavailable(f"the disk cache is saturated: {error}", retry_after=1)
             if error is not None:
                 self._fail(rec, error, base=FETCH_RETRY_SECONDS)
                 log.warning("model %s version %s could not be fetched: %s", name, version, error)
             loaded = error is None and self._load_into(rec)
-        except BaseException:
-            loaded = False
-            raise
         finally:
             if not loaded:
+                with self._cond:
+                    if rec.state is not State.FAILED:  # saturated, or removed meanwhile
+                        self._drop(rec)
+                        self._failed(rec)
+                    self._cond.notify_all()
                 self._release_hold(rec)
-                if evicted:
-                    threading.Thread(target=self._restore, args=(evicted, rec.key), name="cache-restore",
-                                     daemon=True).start()
-        return True
 
-    def _admit(self, rec: Record, evict: bool) -> list[tuple[str, int]] | None:
-        """Take a memory slot for `rec` (state LOADING), evicting what the policy names; the victims' keys.
+    def _failed(self, rec: Record) -> None:
+        """`rec` gave up its slot (the caller holds the lock): hand it back to the first version evicted for
+        it, in the same step, so no other admission can take it first; that version is loaded back."""
+        displaced, rec.displaced = rec.displaced, []
+        for key in displaced:
+            if self._current(*key) is None:
+                heir = self._put(Record(*key, State.FETCHING, flight=threading.Event()))
+                threading.Thread(target=self._restore, args=(heir, rec.key), name="cache-restore",
+                                 daemon=True).start()
+                return
 
-        Victims are unloaded outside the lock and count as UNLOADING until then. With `evict=False`, None
-        unless a slot is free; otherwise 503 once `admission_wait` passed with every slot pinned."""
+    def _restore(self, heir: Record, failed: tuple[str, int]) -> None:
+        event = heir.flight
+        try:
+            self._fetch_and_load(heir)
+            if heir.state is State.READY:
+                log.info("model %s version %s loaded back after %s version %s failed to load", *heir.key, *failed)
+        except Exception:
+            log.exception("model %s version %s could not be loaded back", *heir.key)
+        finally:
+            with self._cond:
+                heir.flight = None
+                self._cond.notify_all()
+            event.set()
+
+    def _admit(self, rec: Record) -> None:
+        """Take a memory slot for `rec` (state FETCHING), evicting what the policy names, which `rec` remembers.
+
+        Victims are unloaded outside the lock and count as UNLOADING until then; 503 once `admission_wait`
+        passed with every slot pinned."""
         deadline = time.monotonic() + self.admission_wait
         evicted: list[tuple[str, int]] = []
         with self._cond:
@@ -175,8 +189,9 @@ class CachingRegistry(ModelRegistry):
                 choice = victims(memory_slots(records, self._inflight), self.cache_size, rec.key)
                 if choice == []:
                     rec.state = State.FETCHING  # the slot is taken from here on
-                    return evicted
-                if choice and evict:
+                    rec.displaced = evicted
+                    return
+                if choice:
                     leaving = [self._current(*key) for key in choice]
                     for v in leaving:
                         self._drop(v)
@@ -194,24 +209,11 @@ class CachingRegistry(ModelRegistry):
                     evicted += choice
                     continue
                 remaining = deadline - time.monotonic()
-                if not evict or remaining <= 0:
+                if remaining <= 0:
                     self._drop(rec)
-                    if not evict:
-                        return None
                     raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving "
                                       "requests", retry_after=1)
                 self._cond.wait(remaining)
-
-    def _restore(self, keys: list[tuple[str, int]], failed: tuple[str, int]) -> None:
-        """Load back what was evicted for a version that then failed: a broken model never costs a healthy one
-        its place. Only free slots are used; nothing is evicted."""
-        for name, version in keys:
-            try:
-                if self._bring_in(name, version, evict=False) is not None:
-                    log.info("model %s version %s loaded back after %s version %s failed to load",
-                             name, version, *failed)
-            except Exception:
-                log.exception("model %s version %s could not be loaded back", name, version)
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
     def _ensure(self, rec: Record) -> tuple[str | None, bool]:

@@ -47,6 +47,7 @@ class Record:
     retry_at: float = 0.0
     attempts: int = 0  # failures in a row, for the backoff
     flight: threading.Event | None = field(default=None, repr=False)
+    displaced: list = field(default_factory=list)  # evicted to make room for it: their slot if it fails
     load_seconds: float = 0.0
 
     @property

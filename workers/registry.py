@@ -150,8 +150,12 @@ class ModelRegistry:
             rec.retry_at = time.time() + backoff(rec.attempts, base, LOAD_RETRY_CEILING)
             if rec.state is not State.READY:
                 rec.state = State.FAILED
+                self._failed(rec)
             self._count_memory()
         metrics.LOAD_FAILURES.labels(rec.name).inc()
+
+    def _failed(self, rec: Record) -> None:
+        """A version that held a slot failed (the caller holds the lock); the caching registry gives the slot back."""
 
     def _count_memory(self) -> None:
         held = sum(1 for vs in self._records.values() for r in vs.values() if r.state is State.READY)
