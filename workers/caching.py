@@ -26,7 +26,7 @@ import threading
 import time
 
 from replica.cache_policy import victims
-from workers import metrics
+from workers import metrics, model_status
 from workers.errors import ModelNotFound, Unavailable
 from workers.records import Record, State, memory_slots
 from workers.registry import ModelRegistry
@@ -68,7 +68,7 @@ class CachingRegistry(ModelRegistry):
         upstream = self.feed.upstream_versions(name)
         target = (max(upstream) if upstream else None) if version is None else version
         if target is None or target not in upstream:
-            raise ModelNotFound(self.not_found_reason(name, version, model))
+            raise ModelNotFound(model_status.not_found_reason(name, version, model))
         try:
             rec = self._bring_in(name, target)
         except (Unavailable, ModelNotFound):
@@ -135,7 +135,12 @@ class CachingRegistry(ModelRegistry):
         name, version = rec.key
         loaded = False
         try:
-            error, full = self._ensure(rec)
+            try:
+                error, full = self._ensure(rec)
+            except SupervisorUnreachable as e:
+                # A copy already on disk still loads (its read lock keeps it whole while it loads); a version that
+                # is not there cannot be fetched, which is that version's failure.
+                error, full = (None if self.tree.manifest(name, version) else str(e)), False
             if full:  # every version on disk is held: nothing wrong with this one, so no failure is recorded
                 raise Unavailable(f"the disk cache is saturated: {error}", retry_after=1)
             if error is not None:
@@ -222,10 +227,7 @@ class CachingRegistry(ModelRegistry):
             self._hold_seq += 1
             seq = self._hold_seq
             self._unsent.pop(rec.key, None)
-        try:
-            return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq)
-        except SupervisorUnreachable as e:
-            return str(e), False
+        return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq)
 
     def _released(self, rec: Record) -> None:
         self._release_hold(rec)

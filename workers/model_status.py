@@ -56,3 +56,14 @@ def _row(version: int, state: str, error: str | None, upstream: bool, disk: bool
         "memory": memory,
         "error": error,
     }
+
+
+def not_found_reason(name: str, version: int | None, model: dict) -> str:
+    versions = model.get("versions", {})
+    if version is not None and str(version) not in versions:
+        have = ", ".join(sorted(versions, key=int)) or "none"
+        return f"model '{name}' has no version {version} (versions: {have})"
+    errors = [f"version {v}: {i['error']}" for v, i in versions.items() if i.get("error")]
+    reason = model.get("error") or "; ".join(errors) or "no version is on disk yet"
+    which = f"version {version} is not available" if version is not None else "has no version available"
+    return f"model '{name}' {which} ({reason})"

@@ -5,14 +5,7 @@ lock. A background thread re-reads the supervisor's state when it changed, loads
 their shared file lock, swaps each in only once it has loaded, and unloads a replaced or removed copy once
 nothing pins it. Every version is synced on its own: one version's failure, whatever raised it, is recorded
 on that version and never stops the others.
-
-Pinning. A request runs inside a `RequestScope`: what the registry hands out on the request's own thread is
-pinned in the scope until the scope closes, which the app does after `post_predict`. A hand-out on any other
-thread (a predictor's own thread pool, say) cannot be tied to one request, so it is tied to all of them: the
-version is pinned until every request that was in flight at that moment has ended (an epoch, `hold_until`).
-This is safe because such a thread runs on behalf of some request that was in flight when it asked; that
-request's sequence is at most the epoch recorded, and the version stays pinned until it ends. It costs one
-integer per record and O(1) per check (`InFlight.holds`), and can only pin longer than needed, never shorter.
+Requests pin what they use through a `RequestScope` (workers/scope.py).
 """
 
 from __future__ import annotations
@@ -29,58 +22,13 @@ from replica.layout import parse_version
 from workers import metrics, model_status
 from workers.errors import BadRequest, ModelNotFound, Unavailable
 from workers.records import InFlight, Record, State, pinned
+from workers.scope import RequestScope
 from workers.state_feed import StateView
 
 log = logging.getLogger(__name__)
 
 LOAD_RETRY_SECONDS = 30.0  # a copy that failed to load is tried again after this, doubling up to the ceiling
 LOAD_RETRY_CEILING = 600.0
-
-
-class RequestScope:
-    """The versions one request pinned, and its place among the requests in flight.
-
-    A plain class rather than a generator-based context manager: it runs on every request. `keep_open()`
-    leaves it open past the `with` block (for `post_predict`); `close()` then ends it.
-    """
-
-    __slots__ = ("registry", "pinned", "seq", "_open")
-
-    def __init__(self, registry: "ModelRegistry"):
-        self.registry = registry
-        self.pinned: list[Record] = []
-        self.seq = 0
-        self._open = False
-
-    def __enter__(self) -> "RequestScope":
-        registry = self.registry
-        with registry._cond:
-            self.seq = registry._inflight.begin()
-        registry._local.scope = self
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self._open:
-            self.close()
-
-    def keep_open(self) -> None:
-        self._open = True
-
-    def activate(self) -> None:
-        """Make this the current thread's scope again (the thread that runs `post_predict`)."""
-        self.registry._local.scope = self
-
-    def close(self) -> None:
-        registry = self.registry
-        registry._local.scope = None
-        now = time.time()
-        with registry._cond:
-            registry._inflight.end(self.seq)
-            for rec in self.pinned:
-                rec.refs -= 1
-                rec.last_used = now
-            if registry.cache_size is not None or registry._leaving:
-                registry._cond.notify_all()  # an admission or a drain may be waiting for this request
 
 
 class ModelRegistry:
@@ -363,7 +311,7 @@ class ModelRegistry:
         on_disk = self.feed.on_disk().get(name, {})
         target = (max(on_disk) if on_disk else None) if version is None else version
         if target is None or target not in on_disk:
-            raise ModelNotFound(self.not_found_reason(name, version, model))
+            raise ModelNotFound(model_status.not_found_reason(name, version, model))
         with self._cond:
             rec = self._current(name, target)
             recent = (rec is not None and rec.error is not None and rec.failed_fingerprint == on_disk[target]
@@ -376,17 +324,6 @@ class ModelRegistry:
             rec = self._current(name, target)
         reason = f": {rec.error}" if rec is not None and rec.error else ""
         raise ModelNotFound(f"model '{name}' version {target} is not available{reason}")
-
-    @staticmethod
-    def not_found_reason(name: str, version: int | None, model: dict) -> str:
-        versions = model.get("versions", {})
-        if version is not None and str(version) not in versions:
-            have = ", ".join(sorted(versions, key=int)) or "none"
-            return f"model '{name}' has no version {version} (versions: {have})"
-        errors = [f"version {v}: {i['error']}" for v, i in versions.items() if i.get("error")]
-        reason = model.get("error") or "; ".join(errors) or "no version is on disk yet"
-        which = f"version {version} is not available" if version is not None else "has no version available"
-        return f"model '{name}' {which} ({reason})"
 
     # -- status ----------------------------------------------------------------------------------------------
     def status(self, name: str | None = None) -> list[dict]:
