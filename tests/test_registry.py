@@ -193,10 +193,10 @@ def test_slow_load_delays_no_other_fetch_and_no_heartbeat(s3, s3_client, bucket,
         waiting = t.is_alive()
     finally:
         t.join(30)
-    assert waiting, "x's load ended before the checks: they proved nothing"
     assert health.status_code == 200, health.text
     assert other.status_code == 200 and other.json() == models["y"], other.text
     assert elapsed < 3, f"y took {elapsed:.1f}s while x was loading"
+    assert waiting, "x's load ended before the checks: they proved nothing"
     assert held["resp"].status_code == 200, held["resp"].text
 
 
@@ -218,3 +218,38 @@ def test_disk_evicts_the_least_recently_requested_version(s3, bucket, replica, t
     assert sorted(memory_versions(r)) == [("c", "1"), ("d", "1")]
     assert sorted(disk_versions(r.state_dir)) == ["a/1", "c/1", "d/1"]
     assert log_count(r, r"model b version 1 evicted from disk") == 1
+
+
+# -- 6. /v1/models never holds the registry's lock while it renders --------------------------------------------
+
+def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeypatch):
+    """Rendering (the part that grows with the catalogue) runs on a copy: a request can take the lock meanwhile."""
+    from replica.disktree import DiskTree, write_json_atomic
+    from workers import model_status
+    from workers.registry import ModelRegistry
+
+    tree = DiskTree(tmp_path)
+    models = {f"m{i:05d}": {"error": None, "versions": {"1": {"upstream": True, "disk": False, "fingerprint": None,
+                                                              "error": None}}} for i in range(10_000)}
+    write_json_atomic(tree.state_file, {"ready": True, "models": models})
+    registry = ModelRegistry(tree, load=lambda *a: None)
+    rendering, finish = threading.Event(), threading.Event()
+    render = model_status.render
+
+    def slow_render(*args):
+        rendering.set()
+        finish.wait(10)
+        return render(*args)
+
+    monkeypatch.setattr(model_status, "render", slow_render)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(status=registry.status()))
+    t.start()
+    try:
+        assert rendering.wait(10)
+        assert registry._cond.acquire(timeout=1), "the registry's lock is held while /v1/models renders"
+        registry._cond.release()
+    finally:
+        finish.set()
+        t.join(10)
+    assert len(result["status"]) == 10_000

@@ -6,7 +6,8 @@ thread (a predictor's own thread pool, say) cannot be tied to one request, so it
 version is pinned until every request that was in flight at that moment has ended (an epoch, `hold_until`).
 This is safe because such a thread runs on behalf of some request that was in flight when it asked; that
 request's sequence is at most the epoch recorded, and the version stays pinned until it ends. It costs one
-integer per record and O(1) per check (`InFlight.holds`), and can only pin longer than needed, never shorter.
+integer per record and O(1) per check (`InFlight.holds`), and can only pin longer than needed, never shorter:
+with a tiny cache, a request for another model may wait at admission until that epoch has ended.
 """
 
 from __future__ import annotations
