@@ -2,8 +2,8 @@
 
 An HTTP server on a Unix socket in the state directory's run/ folder, reachable only from this machine's
 processes that can open that folder. Two routes, both idempotent: POST /ensure (put a version on disk and hold
-it for a worker) and POST /release (the worker no longer needs it). The supervisor stays the only writer of
-the disk tree.
+it for a worker, after applying the releases that came with it) and POST /release (versions the worker no
+longer needs). The supervisor stays the only writer of the disk tree.
 """
 
 from __future__ import annotations
@@ -42,16 +42,17 @@ def control_socket_path(run_dir: Path) -> Path:
 def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
     """Start the control server in a thread, answering for `cache`."""
 
+    def release(body: dict) -> dict:
+        for name, version, seq, last_used in body.get("releases", []):
+            cache.release(int(body["pid"]), str(name), int(version), int(seq), float(last_used))
+        return {"error": None}
+
     def ensure(body: dict) -> dict:
+        release(body)
         try:
             return {"error": cache.ensure(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]))}
         except DiskFull as e:
             return {"error": str(e), "full": True}
-
-    def release(body: dict) -> dict:
-        cache.release(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]),
-                      float(body["last_used"]))
-        return {"error": None}
 
     routes = {"/ensure": ensure, "/release": release}
 

@@ -12,8 +12,8 @@ A fetch or load that fails, for any reason (an unreachable supervisor included),
 (503 with Retry-After, retried with backoff), and what was evicted for it is loaded back into the free slots:
 a broken model never costs a healthy one its place.
 
-When a version leaves memory the worker `release`s it with its last request time, which is how the supervisor
-orders its own disk eviction by last request. Both calls carry a sequence number taken under the registry's
+When a version leaves memory the worker `release`s it with its last request time (sent with its next `ensure`,
+or by the sync loop within a tick), which is how the supervisor orders its own disk eviction by last request. Both calls carry a sequence number taken under the registry's
 lock, so the supervisor applies them in the order the worker decided them, whatever order they arrive in.
 """
 
@@ -51,9 +51,7 @@ class CachingRegistry(ModelRegistry):
                 fp = disk.get(rec.name, {}).get(rec.version)
                 if fp is not None and fp != rec.fingerprint:
                     self._retire(rec, "updated upstream")  # the next request loads the new copy
-            unsent, self._unsent = self._unsent, {}
-        for key, (seq, last_used) in unsent.items():
-            self._send_release(key, seq, last_used)
+        self._flush_releases()
 
     def _stale(self, rec: Record, version: int | None) -> bool:
         """"latest" is the highest usable version upstream, not the highest one that happens to be in memory."""
@@ -222,32 +220,52 @@ class CachingRegistry(ModelRegistry):
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
     def _ensure(self, rec: Record) -> tuple[str | None, bool]:
-        """Have the supervisor put the version on disk and keep it there: (its error or None, disk full)."""
+        """Have the supervisor put the version on disk and keep it there: (its error or None, disk full).
+
+        The releases decided since the last call travel with it, applied first: one round trip per miss, and
+        the supervisor knows what left memory before it makes room."""
         with self._cond:
             self._hold_seq += 1
             seq = self._hold_seq
             self._unsent.pop(rec.key, None)
-        return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq)
+            releases, self._unsent = self._unsent, {}
+        try:
+            return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq, _listed(releases))
+        except SupervisorUnreachable:
+            self._requeue(releases)
+            raise
 
     def _released(self, rec: Record) -> None:
         self._release_hold(rec)
 
     def _release_hold(self, rec: Record) -> None:
-        """Tell the supervisor this worker no longer needs the disk copy, unless a newer record of the version
-        still does (decided under the lock, with the sequence number that orders it)."""
+        """Queue word to the supervisor that this worker no longer needs the disk copy, unless a newer record of
+        the version still does (decided under the lock, with the sequence number that orders it). It is sent
+        with the next ensure, or by the sync loop within a tick."""
         with self._cond:
             current = self._current(*rec.key)
             if current is not None and current is not rec and current.state in HOLDING:
                 return  # its own ensure (sent, or to be sent with a higher sequence) keeps the disk copy
             self._hold_seq += 1
-            seq = self._hold_seq
-        self._send_release(rec.key, seq, rec.last_used)
+            self._unsent[rec.key] = (self._hold_seq, rec.last_used)
 
-    def _send_release(self, key: tuple[str, int], seq: int, last_used: float) -> None:
+    def _flush_releases(self) -> None:
+        with self._cond:
+            releases, self._unsent = self._unsent, {}
+        if not releases:
+            return
         try:
-            release(self.feed.control_socket, os.getpid(), key[0], key[1], seq, last_used)
+            release(self.feed.control_socket, os.getpid(), _listed(releases))
         except SupervisorUnreachable as e:
-            log.warning("could not tell the supervisor that model %s version %s left memory (%s); retrying", *key, e)
-            with self._cond:
+            log.warning("could not tell the supervisor that %d versions left memory (%s); retrying", len(releases), e)
+            self._requeue(releases)
+
+    def _requeue(self, releases: dict[tuple[str, int], tuple[int, float]]) -> None:
+        with self._cond:
+            for key, (seq, last_used) in releases.items():
                 if key not in self._unsent or self._unsent[key][0] < seq:
                     self._unsent[key] = (seq, last_used)
+
+
+def _listed(releases: dict[tuple[str, int], tuple[int, float]]) -> list[list]:
+    return [[name, version, seq, last_used] for (name, version), (seq, last_used) in releases.items()]

@@ -40,16 +40,15 @@ def _call(path: str | None, route: str, body: dict, timeout: float) -> dict:
         conn.close()
 
 
-def ensure(path: str | None, pid: int, name: str, version: int, seq: int,
+def ensure(path: str | None, pid: int, name: str, version: int, seq: int, releases: list[list],
            timeout: float = 600) -> tuple[str | None, bool]:
-    """Have a version put on disk and held for worker `pid`: (why it could not be or None, whether only because
-    every version on disk is held, which says nothing about this one)."""
-    reply = _call(path, "/ensure", {"pid": pid, "name": name, "version": version, "seq": seq}, timeout)
+    """Apply `releases` (see `release`), then have a version put on disk and held for worker `pid`: (why it
+    could not be or None, whether only because every version on disk is held, which says nothing about it)."""
+    reply = _call(path, "/ensure", {"pid": pid, "name": name, "version": version, "seq": seq, "releases": releases},
+                  timeout)
     return reply["error"], bool(reply.get("full"))
 
 
-def release(path: str | None, pid: int, name: str, version: int, seq: int, last_used: float,
-            timeout: float = 10) -> None:
-    """Worker `pid` no longer needs the disk copy; `last_used` is when a request last used it (wall clock)."""
-    _call(path, "/release", {"pid": pid, "name": name, "version": version, "seq": seq, "last_used": last_used},
-          timeout)
+def release(path: str | None, pid: int, releases: list[list], timeout: float = 10) -> None:
+    """Worker `pid` no longer needs these disk copies: [name, version, seq, last request time (wall clock)]."""
+    _call(path, "/release", {"pid": pid, "releases": releases}, timeout)
