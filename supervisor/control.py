@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from supervisor.disk_cache import DiskCache
-from supervisor.watcher import DiskFull
+from supervisor.tree_writes import DiskFull
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import threading
 import time
 
 from replica.cache_policy import Slot, victims
-from supervisor.watcher import DiskFull, Watcher
+from supervisor.tree_writes import DiskFull
+from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 

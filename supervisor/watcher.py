@@ -18,6 +18,7 @@ from typing import Callable
 from replica.disktree import DiskTree, safe_relpath
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
+from supervisor.tree_writes import DiskFull, TreeWrites
 from supervisor.upstream import ChangedDuringDownload, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0  # seconds; an outage is retried at least this often, so changes show soon after
 
 
-class DiskFull(Exception):
-    """Every version on disk is in use, so the disk cache cannot take another one now."""
-
-
-class Watcher:
+class Watcher(TreeWrites):
     def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
                  prefetch: bool = True):
         """`prefetch=False` (model caching) keeps the catalogue and refreshes what is on disk, but downloads
@@ -158,52 +155,6 @@ class Watcher:
                 shutil.rmtree(staging, ignore_errors=True)
         self.version_errors[(name, version)] = error
         return error
-
-    def _install(self, staging, name: str, version: int, manifest: dict) -> bool:
-        """Move a download into place, first evicting what the disk cache names; whether it replaced a copy.
-
-        The bookkeeping happens under the lock; the deletes and the install (which waits for the version's
-        exclusive file lock, so for any worker loading it) happen outside it."""
-        key = (name, version)
-        with self.lock:
-            replaced = version in self.installed.get(name, {})
-            leaving: list = []
-            if not replaced and self.make_room is not None:
-                on_disk = {(n, v) for n, vs in self.installed.items() for v in vs} | self._installing
-                leaving = self.make_room(name, version, sorted(on_disk), set(self._installing))
-                self._forget(leaving)
-            self._installing.add(key)
-        try:
-            self.evict(leaving, f"least recently used; making room for {name} version {version}")
-            self.tree.install(staging, name, version, manifest, while_waiting=self.tree.touch_heartbeat)
-            with self.lock:
-                self.installed.setdefault(name, {})[version] = manifest["fingerprint"]
-                self.version_errors.pop(key, None)
-        finally:
-            with self.lock:
-                self._installing.discard(key)
-        return replaced
-
-    def evict(self, keys: list, why: str) -> None:
-        """Remove versions from disk to make room (disk cache); they count as on disk until they are gone."""
-        self._remove(keys, lambda name, version: log.info("model %s version %s evicted from disk (%s)",
-                                                           name, version, why))
-        with self.lock:
-            self.disk_evictions += len(keys)
-
-    def _forget(self, keys: list) -> None:
-        """Take versions out of `installed` (the caller holds the lock) before their files are removed."""
-        for name, version in keys:
-            self.installed.get(name, {}).pop(version, None)
-            if name in self.installed and not self.installed[name]:
-                del self.installed[name]
-
-    def _remove(self, keys: list, done: Callable[[str, int], None]) -> None:
-        with self.lock:
-            self._forget(keys)
-        for name, version in keys:
-            self.tree.remove(name, version, while_waiting=self.tree.touch_heartbeat)
-            done(name, version)
 
     def _remove_gone(self) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
