@@ -28,9 +28,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from filelock import ReadWriteLock
+from filelock import ReadWriteLock, Timeout
 
 from replica.spec import MODEL_NAME_RE
 
@@ -113,11 +113,21 @@ class DiskTree:
             lock.close()
 
     @contextlib.contextmanager
-    def write_lock(self, name: str, version: int) -> Iterator[None]:
+    def write_lock(self, name: str, version: int, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """The exclusive lock; `while_waiting` runs about every second while a reader (a worker loading the
+        version) keeps it, so a writer that waits still shows it is alive."""
         lock = self._lock(name, version)
         try:
-            with lock.write_lock():
+            while True:
+                try:
+                    lock.acquire_write(timeout=-1 if while_waiting is None else 1.0)
+                    break
+                except Timeout:
+                    while_waiting()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock.close()
 
@@ -166,7 +176,8 @@ class DiskTree:
         staging.chmod(0o755)
         return staging
 
-    def install(self, staging: Path, name: str, version: int, manifest: dict[str, Any]) -> None:
+    def install(self, staging: Path, name: str, version: int, manifest: dict[str, Any],
+                while_waiting: Callable[[], None] | None = None) -> None:
         """Move a downloaded version into place atomically, replacing an older copy of the same version.
 
         The folder and its manifest change together under the exclusive lock; a crash between the two leaves a
@@ -175,7 +186,7 @@ class DiskTree:
         target = self.version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         trash = None
-        with self.write_lock(name, version):
+        with self.write_lock(name, version, while_waiting):
             self.manifest_file(name, version).unlink(missing_ok=True)
             if target.exists():
                 trash = Path(tempfile.mkdtemp(prefix="old-", dir=self.tmp))
@@ -185,11 +196,11 @@ class DiskTree:
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
-    def remove(self, name: str, version: int) -> None:
+    def remove(self, name: str, version: int, while_waiting: Callable[[], None] | None = None) -> None:
         """Delete a version under its exclusive lock (after the rename, deletion happens outside the tree)."""
         target = self.version_dir(name, version)
         trash = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp))
-        with self.write_lock(name, version):
+        with self.write_lock(name, version, while_waiting):
             self.manifest_file(name, version).unlink(missing_ok=True)
             if target.exists():
                 os.rename(target, trash / "v")

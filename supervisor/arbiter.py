@@ -150,7 +150,7 @@ class Arbiter:
         if self.disk_cache is not None:
             self.disk_cache.trim()
             path = control_socket_path(self.tree.run)
-            self._control = serve_control(path, self.disk_cache.fetch)
+            self._control = serve_control(path, self.disk_cache)
             self.watcher.control_socket = str(path)
         self.watcher.publish()
         self._start_watcher()

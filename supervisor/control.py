@@ -1,7 +1,9 @@
-"""The supervisor's control socket: how a worker asks for a version to be put on disk.
+"""The supervisor's control socket: how a worker has versions held on disk (model caching).
 
 An HTTP server on a Unix socket in the state directory's run/ folder, reachable only from this machine's
-processes that can open that folder. The supervisor stays the only writer of the disk tree.
+processes that can open that folder. Two routes, both idempotent: POST /ensure (put a version on disk and hold
+it for a worker, after applying the releases that came with it) and POST /release (versions the worker no
+longer needs). The supervisor stays the only writer of the disk tree.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from supervisor.disk_cache import DiskCache
+from supervisor.tree_writes import DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +39,31 @@ def control_socket_path(run_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="replica-")) / "supervisor.sock"
 
 
-def serve_control(path: Path, fetch) -> socketserver.BaseServer:
-    """Start the control server in a thread; `fetch(name, version, resident, report)` answers POST /fetch."""
+def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
+    """Start the control server in a thread, answering for `cache`."""
+
+    def release(body: dict) -> dict:
+        for name, version, seq, last_used in body.get("releases", []):
+            cache.release(int(body["pid"]), str(name), int(version), int(seq), float(last_used))
+        return {"error": None}
+
+    def ensure(body: dict) -> dict:
+        release(body)
+        try:
+            return {"error": cache.ensure(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]))}
+        except DiskFull as e:
+            return {"error": str(e), "full": True}
+
+    routes = {"/ensure": ensure, "/release": release}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
+            route = routes.get(self.path)
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                error = fetch(str(body["name"]), int(body["version"]), [tuple(r) for r in body.get("resident", [])],
-                              body.get("report"))
-                reply, status = {"error": error}, 200
+                if route is None:
+                    reply, status = {"error": f"no route {self.path}"}, 404
+                else:
+                    reply, status = route(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))), 200
             except Exception as e:  # a bad request must not take the control server down
                 log.exception("control request failed")
                 reply, status = {"error": f"{type(e).__name__}: {e}"}, 500

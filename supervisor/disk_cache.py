@@ -1,76 +1,86 @@
 """The disk cache: with model caching, versions come to disk only when a worker asks, within a hard bound.
 
-Admission is where the bound is kept: before a version is moved into the disk tree, the least recently used
-version that no worker holds in memory is removed, so the tree never holds more than `capacity` versions.
-Concurrent requests for one version share one download; different versions download in parallel.
+Workers say which versions they need with two idempotent calls (supervisor/control.py): `ensure` (put it on
+disk and hold it for me) and `release` (I no longer need it; a request last used it at this time). Each
+carries the worker's sequence number, and only the highest one per worker and version counts, so calls that
+arrive out of order cannot undo a newer decision. Admission uses the same policy as the memory tier
+(replica/cache_policy.py): before a version is installed, the least recently *requested* versions that no
+worker holds are chosen to leave, so the tree never holds more than `capacity` versions. Concurrent requests
+for one version share one download; different versions download in parallel.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
-from supervisor.watcher import DiskFull, Watcher
+from replica.cache_policy import Slot, victims
+from supervisor.tree_writes import DiskFull
+from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class DiskCache:
     def __init__(self, watcher: Watcher, capacity: int):
         self.watcher = watcher
         self.capacity = capacity
-        self.last_used: dict[tuple[str, int], float] = {}
-        self.resident: set[tuple[str, int]] = set()  # what the worker holds or is loading, as last reported
-        self._inflight: dict[tuple[str, int], threading.Event] = {}
+        self.last_used: dict[Key, float] = {}  # last request, as workers report it (wall clock)
+        self._holds: dict[Key, dict[int, tuple[int, bool]]] = {}  # key -> pid -> (latest seq, held)
+        self._inflight: dict[Key, threading.Event] = {}
         self._lock = threading.Lock()
-        self._report: tuple[int, int] | None = None  # (worker pid, sequence) of the snapshot `resident` came from
-        watcher.before_install = self._make_room
+        watcher.make_room = self._make_room
 
     def trim(self) -> None:
         """Bring what a previous run left on disk within the bound (the bound may have shrunk)."""
         with self.watcher.lock:
             installed = [(n, v) for n, vs in self.watcher.installed.items() for v in vs]
-            for name, version in installed[self.capacity:]:
-                self._evict((name, version), "over the disk cache size after a restart")
+        for key in installed[self.capacity:]:
+            self.watcher.evict([key], "over the disk cache size after a restart")
 
-    def _evict(self, victim: tuple[str, int], why: str) -> None:
-        self.watcher.tree.remove(*victim)
-        del self.watcher.installed[victim[0]][victim[1]]
-        if not self.watcher.installed[victim[0]]:
-            del self.watcher.installed[victim[0]]
-        self.watcher.disk_evictions += 1
-        log.info("model %s version %s evicted from disk (%s)", victim[0], victim[1], why)
-
-    def _newer(self, report) -> bool:
-        """Whether a worker's snapshot is newer than the one `resident` holds (caller holds the lock)."""
-        if report is None:
-            return True
-        pid, seq = int(report[0]), int(report[1])
-        if self._report is not None and self._report[0] == pid and seq <= self._report[1]:
-            return False  # an older snapshot that arrived late: it may miss versions reserved since
-        self._report = (pid, seq)
+    # -- the workers' calls ------------------------------------------------------------------------------------
+    def _record(self, pid: int, key: Key, seq: int, held: bool) -> bool:
+        """Apply a worker's call unless a newer one of that worker for that version came first (lock held)."""
+        holders = self._holds.setdefault(key, {})
+        if pid in holders and holders[pid][0] > seq:
+            return False
+        holders[pid] = (seq, held)
         return True
 
-    def fetch(self, name: str, version: int, resident: list[tuple[str, int]], report=None) -> str | None:
-        """Make a version present on disk; return why it could not be, or None."""
+    def ensure(self, pid: int, name: str, version: int, seq: int) -> str | None:
+        """Make a version present on disk and hold it for worker `pid`; return why it could not be, or None."""
         key = (name, version)
+        with self._lock:
+            self._record(pid, key, seq, True)
+            self.last_used[key] = time.time()
         while True:
             with self._lock:
-                if self._newer(report):
-                    self.resident = {(n, int(v)) for n, v in resident}
-                self.resident.add(key)
-                self.last_used[key] = time.time()
                 event = self._inflight.get(key)
-                if event is None:
+                owner = event is None
+                if owner:
                     event = self._inflight[key] = threading.Event()
-                    break  # this request fetches it
+            if owner:
+                break
             event.wait()  # another request is fetching it: share that download
             with self.watcher.lock:
                 if self.watcher.installed.get(name, {}).get(version):
                     return None
             if key in self.watcher.version_errors:
-                return self._error(key)
+                return self.watcher.version_errors.get(key) or "the download failed"
             # Installed and already evicted again, or the disk was full: try again rather than report a failure.
         try:
             return self.watcher.fetch_version(name, version)
@@ -79,18 +89,33 @@ class DiskCache:
                 del self._inflight[key]
             event.set()
 
-    def _error(self, key: tuple[str, int]) -> str:
-        return self.watcher.version_errors.get(key) or "the download failed"
+    def release(self, pid: int, name: str, version: int, seq: int, last_used: float) -> None:
+        """Worker `pid` no longer needs the version; it may leave the disk, least recently used first."""
+        key = (name, version)
+        with self._lock:
+            if self._record(pid, key, seq, False):
+                self.last_used[key] = max(self.last_used.get(key, 0.0), last_used)
 
-    def _make_room(self, name: str, version: int) -> None:
-        """Called under the watcher's lock just before a new version is installed."""
-        installed = [(n, v) for n, vs in self.watcher.installed.items() for v in vs]
-        while len(installed) >= self.capacity:
-            with self._lock:
-                busy = self.resident | set(self._inflight)
-            idle = [k for k in installed if k not in busy]
-            if not idle:
-                raise DiskFull(f"the disk cache is full ({self.capacity} versions, all in use)")
-            victim = min(idle, key=lambda k: self.last_used.get(k, 0.0))
-            self._evict(victim, f"least recently used; making room for {name} version {version}")
-            installed.remove(victim)
+    def held(self, key: Key) -> bool:
+        """Whether a live worker holds the version (the caller holds the lock); dead workers' holds go."""
+        holders = self._holds.get(key)
+        if not holders:
+            return False
+        for pid in [p for p in holders if not _alive(p)]:
+            del holders[pid]
+        return any(h for _, h in holders.values())
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def _make_room(self, name: str, version: int, on_disk: list[Key], installing: set[Key]) -> list[Key]:
+        """Called under the watcher's lock before a new version is installed: the versions that must leave.
+
+        `on_disk` is every version installed or being installed (those in `installing`)."""
+        key = (name, version)
+        with self._lock:
+            slots = [Slot(k, self.last_used.get(k, 0.0),
+                          k not in installing and k not in self._inflight and not self.held(k)) for k in on_disk if k != key]
+        choice = victims(slots, self.capacity, key)
+        if choice is None:
+            raise DiskFull(f"the disk cache is full ({self.capacity} versions, all in use: "
+                           f"{', '.join(f'{n} version {v}' for n, v in sorted(s.key for s in slots))})")
+        return choice

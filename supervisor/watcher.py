@@ -18,6 +18,7 @@ from typing import Callable
 from replica.disktree import DiskTree, safe_relpath
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
+from supervisor.tree_writes import DiskFull, TreeWrites
 from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,21 @@ def download_retry_delay(failures: int, poll_interval: float) -> float:
     return min(MAX_DOWNLOAD_BACKOFF, poll_interval * 2.0 ** max(0, failures - 1))
 
 
-class DiskFull(Exception):
-    """Every version on disk is in use, so the disk cache cannot take another one now."""
-
-
-class Watcher:
+class Watcher(TreeWrites):
     def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
                  prefetch: bool = True):
         """`prefetch=False` (model caching) keeps the catalogue and refreshes what is on disk, but downloads
         new versions only when `fetch_version` asks for them."""
         self.tree = tree
         self.prefetch = prefetch
-        self.lock = threading.RLock()  # guards `installed` against the on-demand fetches of the disk cache
-        self.before_install: Callable[[str, int], None] | None = None  # makes room on disk (disk cache)
+        # Guards `installed` and `_installing`, and is held only for bookkeeping: never across a file lock, a download
+        # or a delete, so a worker's slow load of one version delays no other fetch, publish or heartbeat.
+        self.lock = threading.RLock()
+        # The disk cache's admission: (name, version, on disk, installing) -> the versions that must leave first.
+        self.make_room: Callable[[str, int, list, set], list] | None = None
+        # Being installed: they count against the bound and cannot be chosen. A version being removed no longer
+        # counts: the install that chose it waits for its removal before it installs.
+        self._installing: set[tuple[str, int]] = set()
         self.catalogue = catalogue
         self.poll_interval = poll_interval
         self.download_threads = download_threads
@@ -82,6 +85,7 @@ class Watcher:
                 self.tree.touch_heartbeat()
             except OSError:
                 pass
+        self._publish_lock = threading.Lock()
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,8 +116,7 @@ class Watcher:
                 list(pool.map(lambda job: self._download(*job), jobs))
         if self.stop_event.is_set():
             raise Stopped()
-        with self.lock:
-            self._remove_gone()
+        self._remove_gone()
         self.last_pass = time.time()
         self.poll_seconds = time.monotonic() - start
         if self.catalogue.complete or self._had_disk_copies:
@@ -170,13 +173,8 @@ class Watcher:
                 "files": [[f.key, f.size, f.tag] for f in listing.files],
                 "installed_at": time.time(),
             }
+            replaced = self._install(staging, name, version, manifest)
             with self.lock:
-                replaced = version in self.installed.get(name, {})
-                if not replaced and self.before_install is not None:
-                    self.before_install(name, version)
-                self.tree.install(staging, name, version, manifest)
-                self.installed.setdefault(name, {})[version] = listing.fingerprint
-                self.version_errors.pop((name, version), None)
                 self._download_failures.pop((name, version), None)
                 self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
@@ -186,8 +184,8 @@ class Watcher:
             error = f"changed upstream during download ({e}); fetching again"
             log.info("model %s version %s changed upstream during download (%s); fetching it again", name, version, e)
             self._retry_soon = True
-        except DiskFull as e:
-            return str(e)  # a saturated cache is not a property of the version
+        except DiskFull:
+            raise  # a saturated cache is not a property of the version: the caller answers for it
         except Stopped:
             return "the replica is stopping"
         except LocalDiskError as e:
@@ -210,23 +208,22 @@ class Watcher:
 
     def _remove_gone(self) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
-        for name in list(self.installed):
-            entry = self.catalogue.models.get(name)
-            if entry is None:
-                if not self.catalogue.complete:
-                    continue  # an unlisted root might still hold it
-                versions = list(self.installed[name])
-            elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
-                continue
-            else:
-                versions = [v for v in self.installed[name] if v not in entry.listing.versions]
-            for version in versions:
-                self.tree.remove(name, version)
-                del self.installed[name][version]
-                self.version_errors.pop((name, version), None)
-                log.info("model %s version %s removed (gone upstream)", name, version)
-            if not self.installed[name]:
-                del self.installed[name]
+        gone = []
+        with self.lock:
+            for name in list(self.installed):
+                entry = self.catalogue.models.get(name)
+                if entry is None:
+                    if not self.catalogue.complete:
+                        continue  # an unlisted root might still hold it
+                    versions = list(self.installed[name])
+                elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
+                    continue
+                else:
+                    versions = [v for v in self.installed[name] if v not in entry.listing.versions]
+                for version in versions:
+                    self.version_errors.pop((name, version), None)
+                    gone.append((name, version))
+        self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
 
     # -- what workers read ------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -260,21 +257,24 @@ class Watcher:
         return models
 
     def publish(self) -> None:
-        """Write state.json for the workers; under the lock, so a newer state is never overwritten by an older one."""
-        with self.lock:
-            self.tree.write_state({
-                "ready": self.ready,
-                "caching": not self.prefetch,
-                "control_socket": self.control_socket,
-                "models": self._status(),
-                "root_errors": self.catalogue.root_errors,
-                "list_calls": self.catalogue.list_calls,
-                "last_poll": self.last_pass,
-                "last_success": self.catalogue.last_success,
-                "bytes_downloaded": self.bytes_downloaded,
-                "disk_evictions": self.disk_evictions,
-                "poll_seconds": self.poll_seconds,
-            })
+        """Write state.json for the workers. Publishes take turns, and each builds its state only once it has
+        its turn, so a newer state is never overwritten by an older one; the write itself is outside `lock`."""
+        with self._publish_lock:
+            with self.lock:
+                state = {
+                    "ready": self.ready,
+                    "caching": not self.prefetch,
+                    "control_socket": self.control_socket,
+                    "models": self._status(),
+                    "root_errors": dict(self.catalogue.root_errors),
+                    "list_calls": self.catalogue.list_calls,
+                    "last_poll": self.last_pass,
+                    "last_success": self.catalogue.last_success,
+                    "bytes_downloaded": self.bytes_downloaded,
+                    "disk_evictions": self.disk_evictions,
+                    "poll_seconds": self.poll_seconds,
+                }
+            self.tree.write_state(state)
         self.tree.touch_heartbeat()
 
     def publish_soon(self, delay: float = 0.25) -> None:

@@ -361,7 +361,8 @@ def test_failed_load_evicts_nothing(s3, bucket, replica, tmp_path):
     assert "Traceback" not in resp.text
     # Fails fast afterwards, without another load attempt.
     again = ask(r, "c")
-    assert again.status_code == 503 and "failed to load" in again.json()["error"], again.text
+    assert again.status_code == 503 and "tried again in" in again.json()["error"], again.text
+    assert 1 <= int(again.headers["Retry-After"]) <= 30, again.headers
     assert log_count(r, loading("c")) == 1
 
     # The model evicted to make room for c is loaded back in the background, and nothing else moves.

@@ -28,6 +28,7 @@ from workers import encoding, metrics
 from workers.batching import Batcher, Failure
 from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
 from workers.predictor import load_predictor_class
+from workers.caching import CachingRegistry
 from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class Runtime:
         batching = pred.server_side_batching
         self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
                         if batching else None)
-        self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
-                                      single_model=pred.single_model, cache_size=pred.cache_size)
+        registry_class = ModelRegistry if pred.cache_size is None else CachingRegistry
+        self.registry = registry_class(tree, load=self._load_model, unload=self._unload_model,
+                                       single_model=pred.single_model, cache_size=pred.cache_size)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters
@@ -310,18 +312,22 @@ def _predict(runtime: Runtime, scope) -> Response:
         except (TypeError, ValueError) as e:  # ValueError: a circular reference
             log.exception("cannot serialize the prediction")
             return _error(500, f"cannot serialize the prediction: {e}")
-    if runtime.post_predict is not None:
-        available["response"] = response
-        args = {k: available[k] for k in runtime.post_predict_args}
-        post_predict = runtime.post_predict
+        if runtime.post_predict is not None:
+            available["response"] = response
+            args = {k: available[k] for k in runtime.post_predict_args}
+            post_predict = runtime.post_predict
 
-        def _post() -> None:
-            try:
-                post_predict(**args)
-            except Exception:
-                log.exception("post_predict raised")
+            def _post() -> None:
+                scope.activate()  # what post_predict gets stays pinned until it returns
+                try:
+                    post_predict(**args)
+                except Exception:
+                    log.exception("post_predict raised")
+                finally:
+                    scope.close()
 
-        response.call_on_close(_post)
+            scope.keep_open()
+            response.call_on_close(_post)
     return response
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from workers.batching import Batcher, run_stacked, stack_key, stackable
 from workers.errors import BadRequest
-from workers.registry import LoadedVersion, ModelRegistry
+from workers.records import Record
+from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class ONNXClient:
         return _run(lv, feeds)
 
 
-def _run(lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> list:
+def _run(lv: Record, feeds: dict[str, np.ndarray]) -> list:
     try:
         return lv.model["session"].run(None, feeds)
     except Exception as e:

@@ -1,11 +1,19 @@
-"""Ask the supervisor, over its control socket, to put a model version on disk (model caching)."""
+"""A worker's two calls to the supervisor's control socket (model caching): ensure and release.
+
+`ensure` asks for a version to be on disk and held there for this worker; `release` says the worker no longer
+needs it, with when a request last used it (the disk tier's LRU order). Both are idempotent and carry a
+sequence number: the supervisor keeps, per worker and version, only the call with the highest one.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import socket
-from pathlib import Path
+
+
+class SupervisorUnreachable(Exception):
+    """The control socket is missing or does not answer."""
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -19,17 +27,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def request_fetch(path: Path, name: str, version: int, resident: list[tuple[str, int]],
-                  report: list[int] | None = None, timeout: float = 600) -> str | None:
-    """Ask the supervisor to put a version on disk; return its error, or None once it is there.
-
-    `resident` is what the worker holds or is bringing into memory; `report` ([pid, sequence]) orders those
-    snapshots, since concurrent requests can reach the supervisor out of order.
-    """
-    conn = _UnixConnection(str(path), timeout)
+def _call(path: str | None, route: str, body: dict, timeout: float) -> dict:
+    if not path:
+        raise SupervisorUnreachable("the supervisor has not published its control socket yet")
+    conn = _UnixConnection(path, timeout)
     try:
-        body = json.dumps({"name": name, "version": version, "resident": resident, "report": report})
-        conn.request("POST", "/fetch", body=body, headers={"Content-Type": "application/json"})
-        return json.loads(conn.getresponse().read())["error"]
+        conn.request("POST", route, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read())
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise SupervisorUnreachable(f"the supervisor cannot be reached ({type(e).__name__}: {e})") from None
     finally:
         conn.close()
+
+
+def ensure(path: str | None, pid: int, name: str, version: int, seq: int, releases: list[list],
+           timeout: float = 600) -> tuple[str | None, bool]:
+    """Apply `releases` (see `release`), then have a version put on disk and held for worker `pid`: (why it
+    could not be or None, whether only because every version on disk is held, which says nothing about it)."""
+    reply = _call(path, "/ensure", {"pid": pid, "name": name, "version": version, "seq": seq, "releases": releases},
+                  timeout)
+    return reply["error"], bool(reply.get("full"))
+
+
+def release(path: str | None, pid: int, releases: list[list], timeout: float = 10) -> None:
+    """Worker `pid` no longer needs these disk copies: [name, version, seq, last request time (wall clock)]."""
+    _call(path, "/release", {"pid": pid, "releases": releases}, timeout)

@@ -25,7 +25,8 @@ import numpy as np
 
 from workers.batching import Batcher, run_stacked, stack_key, stackable
 from workers.errors import BadRequest
-from workers.registry import LoadedVersion, ModelRegistry
+from workers.records import Record
+from workers.registry import ModelRegistry
 
 
 def tensorflow_loader(signature_keys: dict[str, str | None], default_key: str | None):
@@ -91,7 +92,7 @@ class TensorFlowClient:
         return _call(lv, feeds)
 
 
-def _call(lv: LoadedVersion, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _call(lv: Record, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One call of the signature; its outputs as numpy arrays."""
     import tensorflow as tf
 

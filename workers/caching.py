@@ -1,0 +1,271 @@
+"""Model caching in a worker: at most `cache_size` versions in memory, brought in on request, LRU by request.
+
+A miss runs three steps, each of which can fail on its own and leaves the cache as it was:
+
+1. admission: the shared policy (replica/cache_policy.py) names the least recently requested idle versions to
+   evict; they are unloaded, and counted, before the new version takes its slot, so the bound holds at every
+   instant; when every slot is pinned the request waits briefly, then gets 503. The slot comes first so that
+   the versions held on disk for this worker never outnumber `cache_size` (<= `disk_cache_size`);
+2. the supervisor puts the version on disk and holds it there for this worker (`ensure`);
+3. the load.
+A fetch or load that fails, for any reason (an unreachable supervisor included), is recorded on the version
+(503 with Retry-After, retried with backoff), and what was evicted for it is loaded back into the free slots:
+a broken model never costs a healthy one its place.
+
+When a version leaves memory the worker `release`s it with its last request time (sent with its next `ensure`,
+or by the sync loop within a tick), which is how the supervisor orders its own disk eviction by last request. Both calls carry a sequence number taken under the registry's
+lock, so the supervisor applies them in the order the worker decided them, whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+
+from replica.cache_policy import victims
+from workers import metrics, model_status
+from workers.errors import ModelNotFound, Unavailable
+from workers.records import Record, State, memory_slots
+from workers.registry import ModelRegistry
+from workers.supervisor_client import SupervisorUnreachable, ensure, release
+
+log = logging.getLogger(__name__)
+
+FETCH_RETRY_SECONDS = 5.0  # a version that could not be fetched is tried again after this, doubling
+HOLDING = frozenset({State.FETCHING, State.LOADING, State.READY})  # the states a disk hold belongs to
+
+
+class CachingRegistry(ModelRegistry):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hold_seq = 0
+        self._unsent: dict[tuple[str, int], tuple[int, float]] = {}  # releases the supervisor has not heard yet
+
+    # -- sync: updated copies leave, nothing loads without a request ----------------------------------------
+    def _sync_disk(self, disk: dict[str, dict[int, str]]) -> None:
+        with self._cond:
+            for rec in [r for vs in self._records.values() for r in vs.values() if r.state is State.READY]:
+                fp = disk.get(rec.name, {}).get(rec.version)
+                if fp is not None and fp != rec.fingerprint:
+                    self._retire(rec, "updated upstream")  # the next request loads the new copy
+        self._flush_releases()
+
+    def _stale(self, rec: Record, version: int | None) -> bool:
+        """"latest" is the highest usable version upstream, not the highest one that happens to be in memory."""
+        return version is None and any(v > rec.version for v in self.feed.upstream_versions(rec.name))
+
+    # -- a miss ------------------------------------------------------------------------------------------------
+    def _miss(self, name: str, version: int | None, stale: Record | None) -> Record:
+        self.refresh_state()
+        model = self.feed.model(name)
+        if model is None:
+            raise ModelNotFound(f"model '{name}' not found")
+        upstream = self.feed.upstream_versions(name)
+        target = (max(upstream) if upstream else None) if version is None else version
+        if target is None or target not in upstream:
+            raise ModelNotFound(model_status.not_found_reason(name, version, model))
+        try:
+            rec = self._bring_in(name, target)
+        except (Unavailable, ModelNotFound):
+            if stale is None:
+                raise
+            # The newer version cannot be served yet (uploading, failed, cache saturated): keep serving the
+            # version this request would have had, loading it back if it was evicted meanwhile.
+            return self.get(name, stale.version)
+        return rec
+
+    def _bring_in(self, name: str, version: int) -> Record:
+        """Serve one version: share a bring-in already under way, or run it; pinned when it returns."""
+        for _ in range(3):  # a version replaced or removed between its load and the pin is brought in again
+            with self._cond:
+                rec = self._current(name, version)
+                if rec is not None and rec.state is State.READY:
+                    self._pin(rec)
+                    return rec
+                if rec is not None and rec.state is State.FAILED:
+                    self._fail_fast(rec)
+                if rec is not None and rec.flight is not None:
+                    event, owner = rec.flight, False
+                else:
+                    rec = rec or self._put(Record(name, version, State.QUEUED))
+                    rec.state = State.QUEUED
+                    event, owner = threading.Event(), True
+                    rec.flight = event
+                rec.wanted += 1  # not an eviction victim until this request has pinned it
+            served = False
+            try:
+                if owner:
+                    self._admit(rec)
+                    self._fetch_and_load(rec)
+                else:
+                    event.wait()
+            finally:
+                with self._cond:
+                    rec.wanted -= 1
+                    if owner:
+                        rec.flight = None
+                        self._cond.notify_all()
+                    if rec.state is State.READY and self._current(name, version) is rec:
+                        self._pin(rec)
+                        served = True
+                if owner:
+                    event.set()
+            if served:
+                return rec
+        raise Unavailable(f"model '{name}' version {version} is being replaced; try again", retry_after=1)
+
+    def _fail_fast(self, rec: Record) -> None:
+        """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""
+        now = time.time()
+        changed = rec.failed_fingerprint and self.feed.version_info(*rec.key).get("fingerprint") not in (
+            None, rec.failed_fingerprint)  # say a half-uploaded copy was replaced: try it at once
+        if rec.retry_at <= now or changed:
+            return
+        raise Unavailable(f"model '{rec.name}' version {rec.version} could not be loaded ({rec.error}); "
+                          f"tried again in {math.ceil(rec.retry_at - now)} s",
+                          retry_after=max(1, math.ceil(rec.retry_at - now)))
+
+    def _fetch_and_load(self, rec: Record) -> None:
+        """Put `rec` (which holds a memory slot) on disk and load it; on any failure, hand its slot back."""
+        name, version = rec.key
+        loaded = False
+        try:
+            try:
+                error, full = self._ensure(rec)
+            except SupervisorUnreachable as e:
+                # A copy already on disk still loads (its read lock keeps it whole while it loads); a version that
+                # is not there cannot be fetched, which is that version's failure.
+                error, full = (None if self.tree.manifest(name, version) else str(e)), False
+            if full:  # every version on disk is held: nothing wrong with this one, so no failure is recorded
+                raise Unavailable(f"the disk cache is saturated: {error}", retry_after=1)
+            if error is not None:
+                self._fail(rec, error, base=FETCH_RETRY_SECONDS)
+                log.warning("model %s version %s could not be fetched: %s", name, version, error)
+            loaded = error is None and self._load_into(rec)
+        finally:
+            if not loaded:
+                with self._cond:
+                    if rec.state is not State.FAILED:  # saturated, or removed meanwhile
+                        self._drop(rec)
+                        self._failed(rec)
+                    self._cond.notify_all()
+                self._release_hold(rec)
+
+    def _failed(self, rec: Record) -> None:
+        """`rec` gave up its slot (the caller holds the lock): hand it back to the first version evicted for
+        it, in the same step, so no other admission can take it first; that version is loaded back."""
+        displaced, rec.displaced = rec.displaced, []
+        for key in displaced:
+            if self._current(*key) is None:
+                heir = self._put(Record(*key, State.FETCHING, flight=threading.Event()))
+                threading.Thread(target=self._restore, args=(heir, rec.key), name="cache-restore",
+                                 daemon=True).start()
+                return
+
+    def _restore(self, heir: Record, failed: tuple[str, int]) -> None:
+        event = heir.flight
+        try:
+            self._fetch_and_load(heir)
+            if heir.state is State.READY:
+                log.info("model %s version %s loaded back after %s version %s failed to load", *heir.key, *failed)
+        except Exception:
+            log.exception("model %s version %s could not be loaded back", *heir.key)
+        finally:
+            with self._cond:
+                heir.flight = None
+                self._cond.notify_all()
+            event.set()
+
+    def _admit(self, rec: Record) -> None:
+        """Take a memory slot for `rec` (state FETCHING), evicting what the policy names, which `rec` remembers.
+
+        Victims are unloaded outside the lock and count as UNLOADING until then; 503 once `admission_wait`
+        passed with every slot pinned."""
+        deadline = time.monotonic() + self.admission_wait
+        evicted: list[tuple[str, int]] = []
+        with self._cond:
+            while True:
+                records = [r for vs in self._records.values() for r in vs.values()] + self._leaving
+                choice = victims(memory_slots(records, self._inflight), self.cache_size, rec.key)
+                if choice == []:
+                    rec.state = State.FETCHING  # the slot is taken from here on
+                    rec.displaced = evicted
+                    return
+                if choice:
+                    leaving = [self._current(*key) for key in choice]
+                    for v in leaving:
+                        self._drop(v)
+                        v.state = State.UNLOADING
+                        self._leaving.append(v)
+                        metrics.EVICTIONS.inc()
+                        log.info("model %s version %s evicted from memory (least recently used; making room for "
+                                 "%s version %s)", v.name, v.version, *rec.key)
+                    self._cond.release()
+                    try:
+                        for v in leaving:
+                            self._unload(v)
+                    finally:
+                        self._cond.acquire()
+                    evicted += choice
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._drop(rec)
+                    raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving "
+                                      "requests", retry_after=1)
+                self._cond.wait(remaining)
+
+    # -- the supervisor's disk holds ------------------------------------------------------------------------
+    def _ensure(self, rec: Record) -> tuple[str | None, bool]:
+        """Have the supervisor put the version on disk and keep it there: (its error or None, disk full).
+
+        The releases decided since the last call travel with it, applied first: one round trip per miss, and
+        the supervisor knows what left memory before it makes room."""
+        with self._cond:
+            self._hold_seq += 1
+            seq = self._hold_seq
+            self._unsent.pop(rec.key, None)
+            releases, self._unsent = self._unsent, {}
+        try:
+            return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq, _listed(releases))
+        except SupervisorUnreachable:
+            self._requeue(releases)
+            raise
+
+    def _released(self, rec: Record) -> None:
+        self._release_hold(rec)
+
+    def _release_hold(self, rec: Record) -> None:
+        """Queue word to the supervisor that this worker no longer needs the disk copy, unless a newer record of
+        the version still does (decided under the lock, with the sequence number that orders it). It is sent
+        with the next ensure, or by the sync loop within a tick."""
+        with self._cond:
+            current = self._current(*rec.key)
+            if current is not None and current is not rec and current.state in HOLDING:
+                return  # its own ensure (sent, or to be sent with a higher sequence) keeps the disk copy
+            self._hold_seq += 1
+            self._unsent[rec.key] = (self._hold_seq, rec.last_used)
+
+    def _flush_releases(self) -> None:
+        with self._cond:
+            releases, self._unsent = self._unsent, {}
+        if not releases:
+            return
+        try:
+            release(self.feed.control_socket, os.getpid(), _listed(releases))
+        except SupervisorUnreachable as e:
+            log.warning("could not tell the supervisor that %d versions left memory (%s); retrying", len(releases), e)
+            self._requeue(releases)
+
+    def _requeue(self, releases: dict[tuple[str, int], tuple[int, float]]) -> None:
+        with self._cond:
+            for key, (seq, last_used) in releases.items():
+                if key not in self._unsent or self._unsent[key][0] < seq:
+                    self._unsent[key] = (seq, last_used)
+
+
+def _listed(releases: dict[tuple[str, int], tuple[int, float]]) -> list[list]:
+    return [[name, version, seq, last_used] for (name, version), (seq, last_used) in releases.items()]

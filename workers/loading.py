@@ -1,0 +1,106 @@
+"""Loading one version's disk copy into its record: single flight, swap only once loaded, failures recorded.
+
+Part of the registry (workers/registry.py), kept apart because it is the one place that runs the predictor's
+`load_model`: under the version's shared file lock, with every exception, whatever raised it, recorded on the
+version (retried with backoff) instead of escaping into the sync loop or a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from replica.cache_policy import backoff
+from workers import metrics
+from workers.records import Record, State
+
+log = logging.getLogger(__name__)
+
+LOAD_RETRY_SECONDS = 30.0  # a copy that failed to load is tried again after this, doubling up to the ceiling
+LOAD_RETRY_CEILING = 600.0
+
+
+class VersionLoader:
+    """The loading half of ModelRegistry (which provides the lock, the records and the tree)."""
+
+    def _fail(self, rec: Record, error: str, fingerprint: str = "", base: float = LOAD_RETRY_SECONDS) -> None:
+        """Record a failed fetch or load on the version: retried after a backoff, served copy kept."""
+        with self._cond:
+            rec.attempts += 1
+            rec.error = error
+            rec.failed_fingerprint = fingerprint
+            rec.retry_at = time.time() + backoff(rec.attempts, base, LOAD_RETRY_CEILING)
+            if rec.state is not State.READY:
+                rec.state = State.FAILED
+                self._failed(rec)
+            self._count_memory()
+        metrics.LOAD_FAILURES.labels(rec.name).inc()
+
+    def _failed(self, rec: Record) -> None:
+        """A version that held a slot failed (the caller holds the lock); the caching registry gives the slot back."""
+
+    def load(self, name: str, version: int) -> Record | None:
+        """Load the disk copy of a version unless another thread already is; return the served copy after."""
+        with self._cond:
+            rec = self._current(name, version)
+            if rec is not None and rec.flight is not None:
+                event, owner = rec.flight, False
+            else:
+                rec = rec if rec is not None and rec.state in (State.READY, State.FAILED) else None
+                rec = rec or self._put(Record(name, version, State.LOADING))
+                if rec.state is State.FAILED:
+                    rec.state = State.LOADING
+                event, owner = threading.Event(), True
+                rec.flight = event
+        if owner:
+            try:
+                self._load_into(rec)
+            finally:
+                with self._cond:
+                    rec.flight = None
+                    self._cond.notify_all()
+                event.set()
+        else:
+            event.wait()
+        with self._cond:
+            rec = self._current(name, version)
+            return rec if rec is not None and rec.state is State.READY else None
+
+    def _load_into(self, rec: Record) -> bool:
+        """Load the version's disk copy into `rec` (or a new copy beside a served one); False when it failed."""
+        name, version = rec.key
+        fp = ""
+        try:
+            start = time.perf_counter()
+            with self.tree.read_lock(name, version):
+                manifest = self.tree.manifest(name, version)
+                if manifest is None:
+                    with self._cond:
+                        if rec.state is State.LOADING:
+                            self._drop(rec)  # removed meanwhile
+                    return False
+                fp = manifest["fingerprint"]
+                if rec.state is State.READY and rec.fingerprint == fp:
+                    return True
+                log.info("loading model %s version %s", name, version)
+                model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+        except Exception as e:
+            served = rec.state is State.READY
+            self._fail(rec, f"{type(e).__name__}: {e}", fp)
+            log.exception("model %s version %s failed to load; %s", name, version,
+                          "the previous copy keeps serving" if served else "it is not served")
+            return False
+        seconds = time.perf_counter() - start
+        with self._cond:
+            if rec.state is State.READY:  # a new copy of a served version: swap, drain the old one
+                self._retire(rec, "replaced by a new copy")
+                rec = self._put(Record(name, version, State.LOADING, last_used=rec.last_used))
+            rec.state, rec.model, rec.fingerprint, rec.load_seconds = State.READY, model, fp, seconds
+            rec.error, rec.attempts, rec.retry_at = None, 0, 0.0
+            self._count_memory()
+            self._cond.notify_all()
+        metrics.LOADS.labels(name).inc()
+        metrics.LOAD_SECONDS.observe(seconds)
+        log.info("model %s version %s loaded in %.3fs", name, version, seconds)
+        return True
