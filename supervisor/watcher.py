@@ -68,6 +68,7 @@ class Watcher(TreeWrites):
         # (name, version) -> (fingerprint, failures in a row, when to try again): a changed version is tried at once
         self._download_failures: dict[tuple[str, int], tuple[str, int, float]] = {}
         self._last_touch = 0.0
+        self._publish_lock = threading.Lock()
 
     def progress(self, nbytes: int) -> None:
         """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
@@ -85,7 +86,6 @@ class Watcher(TreeWrites):
                 self.tree.touch_heartbeat()
             except OSError:
                 pass
-        self._publish_lock = threading.Lock()
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
