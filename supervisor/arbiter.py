@@ -335,6 +335,7 @@ class Arbiter:
             "REPLICA_RUNTIME_DIR": str(self.tree.run),
             "REPLICA_POLL_INTERVAL": str(s.poll_interval),
             "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
+            "REPLICA_WORKER_TIMEOUT": str(s.worker_timeout),
             "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
             "REPLICA_HEADER_TIMEOUT": str(s.header_timeout),
             "REPLICA_BODY_TIMEOUT": str(s.body_timeout),

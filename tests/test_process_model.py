@@ -461,12 +461,19 @@ def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_pat
 
 # -- a hung worker ---------------------------------------------------------------------------------------------------
 
-def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
-    r = replica(iris_spec(tmp_path, processes_per_replica=2), extra_args=("--worker-timeout", "2"))
+def test_a_hung_worker_is_reported_by_healthz_then_replaced_after_the_worker_timeout(tmp_path, replica):
+    r = replica(iris_spec(tmp_path, processes_per_replica=2), extra_args=("--worker-timeout", "12"))
+    assert r.get("/healthz").status_code == 200
     victim = psutil.Process(r.worker_pids()[0])
+    hung_at = time.monotonic()
     victim.suspend()  # hung: its main loop no longer runs
     try:
-        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=15,
+        # /healthz, answered by the other worker, says so (after 5 s of silence) before the master's 12 s are up.
+        unhealthy = wait_for(lambda: (x := r.get("/healthz")).status_code == 503 and [x], timeout=11,
+                             message="/healthz reporting the hung worker")[0]
+        assert f"{victim.pid} for " in unhealthy.json()["error"] and "--worker-timeout 12s" in unhealthy.json()["error"]
+        assert time.monotonic() - hung_at >= 4.5  # its last beat came up to a beat interval before the pause
+        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=20,
                  message="the hung worker killed")
         wait_for(lambda: len(r.worker_pids()) == 2 and victim.pid not in r.worker_pids(), timeout=15,
                  message="a replacement")
@@ -475,6 +482,7 @@ def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
         if victim.is_running():
             victim.kill()
     assert f"WORKER TIMEOUT (pid:{victim.pid})" in r.log()
+    assert r.get("/healthz").status_code == 200
     assert r.post("/", json={"x": X}).status_code == 200
 
 

@@ -133,6 +133,7 @@ class FrontWorker(base.Worker):
         # The application may say when it can serve (the replica's: once its models are loaded), so that a
         # worker still starting leaves new connections to its ready siblings.
         self.app_ready = getattr(self.wsgi, "replica_ready", None)
+        self.wsgi.replica_board = self.board  # /healthz reads every worker's heartbeat from it
         self.poller.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, (self._on_signal_pipe, None))
         for _ in range(self.cfg.threads):
@@ -397,6 +398,7 @@ class FrontWorker(base.Worker):
         limit = now + self.cfg.graceful_timeout
         while self.conns and time.monotonic() < limit:
             self.notify()
+            self.board.beat(int(time.monotonic() * 1000))  # draining is not hanging
             self._dispatch_events(SWEEP_SECONDS)
             self._sweep(time.monotonic())
         for conn in list(self.conns.values()):
