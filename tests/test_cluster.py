@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.haproxy.config import Server
 from tests.haproxy_proc import HAProxyProcess, find_haproxy
-from tests.helpers import put_objects, write_api
+from tests.helpers import BackgroundLoad, put_objects, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
 
 pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not installed and could not be "
@@ -209,17 +208,16 @@ class Record(NamedTuple):
     truncated: bool = False  # the answer's headers came back but its body was cut short
 
 
-class Load:
+class Load(BackgroundLoad):
     """Client threads sending the workload through HAProxy, recording every answer."""
 
     def __init__(self, cluster: Cluster, models: list[str], clients: int = 2):
+        super().__init__(clients)
         self.cluster = cluster
         self.models = models
-        self.stop_event = threading.Event()
         self.records: list[Record] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
-    def _run(self, seed: int) -> None:
+    def client(self, seed: int) -> None:
         rng = random.Random(seed)
         session = requests.Session()
         while not self.stop_event.is_set():
@@ -234,15 +232,6 @@ class Load:
                 self.records.append(Record(start, time.time(), name, 0, repr(e),
                                            isinstance(e, requests.exceptions.ChunkedEncodingError)))
 
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(60)
 
     def between(self, start: float, end: float) -> list[Record]:
         """The requests answered in [start, end)."""

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
-from tests.helpers import write_api
+from tests.helpers import BackgroundLoad, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
 
 PREDICTOR = """
@@ -76,24 +76,23 @@ def error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("error:")]
 
 
-class Load:
+class Load(BackgroundLoad):
     """Threads sending predictions on fresh connections, recording refused connections and other failures.
 
     A request reset by a worker killed under it is retried once (what a client library or load balancer does
     for an idempotent call) and counted in `retried`; only a failed retry is a failure."""
 
     def __init__(self, r: ReplicaProcess, threads: int = 2):
+        super().__init__(threads)
         self.r = r
-        self.stop_event = threading.Event()
         self.ok = 0
         self.refused: list[float] = []
         self.failed: list[str] = []
         self.last_ok = 0.0
         self.retried = 0
         self.ok_times: list[float] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
+    def client(self, index: int) -> None:
         while not self.stop_event.is_set():
             try:
                 try:
@@ -117,15 +116,6 @@ class Load:
             except requests.RequestException as e:  # a timeout, a body cut short: a failure too
                 self.failed.append(f"{type(e).__name__}: {e}")
 
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(40)
 
 
 # -- the socket belongs to the supervisor ---------------------------------------------------------------------
