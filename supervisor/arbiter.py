@@ -13,7 +13,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,14 +21,15 @@ from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
 from supervisor.settings import Settings
-from replica.spec import ApiSpec, PredictorSpec, SpecError
+from replica.spec import ApiSpec, SpecError
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
 from supervisor.listener import PortInUse, bind_listener
 from supervisor.pidfile import stop_leftovers, write_pidfile
-from supervisor.preflight import load_checked, worker_env
-from supervisor.rolling import RollAborted, roll_workers
+from supervisor.preflight import load_checked
+from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
+from supervisor.rolling import RollAborted, restart_only_changes, roll_workers
 from supervisor.sdnotify import Notifier
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
@@ -48,16 +48,6 @@ class StartupError(Exception):
 
 class StateDirInUse(StartupError):
     pass
-
-
-def restart_only_changes(running: PredictorSpec, new: PredictorSpec) -> list[str]:
-    """The keys of a new spec that a SIGHUP cannot apply to running workers (they shape gunicorn or the
-    supervisor's disk cache); a reload that changes any of them is refused, naming them."""
-    keys = ("type", "processes_per_replica", "threads_per_process", "disk_cache_size")
-    changed = [k for k in keys if getattr(running, k) != getattr(new, k)]
-    if running.caching != new.caching:
-        changed.append("cache_size (model caching turned on or off)")
-    return changed
 
 
 def restart_delay(failures: int) -> float:
@@ -307,43 +297,9 @@ class Arbiter:
             marker.unlink(missing_ok=True)
         shutil.rmtree(self.tree.metrics_dir, ignore_errors=True)  # counters start again with the workers
         self.tree.metrics_dir.mkdir(parents=True)
-        cmd = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"fd://{self.listener.fileno()}",
-            "--workers", str(pred.processes_per_replica),
-            "--threads", str(pred.threads_per_process),
-            "--worker-class", "workers.front.FrontWorker",
-            "--graceful-timeout", str(int(s.drain_timeout)),
-            "--timeout", str(max(1, round(s.worker_timeout))),
-            "--keep-alive", str(s.keep_alive),
-            "--backlog", "2048",
-            "--log-level", "warning",
-            "--error-logfile", "-",
-            "--worker-tmp-dir", str(self.tree.run),
-            "--no-control-socket",  # gunicorn's default socket is one per user, shared by every replica
-            "--name", f"replica-{self.api.name}",
-            "--config", "python:workers.gunicorn_conf",
-            "workers.wsgi:application",
-        ]
         self._write_spec(self.api)
-        env = worker_env(self.api)
-        for private in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd talks to the supervisor only
-            env.pop(private, None)
-        env.update({
-            "REPLICA_SPEC_PICKLE": str(self.spec_pickle),
-            "REPLICA_STATE_DIR": str(self.tree.root),
-            "REPLICA_RUNTIME_DIR": str(self.tree.run),
-            "REPLICA_POLL_INTERVAL": str(s.poll_interval),
-            "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
-            "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
-            "REPLICA_HEADER_TIMEOUT": str(s.header_timeout),
-            "REPLICA_BODY_TIMEOUT": str(s.body_timeout),
-            "REPLICA_MAX_REPLICA_CONCURRENCY": str(self.api.max_replica_concurrency),
-            "REPLICA_LOG_FORMAT": s.log_format,
-            "REPLICA_ACCESS_LOG": "1" if s.access_log else "0",
-            "REPLICA_SUPERVISOR_PID": str(os.getpid()),
-            "PROMETHEUS_MULTIPROC_DIR": str(self.tree.metrics_dir),
-        })
+        cmd = gunicorn_command(self.api, s, self.listener.fileno(), self.tree.run)
+        env = gunicorn_env(self.api, s, self.tree, self.spec_pickle)
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
         # process group is what the pid file records. The listening socket is the one fd it inherits.
         self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))

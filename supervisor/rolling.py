@@ -17,7 +17,19 @@ from typing import Callable
 
 import psutil
 
+from replica.spec import PredictorSpec
+
 log = logging.getLogger(__name__)
+
+
+def restart_only_changes(running: PredictorSpec, new: PredictorSpec) -> list[str]:
+    """The keys of a new spec that a SIGHUP cannot apply to running workers (they shape gunicorn or the
+    supervisor's disk cache); a reload that changes any of them is refused, naming them."""
+    keys = ("type", "processes_per_replica", "threads_per_process", "disk_cache_size")
+    changed = [k for k in keys if getattr(running, k) != getattr(new, k)]
+    if running.caching != new.caching:
+        changed.append("cache_size (model caching turned on or off)")
+    return changed
 
 
 class RollAborted(Exception):

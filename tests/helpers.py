@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -100,3 +101,27 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
     finally:
         for p in procs:
             p.resume()
+
+
+class BackgroundLoad:
+    """Client threads, each running `self.client(index)` until the `with` block ends: a test's load loop is
+    bounded by its block (`client` checks `stop_event`), and every thread is joined on the way out."""
+
+    join_timeout = 60.0
+
+    def __init__(self, clients: int):
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
+
+    def client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(self.join_timeout)

@@ -3,10 +3,12 @@ request ends, whatever pieces it arrives in, and when a worker may accept or adm
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.board import BEAT, CONNS, FIELDS, HWM, IN_FLIGHT, PID, READY, Board, may_accept, over_limit
+from workers.board import BEAT, CONNS, FIELDS, HWM, IN_FLIGHT, PID, READY, Board, may_accept, over_limit, stalled
 from workers.framing import HEAD_END, chunked_end, parse_head
 
 
@@ -101,3 +103,20 @@ def test_board_slots_are_shared_and_stale_slots_do_not_count(tmp_path):
     assert board.total_in_flight(11_000) == 6
     assert board.others(13_000) == []  # its heartbeat is over two seconds old: a dead or frozen worker
     assert board.total_in_flight(13_000) == 2
+
+
+def test_stalled_names_ready_workers_silent_too_long_only():
+    rows = [(101, 10_000, True),   # beat 0.5 s ago: alive
+            (102, 4_000, True),    # silent 6.5 s: hung
+            (103, 1_000, False),   # still starting: the master's boot timeout applies, not liveness
+            (0, 0, False)]         # a slot never claimed
+    assert stalled(rows, 10_500, 5_000) == [(102, 6_500)]
+    assert stalled(rows, 10_500, 7_000) == []
+
+
+def test_board_rows_show_each_claimed_slot():
+    board = Board.create()
+    board.claim()
+    board.beat(1234)
+    board.set_counts(conns=2, in_flight=1, ready=True)
+    assert board.rows() == [(os.getpid(), 1234, True)]

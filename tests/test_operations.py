@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.model_factory import IRIS_BIAS, IRIS_LABELS, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear
 from tests.replica_proc import wait_for
-from tests.helpers import write_api
+from tests.helpers import BackgroundLoad, write_api
 
 PREDICTOR = """
 class ONNXPredictor:
@@ -86,7 +86,7 @@ def good_request(session: requests.Session, base: str, model: str = "iris", requ
     return None
 
 
-class SteadyLoad:
+class SteadyLoad(BackgroundLoad):
     """Threads sending good requests until stopped, recording every outcome.
 
     A request whose connection is broken by a killed worker (reset before the answer, or cut between the
@@ -95,14 +95,13 @@ class SteadyLoad:
     """
 
     def __init__(self, r, threads: int = 3):
+        super().__init__(threads)
         self.r = r
-        self.stop_event = threading.Event()
         self.errors: list[str] = []
         self.ok = 0
         self.retried = 0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
+    def client(self, index: int) -> None:
         session = requests.Session()
         while not self.stop_event.is_set():
             model = "iris" if self.ok % 2 else "iris2"
@@ -122,15 +121,6 @@ class SteadyLoad:
             else:
                 self.ok += 1
 
-    def __enter__(self) -> "SteadyLoad":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(30)
 
 
 # -- metrics ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
-from tests.helpers import write_api
+from tests.helpers import BackgroundLoad, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
 
 PREDICTOR = """
@@ -76,24 +76,23 @@ def error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("error:")]
 
 
-class Load:
+class Load(BackgroundLoad):
     """Threads sending predictions on fresh connections, recording refused connections and other failures.
 
     A request reset by a worker killed under it is retried once (what a client library or load balancer does
     for an idempotent call) and counted in `retried`; only a failed retry is a failure."""
 
     def __init__(self, r: ReplicaProcess, threads: int = 2):
+        super().__init__(threads)
         self.r = r
-        self.stop_event = threading.Event()
         self.ok = 0
         self.refused: list[float] = []
         self.failed: list[str] = []
         self.last_ok = 0.0
         self.retried = 0
         self.ok_times: list[float] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
+    def client(self, index: int) -> None:
         while not self.stop_event.is_set():
             try:
                 try:
@@ -117,15 +116,6 @@ class Load:
             except requests.RequestException as e:  # a timeout, a body cut short: a failure too
                 self.failed.append(f"{type(e).__name__}: {e}")
 
-    def __enter__(self) -> "Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(40)
 
 
 # -- the socket belongs to the supervisor ---------------------------------------------------------------------
@@ -461,12 +451,19 @@ def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_pat
 
 # -- a hung worker ---------------------------------------------------------------------------------------------------
 
-def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
-    r = replica(iris_spec(tmp_path, processes_per_replica=2), extra_args=("--worker-timeout", "2"))
+def test_a_hung_worker_is_reported_by_healthz_then_replaced_after_the_worker_timeout(tmp_path, replica):
+    r = replica(iris_spec(tmp_path, processes_per_replica=2), extra_args=("--worker-timeout", "12"))
+    assert r.get("/healthz").status_code == 200
     victim = psutil.Process(r.worker_pids()[0])
+    hung_at = time.monotonic()
     victim.suspend()  # hung: its main loop no longer runs
     try:
-        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=15,
+        # /healthz, answered by the other worker, says so (after 5 s of silence) before the master's 12 s are up.
+        unhealthy = wait_for(lambda: (x := r.get("/healthz")).status_code == 503 and [x], timeout=11,
+                             message="/healthz reporting the hung worker")[0]
+        assert f"{victim.pid} for " in unhealthy.json()["error"] and "--worker-timeout 12s" in unhealthy.json()["error"]
+        assert time.monotonic() - hung_at >= 4.5  # its last beat came up to a beat interval before the pause
+        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, timeout=20,
                  message="the hung worker killed")
         wait_for(lambda: len(r.worker_pids()) == 2 and victim.pid not in r.worker_pids(), timeout=15,
                  message="a replacement")
@@ -475,6 +472,7 @@ def test_a_hung_worker_is_replaced_after_the_worker_timeout(tmp_path, replica):
         if victim.is_running():
             victim.kill()
     assert f"WORKER TIMEOUT (pid:{victim.pid})" in r.log()
+    assert r.get("/healthz").status_code == 200
     assert r.post("/", json={"x": X}).status_code == 200
 
 

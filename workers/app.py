@@ -26,6 +26,7 @@ from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
 from workers import encoding, metrics
 from workers.batching import Batcher, Failure
+from workers.board import stalled
 from workers.errors import BadRequest, ReplicaHTTPError, Unavailable
 from workers.predictor import load_predictor_class
 from workers.caching import CachingRegistry
@@ -37,10 +38,14 @@ log = logging.getLogger(__name__)
 class Runtime:
     """One worker's predictor, clients and registry."""
 
-    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float):
+    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float, worker_timeout: float = 30.0):
         self.api = api
         self.tree = tree
         self.heartbeat_timeout = heartbeat_timeout
+        # /healthz calls a worker hung once its event loop has been silent this long: well before the master
+        # kills it at --worker-timeout, so the answer is honest meanwhile, and never for a pause of a second or two.
+        self.worker_timeout = worker_timeout
+        self.hang_after = min(worker_timeout, max(5.0, worker_timeout / 3))
         pred = api.predictor
         cls = load_predictor_class(api)
         batching = pred.server_side_batching
@@ -348,9 +353,17 @@ def usage() -> Response:
 
 @bp.route("/healthz")
 def healthz() -> Response:
-    ok, why = _runtime().supervisor_alive()
+    runtime = _runtime()
+    ok, why = runtime.supervisor_alive()
     if not ok:
         return _error(503, why)
+    board = getattr(current_app, "replica_board", None)  # set by workers.front.FrontWorker
+    if board is not None:
+        hung = stalled(board.rows(), int(time.monotonic() * 1000), int(runtime.hang_after * 1000))
+        if hung:
+            workers = ", ".join(f"{pid} for {age / 1000:.0f}s" for pid, age in hung)
+            return _error(503, f"worker(s) not answering: {workers}; replaced after --worker-timeout "
+                               f"{runtime.worker_timeout:g}s")
     return Response(json.dumps({"status": "ok"}), mimetype="application/json")
 
 
@@ -422,5 +435,6 @@ def runtime_from_env() -> tuple[Runtime, int]:
     tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]), os.environ.get("REPLICA_RUNTIME_DIR"))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
-    runtime = Runtime(api, tree, heartbeat_timeout=heartbeat)
+    runtime = Runtime(api, tree, heartbeat_timeout=heartbeat,
+                      worker_timeout=float(os.environ.get("REPLICA_WORKER_TIMEOUT") or 30))
     return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))

@@ -41,6 +41,13 @@ def may_accept(mine: int, ready: bool, others: list[tuple[int, bool]]) -> bool:
     return not pool or mine <= min(pool)
 
 
+def stalled(rows: list[tuple[int, int, bool]], now_ms: int, after_ms: int) -> list[tuple[int, int]]:
+    """Liveness: (pid, milliseconds since its last beat) of every ready worker whose event loop has not beaten for
+    more than `after_ms`. A worker still starting (not ready) is the master's boot timeout's business, and a
+    slot whose pid is gone belongs to a dead worker the master replaces anyway."""
+    return [(pid, now_ms - beat) for pid, beat, ready in rows if pid and ready and now_ms - beat > after_ms]
+
+
 def over_limit(in_flight: int, limit: int) -> bool:
     """Admission: a request that would make more than `limit` in flight across the replica is refused."""
     return in_flight >= limit
@@ -100,6 +107,11 @@ class Board:
             if base != self._base and w[base + BEAT] > oldest and w[base + PID]:
                 out.append((w[base + CONNS], bool(w[base + READY])))
         return out
+
+    def rows(self) -> list[tuple[int, int, bool]]:
+        """(pid, last beat in ms, ready) of every slot ever claimed, this process's own included."""
+        w = self.words
+        return [(w[base + PID], w[base + BEAT], bool(w[base + READY])) for base in range(0, w[HWM] * FIELDS, FIELDS)]
 
     def total_in_flight(self, now_ms: int) -> int:
         w, total, oldest = self.words, 0, now_ms - STALE_MS

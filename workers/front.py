@@ -80,6 +80,47 @@ class Conn:
         self.registered = False
 
 
+class CoalescedSocket:
+    """The socket a response is written through: what gunicorn sends in several writes (the head, then each
+    body chunk) leaves in one, up to `limit` bytes at a time, when the response is complete (`flush`).
+
+    A worker killed mid-response has then sent either nothing, which a load balancer retries (HAProxy's
+    `retry-on empty-response`), or the whole answer: never a head whose body never comes. One send instead of
+    two is also cheaper. Anything else (timeouts, `fileno`, ...) is the real socket's."""
+
+    __slots__ = ("sock", "limit", "_parts", "_size")
+
+    def __init__(self, sock: socket.socket, limit: int = 256 * 1024):
+        self.sock = sock
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def sendall(self, data) -> None:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        if self._size >= self.limit:
+            self.flush()
+
+    def send(self, data) -> int:
+        self.flush()
+        return self.sock.send(data)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self.sock.sendfile(*args, **kwargs)
+
+    def flush(self) -> None:
+        if self._parts:
+            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self.sock.sendall(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
 def _answer(status: int, reason: str, message: str, *, close: bool, retry_after: int | None = None) -> bytes:
     body = json.dumps({"error": message}).encode()
     lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}",
@@ -133,6 +174,7 @@ class FrontWorker(base.Worker):
         # The application may say when it can serve (the replica's: once its models are loaded), so that a
         # worker still starting leaves new connections to its ready siblings.
         self.app_ready = getattr(self.wsgi, "replica_ready", None)
+        self.wsgi.replica_board = self.board  # /healthz reads every worker's heartbeat from it
         self.poller.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, (self._on_signal_pipe, None))
         for _ in range(self.cfg.threads):
@@ -397,6 +439,7 @@ class FrontWorker(base.Worker):
         limit = now + self.cfg.graceful_timeout
         while self.conns and time.monotonic() < limit:
             self.notify()
+            self.board.beat(int(time.monotonic() * 1000))  # draining is not hanging
             self._dispatch_events(SWEEP_SECONDS)
             self._sweep(time.monotonic())
         for conn in list(self.conns.values()):
@@ -445,7 +488,8 @@ class FrontWorker(base.Worker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
-            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            out = CoalescedSocket(conn.sock)
+            resp, environ = wsgi.create(req, out, conn.client, conn.server, self.cfg)
             environ["wsgi.multithread"] = True
             self.nr += 1
             if self.nr >= self.max_requests:
@@ -463,6 +507,7 @@ class FrontWorker(base.Worker):
                     for item in respiter:
                         resp.write(item)
                 resp.close()
+                out.flush()
             finally:
                 self.log.access(resp, req, environ, datetime.now() - request_start)
                 if hasattr(respiter, "close"):

@@ -1,0 +1,65 @@
+"""How the supervisor starts gunicorn: its command line and its environment, from the spec and the settings.
+
+Pure functions, so what a worker is started with can be read (and tested) in one place: the listening socket
+is inherited (`fd://N`, bound by the supervisor), the worker class is the replica's own front
+(`workers.front.FrontWorker`), and every setting a worker needs travels as a `REPLICA_*` variable beside the
+parsed spec, never the spec file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from replica.disktree import DiskTree
+from replica.spec import ApiSpec
+from supervisor.preflight import worker_env
+from supervisor.settings import Settings
+
+SYSTEMD_PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # systemd talks to the supervisor only
+
+
+def gunicorn_command(api: ApiSpec, s: Settings, listen_fd: int, runtime_dir: Path) -> list[str]:
+    pred = api.predictor
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"fd://{listen_fd}",
+        "--workers", str(pred.processes_per_replica),
+        "--threads", str(pred.threads_per_process),
+        "--worker-class", "workers.front.FrontWorker",
+        "--graceful-timeout", str(int(s.drain_timeout)),
+        "--timeout", str(max(1, round(s.worker_timeout))),
+        "--keep-alive", str(s.keep_alive),
+        "--backlog", "2048",
+        "--log-level", "warning",
+        "--error-logfile", "-",
+        "--worker-tmp-dir", str(runtime_dir),
+        "--no-control-socket",  # gunicorn's default socket is one per user, shared by every replica
+        "--name", f"replica-{api.name}",
+        "--config", "python:workers.gunicorn_conf",
+        "workers.wsgi:application",
+    ]
+
+
+def gunicorn_env(api: ApiSpec, s: Settings, tree: DiskTree, spec_pickle: Path) -> dict[str, str]:
+    env = worker_env(api)
+    for private in SYSTEMD_PRIVATE:
+        env.pop(private, None)
+    env.update({
+        "REPLICA_SPEC_PICKLE": str(spec_pickle),
+        "REPLICA_STATE_DIR": str(tree.root),
+        "REPLICA_RUNTIME_DIR": str(tree.run),
+        "REPLICA_POLL_INTERVAL": str(s.poll_interval),
+        "REPLICA_HEARTBEAT_TIMEOUT": str(s.heartbeat_timeout),
+        "REPLICA_WORKER_TIMEOUT": str(s.worker_timeout),
+        "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
+        "REPLICA_HEADER_TIMEOUT": str(s.header_timeout),
+        "REPLICA_BODY_TIMEOUT": str(s.body_timeout),
+        "REPLICA_MAX_REPLICA_CONCURRENCY": str(api.max_replica_concurrency),
+        "REPLICA_LOG_FORMAT": s.log_format,
+        "REPLICA_ACCESS_LOG": "1" if s.access_log else "0",
+        "REPLICA_SUPERVISOR_PID": str(os.getpid()),
+        "PROMETHEUS_MULTIPROC_DIR": str(tree.metrics_dir),
+    })
+    return env
