@@ -29,8 +29,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.cortex_standins import (  # noqa: E402
-    MPG_BIAS,
+    MPG_VERSIONS,
     MPG_WEIGHTS,
+    mpg_bias,
     write_gpt2,
     write_gpt2_encoder,
     write_iris,
@@ -64,9 +65,10 @@ def iris_answer(sample: str) -> str:
     return IRIS_LABELS[int(linear_scores([row], IRIS_WEIGHTS, IRIS_BIAS)[0].argmax())]
 
 
-def mpg_answer(sample: str) -> float:
+def mpg_answer(sample: str, version: int) -> float:
+    """What the stand-in mpg estimator's `version` answers for an example's sample file."""
     row = [json.loads(sample)[k] for k in ("cylinders", "displacement", "horsepower", "weight", "acceleration")]
-    return float(linear_scores([row], MPG_WEIGHTS, MPG_BIAS)[0][0])
+    return float(linear_scores([row], MPG_WEIGHTS, mpg_bias(version))[0][0])
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ class Example:
 def mpg_reply(sample: str, query: str) -> dict:
     params = dict(p.split("=") for p in query.split("&") if p)
     model = {"name": params["model"]} if "model" in params else {}
-    return {"prediction": mpg_answer(sample), "model": {**model, "version": params.get("version")}}
+    # No version asked: the highest, as Cortex chose.
+    served = int(params.get("version") or max(MPG_VERSIONS))
+    return {"prediction": mpg_answer(sample, served), "model": {**model, "version": params.get("version")}}
 
 
 IRIS_TF, MPG = "tensorflow/iris-classifier/nn/1560263597", "sklearn/mpg-estimator/linreg"
@@ -110,7 +114,8 @@ RUNNABLE = [
             lambda s, q: {"boxes": []}, spec="cortex_full.yaml", api="yolov3", sample=None),
     Example("examples/onnx/iris-classifier", ("onnx/iris-classifier",), lambda s, q: iris_answer(s)),
     Example("examples/sklearn/iris-classifier", ("sklearn/iris-classifier",), lambda s, q: iris_answer(s)),
-    Example("examples/sklearn/mpg-estimator", (MPG,), lambda s, q: mpg_answer(s),
+    # Its __init__ downloads every file under the prefix into one folder: the last listed version's files win.
+    Example("examples/sklearn/mpg-estimator", (MPG,), lambda s, q: mpg_answer(s, max(MPG_VERSIONS)),
             outdated=("has no attribute 'asscalar'", "its `predict` calls `np.asscalar`, removed in NumPy 1.23 "
                       "(the example pins scikit-learn 0.21.3, which has no build for today's Python)")),
     Example("examples/pytorch/iris-classifier", ("pytorch/iris-classifier",), lambda s, q: iris_answer(s)),

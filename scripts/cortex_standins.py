@@ -33,7 +33,8 @@ regression (`MPG_WEIGHTS`, `MPG_BIAS`) so each sample has a known answer:
   (`fc1` 4->100, ReLU, `fc2` 100->100, `fc3` 100->3, softmax) that computes the linear classifier (identity
   layers in front: iris measurements are positive, so the ReLU passes them).
 - `write_mpg`: the MLflow scikit-learn model `sklearn/mpg-estimator/linreg/` (versions 1, 2, 3, as in Cortex's
-  bucket), a LinearRegression over (cylinders, displacement, horsepower, weight, acceleration).
+  bucket), a LinearRegression over (cylinders, displacement, horsepower, weight, acceleration) whose bias
+  grows by one per version (`mpg_bias`), so an answer tells which version gave it.
 
 TensorFlow is imported inside the functions: importing this module stays cheap.
 """
@@ -47,7 +48,8 @@ from pathlib import Path
 from scripts.model_factory import IRIS_BIAS, IRIS_WEIGHTS
 
 MPG_WEIGHTS = [[0.0], [-0.01], [-0.05], [-0.005], [0.1]]
-MPG_BIAS = [45.0]
+MPG_BIAS = [45.0]  # version 0; version v adds v
+MPG_VERSIONS = (1, 2, 3)
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 VISION_SCORE_ORDER = (0, 7, 4, 1, 8, 5, 2, 9, 6, 3)  # a permutation: class k scores this much above the mean
 VISION_GRIDS = {"conv_81": 2, "conv_93": 4}  # output name -> grid size
@@ -248,7 +250,7 @@ def write_pytorch_iris(directory: Path) -> Path:
 
 
 def write_mpg(directory: Path) -> Path:
-    """The MLflow mpg-estimator stand-in, versions 1, 2 and 3 (the same regression) in `directory`."""
+    """The MLflow mpg-estimator stand-in, versions 1, 2 and 3, in `directory`."""
     import logging
 
     import mlflow
@@ -257,6 +259,11 @@ def write_mpg(directory: Path) -> Path:
 
     logging.getLogger(mlflow.__name__).setLevel(logging.ERROR)  # its advice on pickle formats, once per version
     directory = Path(directory)
-    for version in ("1", "2", "3"):
-        write_mlflow(directory / version, MPG_WEIGHTS, MPG_BIAS)
+    for version in MPG_VERSIONS:
+        write_mlflow(directory / str(version), MPG_WEIGHTS, mpg_bias(version))
     return directory
+
+
+def mpg_bias(version: int) -> list[float]:
+    """The bias of the mpg stand-in's `version`."""
+    return [MPG_BIAS[0] + version]
