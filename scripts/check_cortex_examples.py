@@ -1,7 +1,7 @@
 """Run every Cortex v0.22.1 example that needs no internet access unchanged against a real replica.
 
     git clone --branch v0.22.1 https://github.com/cortexlabs/cortex /tmp/cortex
-    pip install -e '.[cortex-examples]'     # what the examples import beyond the replica (regex, opencv, scipy)
+    pip install -e '.[tensorflow,examples,frameworks,cortex-examples]'   # what the examples import
     python scripts/check_cortex_examples.py /tmp/cortex [--only NAME ...]
 
 Each example's spec, predictor and sample file are used as they are in the checkout. The stand-in models
