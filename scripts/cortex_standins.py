@@ -22,6 +22,20 @@ code runs against them unchanged, offline:
   its continuation to it); and an encoder in GPT-2's format (`encoder.json`, `vocab.bpe`) with one token per
   byte and no merges, so the example's encoder turns any text into tokens and back.
 
+And for the other frameworks' examples, all of them model_factory's linear iris classifier or a linear
+regression (`MPG_WEIGHTS`, `MPG_BIAS`) so each sample has a known answer:
+
+- `write_onnx_iris`: `onnx/iris-classifier` and traffic-splitter's ONNX API (an XGBoost classifier converted
+  with onnxmltools): `model.onnx` with input `input` float32 [None, 4], outputs `label` int64 [None] first
+  (the predictor reads `prediction[0][0]`), then `probabilities` float32 [None, 3].
+- `write_sklearn_iris`: `sklearn/iris-classifier`'s `model.pkl`, a pickled scikit-learn LogisticRegression.
+- `write_pytorch_iris`: `pytorch/iris-classifier`'s `weights.pth`, a state dict for the example's own `IrisNet`
+  (`fc1` 4->100, ReLU, `fc2` 100->100, `fc3` 100->3, softmax) that computes the linear classifier (identity
+  layers in front: iris measurements are positive, so the ReLU passes them).
+- `write_mpg`: the MLflow scikit-learn model `sklearn/mpg-estimator/linreg/` (versions 1, 2, 3, as in Cortex's
+  bucket), a LinearRegression over (cylinders, displacement, horsepower, weight, acceleration) whose bias
+  grows by one per version (`mpg_bias`), so an answer tells which version gave it.
+
 TensorFlow is imported inside the functions: importing this module stays cheap.
 """
 
@@ -33,6 +47,9 @@ from pathlib import Path
 
 from scripts.model_factory import IRIS_BIAS, IRIS_WEIGHTS
 
+MPG_WEIGHTS = [[0.0], [-0.01], [-0.05], [-0.005], [0.1]]
+MPG_BIAS = [45.0]  # version 0; version v adds v
+MPG_VERSIONS = (1, 2, 3)
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 VISION_SCORE_ORDER = (0, 7, 4, 1, 8, 5, 2, 9, 6, 3)  # a permutation: class k scores this much above the mean
 VISION_GRIDS = {"conv_81": 2, "conv_93": 4}  # output name -> grid size
@@ -156,3 +173,97 @@ def write_yolov3(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     return directory
+
+
+def write_onnx_iris(directory: Path) -> Path:
+    """`model.onnx` of the ONNX iris stand-in (outputs `label`, then `probabilities`) in `directory`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(IRIS_WEIGHTS, dtype=np.float32), name="W")
+    b = numpy_helper.from_array(np.asarray(IRIS_BIAS, dtype=np.float32), name="b")
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["scores_raw"]),
+        helper.make_node("Add", ["scores_raw", "b"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "iris",
+        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        outputs=[
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
+        ],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(directory / "model.onnx"))
+    return directory
+
+
+def write_sklearn_iris(directory: Path) -> Path:
+    """`model.pkl`: a pickled LogisticRegression whose decision function is the linear iris classifier."""
+    import pickle
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression()
+    model.classes_ = np.arange(3)
+    model.coef_ = np.asarray(IRIS_WEIGHTS, dtype=np.float64).T
+    model.intercept_ = np.asarray(IRIS_BIAS, dtype=np.float64)
+    model.n_features_in_ = 4
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.pkl").write_bytes(pickle.dumps(model))
+    return directory
+
+
+def write_pytorch_iris(directory: Path) -> Path:
+    """`weights.pth`: a state dict for `examples/pytorch/iris-classifier/model.py`'s `IrisNet`."""
+    import torch
+
+    hidden = 100
+    fc1 = torch.zeros(hidden, 4)
+    fc1[:4, :4] = torch.eye(4)
+    fc3 = torch.zeros(3, hidden)
+    fc3[:, :4] = torch.tensor(IRIS_WEIGHTS, dtype=torch.float32).T
+    state = {
+        "fc1.weight": fc1,
+        "fc1.bias": torch.zeros(hidden),
+        "fc2.weight": torch.eye(hidden),
+        "fc2.bias": torch.zeros(hidden),
+        "fc3.weight": fc3,
+        "fc3.bias": torch.tensor(IRIS_BIAS, dtype=torch.float32),
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / "weights.pth")
+    return directory
+
+
+def write_mpg(directory: Path) -> Path:
+    """The MLflow mpg-estimator stand-in, versions 1, 2 and 3, in `directory`."""
+    import logging
+
+    import mlflow
+
+    from scripts.framework_models import write_mlflow
+
+    logging.getLogger(mlflow.__name__).setLevel(logging.ERROR)  # its advice on pickle formats, once per version
+    directory = Path(directory)
+    for version in MPG_VERSIONS:
+        write_mlflow(directory / str(version), MPG_WEIGHTS, mpg_bias(version))
+    return directory
+
+
+def mpg_bias(version: int) -> list[float]:
+    """The bias of the mpg stand-in's `version`."""
+    return [MPG_BIAS[0] + version]
