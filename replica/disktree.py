@@ -184,14 +184,13 @@ class DiskTree:
         folder without a manifest, which counts as not installed and is downloaded again.
         """
         target = self.version_dir(name, version)
-        target.parent.mkdir(parents=True, exist_ok=True)
         trash = None
         with self.write_lock(name, version, while_waiting):
             self.manifest_file(name, version).unlink(missing_ok=True)
             if target.exists():
                 trash = Path(tempfile.mkdtemp(prefix="old-", dir=self.tmp))
                 os.rename(target, trash / "v")
-            os.rename(staging, target)
+            _rename_into(staging, target)
             write_json_atomic(self.manifest_file(name, version), manifest)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
@@ -213,6 +212,23 @@ class DiskTree:
 
     def touch_heartbeat(self) -> None:
         self.heartbeat_file.touch()
+
+
+def _rename_into(src: Path, dest: Path, attempts: int = 5) -> None:
+    """Rename `src` to `dest`, creating the model folder `dest` lives in.
+
+    Removing the last version of a model deletes the model's folder once it is empty, under that version's lock
+    only: an install of another version of the same model can see its freshly made folder vanish before its
+    rename. The folder is then made again; the rename itself is what makes the version appear."""
+    for attempt in range(attempts):
+        with contextlib.suppress(FileExistsError):  # not exist_ok: pathlib raises if it vanishes as it looks
+            dest.parent.mkdir(parents=True)
+        try:
+            os.rename(src, dest)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1 or not src.exists():
+                raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
