@@ -34,6 +34,11 @@ from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
+# A prediction that reaches a worker still loading the models on disk (a worker that replaced a crashed one
+# while no other could answer) waits this long for them before it is answered 503: they are on disk already,
+# so a short wait is a slower answer instead of a failed one.
+STARTUP_WAIT_SECONDS = 10.0
+
 
 class Runtime:
     """One worker's predictor, clients and registry."""
@@ -296,7 +301,8 @@ def predict() -> Response:
 
 
 def _predict(runtime: Runtime, scope) -> Response:
-    if not runtime.registry.initial_sync_done.is_set():
+    loaded = runtime.registry.initial_sync_done
+    if not loaded.is_set() and not loaded.wait(STARTUP_WAIT_SECONDS):
         raise Unavailable("the replica is still loading its models", retry_after=2)
     # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
     wanted = runtime.wanted_args
