@@ -321,7 +321,7 @@ def test_haproxy_soft_stop_drains_requests_in_flight(cluster, workload):
         wait_for(lambda: _refused(cluster.haproxy.base), timeout=10, message="HAProxy stops accepting")
         resp = pending.result(30)
     assert resp.status_code == 200 and resp.json()["name"] == name
-    assert cluster.haproxy.proc.wait(10) == 0
+    assert cluster.haproxy.proc.wait(40) == 0  # within hard-stop-after (30 s), whatever idle clients remain
 
 
 def _refused(url: str) -> bool:
