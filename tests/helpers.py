@@ -100,3 +100,12 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
     finally:
         for p in procs:
             p.resume()
+
+
+def read_state(state_dir: Path) -> dict:
+    """What the supervisor of `state_dir` published (its state feed as one document: the facts, plus `models`:
+    name -> error and versions by number); {} before the first publish."""
+    from replica.disktree import DiskTree
+    from replica.feed import snapshot
+
+    return snapshot(DiskTree(state_dir).feed_file) or {}

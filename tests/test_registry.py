@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers import write_api
+from tests.helpers import read_state, write_api
 from tests.replica_proc import wait_for
 from tests.test_caching import (ask, cached_spec, check_answer, disk_versions, loading, log_count, memory_versions,
                                 upload_models)
@@ -99,7 +99,7 @@ def test_unreachable_supervisor_costs_no_model_its_place(s3, bucket, replica, tm
     upload_models(s3, bucket, models)
     r = replica(cached_spec(tmp_path / "api", bucket, 1, 2), env=s3.env, poll_interval=1.0)
     assert check_answer(ask(r, "a"), "a", models["a"]) is None
-    socket_path = Path(json.loads((r.state_dir / "state.json").read_text())["control_socket"])
+    socket_path = Path(read_state(r.state_dir)["control_socket"])
     socket_path.unlink()  # the supervisor's control socket is gone
 
     for attempt in range(3):
@@ -224,14 +224,16 @@ def test_disk_evicts_the_least_recently_requested_version(s3, bucket, replica, t
 
 def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeypatch):
     """Rendering (the part that grows with the catalogue) runs on a copy: a request can take the lock meanwhile."""
-    from replica.disktree import DiskTree, write_json_atomic
+    from replica.disktree import DiskTree
+    from replica.feed import FeedWriter
     from workers import model_status
     from workers.registry import ModelRegistry
 
-    tree = DiskTree(tmp_path)
-    models = {f"m{i:05d}": {"error": None, "versions": {"1": {"upstream": True, "disk": False, "fingerprint": None,
-                                                              "error": None}}} for i in range(10_000)}
-    write_json_atomic(tree.state_file, {"ready": True, "models": models})
+    tree = DiskTree(tmp_path, runtime=tmp_path / "run")
+    tree.prepare()
+    names = [f"m{i:05d}" for i in range(10_000)]
+    FeedWriter(tree.feed_file).publish({"ready": True}, [(n, None) for n in names],
+                                       [(n, 1, True, False, None, None) for n in names], complete=True)
     registry = ModelRegistry(tree, load=lambda *a: None)
     rendering, finish = threading.Event(), threading.Event()
     render = model_status.render

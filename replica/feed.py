@@ -1,0 +1,217 @@
+"""The state feed: what the supervisor knows about the catalogue, as rows that carry a change number.
+
+One SQLite database (the standard library's, in WAL mode) in the runtime folder, next to the heartbeat. The
+supervisor is its only writer; every worker reads it. Each model and each version is a row stamped with the
+change number (`seq`) of the publish that last changed it, so a publish writes only the rows that changed (an
+upsert whose update is skipped when nothing differs touches no page) and a worker asks "rows changed since
+seq N" with one indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
+The top-level facts (first sync done, root errors, the control socket, counters) are one small JSON row.
+
+Why the runtime folder: the feed is derived state that the supervisor rebuilds at every start (a new
+`generation` tells readers to start over), so it need not survive a reboot; on the memory filesystem a full
+or slow state disk never stops the supervisor from telling workers about errors, and WAL readers never
+wait on a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS top (id INTEGER PRIMARY KEY CHECK (id = 1), generation TEXT NOT NULL,
+                                seq INTEGER NOT NULL, facts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, error TEXT, gone INTEGER NOT NULL,
+                                   seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS models_seq ON models (seq);
+CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, upstream INTEGER NOT NULL,
+                                     disk INTEGER NOT NULL, fingerprint TEXT, error TEXT, gone INTEGER NOT NULL,
+                                     seq INTEGER NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS versions_seq ON versions (seq);
+"""
+
+_UPSERT_VERSION = """
+INSERT INTO versions (name, version, upstream, disk, fingerprint, error, gone, seq) VALUES (?, ?, ?, ?, ?, ?, 0, ?)
+ON CONFLICT (name, version) DO UPDATE SET upstream = excluded.upstream, disk = excluded.disk,
+    fingerprint = excluded.fingerprint, error = excluded.error, gone = 0, seq = excluded.seq
+WHERE versions.upstream IS NOT excluded.upstream OR versions.disk IS NOT excluded.disk
+   OR versions.fingerprint IS NOT excluded.fingerprint OR versions.error IS NOT excluded.error OR versions.gone
+"""
+_UPSERT_MODEL = """
+INSERT INTO models (name, error, gone, seq) VALUES (?, ?, 0, ?)
+ON CONFLICT (name) DO UPDATE SET error = excluded.error, gone = 0, seq = excluded.seq
+WHERE models.error IS NOT excluded.error OR models.gone
+"""
+
+# (name, version, upstream, disk, fingerprint, error) and (name, error)
+VersionRow = tuple[str, int, bool, bool, "str | None", "str | None"]
+ModelRow = tuple[str, "str | None"]
+
+
+class FeedWriter:
+    """The supervisor's side. Not thread-safe: the caller serialises publishes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self._conn = self._open()
+        except sqlite3.DatabaseError:  # a damaged file from an earlier run: it is derived, start afresh
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # derived data: a power cut loses nothing a restart won't rebuild
+        conn.executescript(SCHEMA)
+        with _transaction(conn):  # readers of an earlier run see a new generation and start over
+            conn.execute("DELETE FROM models")
+            conn.execute("DELETE FROM versions")
+            conn.execute("INSERT OR REPLACE INTO top (id, generation, seq, facts) VALUES (1, ?, 0, '{}')",
+                         (uuid.uuid4().hex,))
+        self.seq = 0
+        return conn
+
+    def publish(self, facts: dict, models: Iterable[ModelRow], versions: Iterable[VersionRow],
+                complete: bool) -> int:
+        """Write the rows that differ from what readers have; with `complete`, the rows given are all there
+        are, and every other live row becomes a tombstone. Return the number of rows written."""
+        conn = self._conn
+        seq = self.seq + 1
+        with _transaction(conn):
+            before = conn.total_changes
+            model_rows = [(name, error, seq) for name, error in models]
+            version_rows = [(n, v, int(up), int(disk), fp, err, seq) for n, v, up, disk, fp, err in versions]
+            conn.executemany(_UPSERT_MODEL, model_rows)
+            conn.executemany(_UPSERT_VERSION, version_rows)
+            if complete:
+                live = {r[0] for r in model_rows}
+                gone = [(seq, n) for (n,) in conn.execute("SELECT name FROM models WHERE gone = 0") if n not in live]
+                conn.executemany("UPDATE models SET gone = 1, seq = ? WHERE name = ?", gone)
+                live_v = {(r[0], r[1]) for r in version_rows}
+                gone_v = [(seq, n, v) for n, v in conn.execute("SELECT name, version FROM versions WHERE gone = 0")
+                          if (n, v) not in live_v]
+                conn.executemany("UPDATE versions SET gone = 1, seq = ? WHERE name = ? AND version = ?", gone_v)
+            rows = conn.total_changes - before
+            text = json.dumps(facts, sort_keys=True)
+            if rows or conn.execute("SELECT facts FROM top").fetchone()[0] != text:
+                conn.execute("UPDATE top SET seq = ?, facts = ?", (seq, text))
+                self.seq = seq
+        return rows
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class Changes:
+    """What changed since the reader's last look; `reset` means forget everything first."""
+    reset: bool
+    facts: dict
+    models: list[tuple[str, str | None, bool]] = field(default_factory=list)  # name, error, gone
+    versions: list[tuple[str, int, bool, bool, str | None, str | None, bool]] = field(default_factory=list)
+
+
+class FeedReader:
+    """A worker's side: one connection, one cheap query when nothing changed. Not thread-safe."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self.generation: str | None = None
+        self.seq = -1
+
+    def changes(self) -> Changes | None:
+        """The rows changed since the last call, or None when nothing did (or the feed is not there yet)."""
+        try:
+            conn = self._connect()
+            with _transaction(conn):  # one snapshot for the top row and the rows it counts
+                row = conn.execute("SELECT generation, seq, facts FROM top").fetchone()
+                if row is None:
+                    return None
+                generation, seq, facts = row
+                reset = generation != self.generation
+                if not reset and seq == self.seq:
+                    return None
+                since = -1 if reset else self.seq
+                models = conn.execute("SELECT name, error, gone FROM models WHERE seq > ?", (since,)).fetchall()
+                versions = conn.execute("SELECT name, version, upstream, disk, fingerprint, error, gone FROM versions "
+                                        "WHERE seq > ?", (since,)).fetchall()
+        except sqlite3.Error:
+            self.close()  # not created yet, or replaced by a restarted supervisor: reconnect next time
+            return None
+        self.generation, self.seq = generation, seq
+        return Changes(reset, json.loads(facts), [(n, e, bool(g)) for n, e, g in models],
+                       [(n, v, bool(u), bool(d), fp, e, bool(g)) for n, v, u, d, fp, e, g in versions])
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def facts(path: Path) -> dict:
+    """The top-level facts alone (health checks, metrics): one small row, whatever the catalogue's size."""
+    try:
+        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT facts FROM top").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+    return json.loads(row[0]) if row else {}
+
+
+def version_counts(path: Path) -> tuple[int, int]:
+    """(versions on disk, versions with an error), counted in the feed (a scrape's figures)."""
+    try:
+        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+        try:
+            disk, errors = conn.execute("SELECT total(disk), total(error IS NOT NULL) FROM versions "
+                                        "WHERE gone = 0").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0, 0
+    return int(disk), int(errors)
+
+
+def snapshot(path: Path) -> dict | None:
+    """Everything in the feed as one document (the facts, plus `models`: name -> error and versions by
+    number), for tools and tests; None when there is no feed yet."""
+    reader = FeedReader(path)
+    changes = reader.changes()
+    reader.close()
+    if changes is None:
+        return None
+    models: dict[str, dict] = {n: {"error": e, "versions": {}} for n, e, gone in changes.models if not gone}
+    for n, v, up, disk, fp, err, gone in changes.versions:
+        if not gone:
+            models.setdefault(n, {"error": None, "versions": {}})["versions"][str(v)] = {
+                "upstream": up, "disk": disk, "fingerprint": fp, "error": err}
+    return {**changes.facts, "models": models}
+
+
+class _transaction:
+    """BEGIN/COMMIT on an autocommit connection (ROLLBACK on an error)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

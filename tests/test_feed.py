@@ -1,0 +1,78 @@
+"""The state feed: a publish writes only what changed, and a worker reads only what changed."""
+
+from __future__ import annotations
+
+from replica.disktree import DiskTree
+from replica.feed import FeedReader, FeedWriter, facts, snapshot
+from workers.state_feed import StateView
+
+
+def catalogue(n: int, disk: set[str] = frozenset(), error: dict | None = None):
+    error = error or {}
+    models = [(f"m{i}", None) for i in range(n)]
+    versions = [(f"m{i}", 1, True, f"m{i}" in disk, "fp" if f"m{i}" in disk else None, error.get(f"m{i}"))
+                for i in range(n)]
+    return models, versions
+
+
+def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path):
+    writer = FeedWriter(tmp_path / "feed.sqlite")
+    reader = FeedReader(tmp_path / "feed.sqlite")
+    assert writer.publish({"ready": True}, *catalogue(1000), complete=True) == 2000
+    first = reader.changes()
+    assert first.reset and len(first.models) == 1000 and len(first.versions) == 1000
+    assert reader.changes() is None  # nothing moved: nothing to read
+
+    assert writer.publish({"ready": True}, *catalogue(1000), complete=True) == 0  # same catalogue: nothing written
+    assert reader.changes() is None
+    assert writer.publish({"ready": True}, *catalogue(1000, disk={"m7"}), complete=True) == 1
+    change = reader.changes()
+    assert not change.reset and change.models == []
+    assert change.versions == [("m7", 1, True, True, "fp", None, False)]
+
+    # only the rows given, as after a fetch: nothing else is marked gone
+    assert writer.publish({"ready": True}, [("m3", None)], [("m3", 1, True, False, None, "boom")],
+                          complete=False) == 1
+    assert reader.changes().versions == [("m3", 1, True, False, None, "boom", False)]
+
+
+def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
+    writer = FeedWriter(tmp_path / "feed.sqlite")
+    reader = FeedReader(tmp_path / "feed.sqlite")
+    writer.publish({}, *catalogue(3), complete=True)
+    reader.changes()
+    writer.publish({}, *catalogue(2), complete=True)
+    change = reader.changes()
+    assert change.models == [("m2", None, True)] and change.versions == [("m2", 1, True, False, None, None, True)]
+    assert sorted(snapshot(tmp_path / "feed.sqlite")["models"]) == ["m0", "m1"]
+    writer.publish({}, *catalogue(3), complete=True)
+    assert [m[0] for m in reader.changes().models] == ["m2"]
+
+
+def test_a_restarted_supervisor_starts_readers_over(tmp_path):
+    FeedWriter(tmp_path / "feed.sqlite").publish({"ready": True}, *catalogue(5), complete=True)
+    view = StateView(DiskTree(tmp_path, runtime=tmp_path))
+    assert view.refresh() and len(view.models) == 5 and view.ready
+    FeedWriter(tmp_path / "feed.sqlite").publish({"ready": False}, *catalogue(2), complete=True)
+    assert view.refresh() and sorted(view.models) == ["m0", "m1"] and not view.ready
+
+
+def test_the_worker_view_is_replaced_not_changed_in_place(tmp_path):
+    writer = FeedWriter(tmp_path / "feed.sqlite")
+    view = StateView(DiskTree(tmp_path, runtime=tmp_path))
+    writer.publish({"control_socket": "/x.sock"}, *catalogue(3, disk={"m1"}), complete=True)
+    view.refresh()
+    models, disk = view.models, view.on_disk()
+    assert disk == {"m1": {1: "fp"}} and view.control_socket == "/x.sock"
+    writer.publish({}, *catalogue(3, disk={"m2"}, error={"m0": "bad"}), complete=True)
+    assert view.refresh()
+    assert disk == {"m1": {1: "fp"}} and models["m0"]["versions"]["1"]["error"] is None  # the old copies stand
+    assert view.on_disk() == {"m2": {1: "fp"}}
+    assert view.version_info("m0", 1)["error"] == "bad" and view.upstream_versions("m0") == []
+    assert view.upstream_versions("m1") == [1]
+
+
+def test_facts_before_the_feed_exists(tmp_path):
+    assert facts(tmp_path / "feed.sqlite") == {}
+    assert snapshot(tmp_path / "feed.sqlite") is None
+    assert FeedReader(tmp_path / "feed.sqlite").changes() is None
