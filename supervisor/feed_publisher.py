@@ -41,6 +41,19 @@ class FeedPublisher:
                 versions.append((name, version, listing is not None, fp is not None, fp, err))
         return models, versions
 
+    def status(self) -> dict:
+        """Every model and version known upstream or on disk, with where it is and its last error, as one
+        document (what the feed holds after the next publish; for tools and tests)."""
+        with self.lock:
+            installed = {n: dict(vs) for n, vs in self.installed.items()}
+            errors = dict(self.version_errors)
+        models, versions = self._rows(self.catalogue.models.keys() | installed.keys(), installed, errors)
+        out: dict[str, dict] = {name: {"error": error, "versions": {}} for name, error in models}
+        for name, version, upstream, disk, fp, error in versions:
+            out[name]["versions"][str(version)] = {"upstream": upstream, "disk": disk, "fingerprint": fp,
+                                                   "error": error}
+        return out
+
     def publish(self, names: set[str] | None = None) -> None:
         """Write what changed to the feed: the rows of `names`, or of the whole catalogue (which also marks what
         left). Publishes take turns, and each builds its rows only once it has its turn, so a newer state is

@@ -70,6 +70,8 @@ def test_the_worker_view_is_replaced_not_changed_in_place(tmp_path):
     assert view.on_disk() == {"m2": {1: "fp"}}
     assert view.version_info("m0", 1)["error"] == "bad" and view.upstream_versions("m0") == []
     assert view.upstream_versions("m1") == [1]
+    writer.publish({}, *catalogue(2), complete=True)  # m2 left upstream and disk together
+    assert view.refresh() and "m2" not in view.models and view.on_disk() == {}
 
 
 def test_facts_before_the_feed_exists(tmp_path):

@@ -51,14 +51,11 @@ class StateView:
             else:
                 fresh(name)["error"] = error
         for name, version, upstream, on_disk, fingerprint, error, gone in changes.versions:
-            if name not in models and gone:
-                continue
-            m = fresh(name)
-            if gone:
-                m["versions"].pop(str(version), None)
-            else:
-                m["versions"][str(version)] = {"upstream": upstream, "disk": on_disk, "fingerprint": fingerprint,
-                                               "error": error}
+            if not gone:
+                fresh(name)["versions"][str(version)] = {"upstream": upstream, "disk": on_disk,
+                                                         "fingerprint": fingerprint, "error": error}
+            elif name in models:
+                fresh(name)["versions"].pop(str(version), None)
             fps = dict(disk.get(name, {}))
             if on_disk and fingerprint and not gone:
                 fps[version] = fingerprint
