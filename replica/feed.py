@@ -3,7 +3,7 @@
 One SQLite database (the standard library's, in WAL mode) in the runtime folder, next to the heartbeat. The
 supervisor is its only writer; every worker reads it. Each model and each version is a row stamped with the
 change number (`seq`) of the publish that last changed it, so a publish writes only the rows that changed (an
-upsert whose update is skipped when nothing differs touches no page) and a worker asks "rows changed since
+writer compares each row with what it last wrote, in memory) and a worker asks "rows changed since
 seq N" with one indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
 The top-level facts (first sync done, root errors, the control socket, counters) are one small JSON row.
 
@@ -75,33 +75,49 @@ class FeedWriter:
             conn.execute("INSERT OR REPLACE INTO top (id, generation, seq, facts) VALUES (1, ?, 0, '{}')",
                          (uuid.uuid4().hex,))
         self.seq = 0
+        # What readers have, by row (a hash of each version's fields): a publish of a catalogue that did not
+        # change compares in memory and sends SQLite nothing.
+        self._models: dict[str, str | None] = {}
+        self._versions: dict[tuple[str, int], int] = {}
+        self._facts = "{}"
         return conn
 
     def publish(self, facts: dict, models: Iterable[ModelRow], versions: Iterable[VersionRow],
                 complete: bool) -> int:
         """Write the rows that differ from what readers have; with `complete`, the rows given are all there
         are, and every other live row becomes a tombstone. Return the number of rows written."""
-        conn = self._conn
         seq = self.seq + 1
-        with _transaction(conn):
-            before = conn.total_changes
-            model_rows = [(name, error, seq) for name, error in models]
-            version_rows = [(n, v, int(up), int(disk), fp, err, seq) for n, v, up, disk, fp, err in versions]
-            conn.executemany(_UPSERT_MODEL, model_rows)
-            conn.executemany(_UPSERT_VERSION, version_rows)
-            if complete:
-                live = {r[0] for r in model_rows}
-                gone = [(seq, n) for (n,) in conn.execute("SELECT name FROM models WHERE gone = 0") if n not in live]
-                conn.executemany("UPDATE models SET gone = 1, seq = ? WHERE name = ?", gone)
-                live_v = {(r[0], r[1]) for r in version_rows}
-                gone_v = [(seq, n, v) for n, v in conn.execute("SELECT name, version FROM versions WHERE gone = 0")
-                          if (n, v) not in live_v]
-                conn.executemany("UPDATE versions SET gone = 1, seq = ? WHERE name = ? AND version = ?", gone_v)
-            rows = conn.total_changes - before
-            text = json.dumps(facts, sort_keys=True)
-            if rows or conn.execute("SELECT facts FROM top").fetchone()[0] != text:
-                conn.execute("UPDATE top SET seq = ?, facts = ?", (seq, text))
-                self.seq = seq
+        known_models, known_versions = self._models, self._versions
+        model_rows, version_rows = [], []
+        models_now: dict[str, str | None] = {}
+        versions_now: dict[tuple[str, int], int] = {}
+        for name, error in models:
+            models_now[name] = error
+            if name not in known_models or known_models[name] != error:
+                model_rows.append((name, error, seq))
+        for name, version, upstream, disk, fingerprint, error in versions:
+            key, digest = (name, version), hash((upstream, disk, fingerprint, error))
+            versions_now[key] = digest
+            if known_versions.get(key) != digest:
+                version_rows.append((name, version, int(upstream), int(disk), fingerprint, error, seq))
+        gone_models = [(seq, n) for n in known_models if n not in models_now] if complete else []
+        gone_versions = [(seq, n, v) for n, v in known_versions if (n, v) not in versions_now] if complete else []
+        text = json.dumps(facts, sort_keys=True)
+        rows = len(model_rows) + len(version_rows) + len(gone_models) + len(gone_versions)
+        if rows or text != self._facts:
+            with _transaction(self._conn):
+                self._conn.executemany(_UPSERT_MODEL, model_rows)
+                self._conn.executemany(_UPSERT_VERSION, version_rows)
+                self._conn.executemany("UPDATE models SET gone = 1, seq = ? WHERE name = ?", gone_models)
+                self._conn.executemany("UPDATE versions SET gone = 1, seq = ? WHERE name = ? AND version = ?",
+                                       gone_versions)
+                self._conn.execute("UPDATE top SET seq = ?, facts = ?", (seq, text))
+            self.seq, self._facts = seq, text
+        if complete:
+            self._models, self._versions = models_now, versions_now
+        else:
+            known_models.update(models_now)
+            known_versions.update(versions_now)
         return rows
 
     def close(self) -> None:
