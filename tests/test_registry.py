@@ -255,3 +255,48 @@ def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeyp
         finish.set()
         t.join(10)
     assert len(result["status"]) == 10_000
+
+
+def test_polling_v1_models_at_10000_models_keeps_predictions_fast(replica, tmp_path):
+    """A dashboard polling /v1/models over a 10,000-model catalogue while traffic flows: predictions slow down
+    by a bounded factor (they share the worker's CPU), never by a render per request."""
+    models = tmp_path / "models"
+    for i in range(10_000):
+        (models / f"m{i:05d}").mkdir(parents=True)
+        (models / f"m{i:05d}" / "model.json").write_text(json.dumps({"name": f"m{i:05d}"}))
+    spec = write_api(tmp_path / "api", SIMPLE, type="python",
+                     models={"dir": str(models), "cache_size": 2, "disk_cache_size": 3},
+                     processes_per_replica=1, threads_per_process=4)
+    r = replica(spec)
+    assert ask(r, "m00042").status_code == 200
+    assert len(r.get("/v1/models", timeout=60).json()["models"]) == 10_000
+
+    def latencies(count: int) -> list[float]:
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            assert ask(r, "m00042").status_code == 200
+            out.append(time.perf_counter() - start)
+        return sorted(out)
+
+    quiet = latencies(60)
+    stop, polls = threading.Event(), [0]
+
+    def poll() -> None:
+        while not stop.is_set():
+            assert len(r.get("/v1/models", timeout=60).json()["models"]) == 10_000
+            polls[0] += 1
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        wait_for(lambda: polls[0] >= 1, timeout=60, message="a first /v1/models")
+        busy = latencies(60)
+    finally:
+        stop.set()
+        poller.join(60)
+    median_quiet, median_busy = quiet[len(quiet) // 2], busy[len(busy) // 2]
+    print(f"prediction median {median_quiet * 1000:.1f} ms quiet, {median_busy * 1000:.1f} ms while "
+          f"/v1/models was polled {polls[0]} times")
+    assert polls[0] >= 2
+    assert median_busy <= 8 * median_quiet, (median_quiet, median_busy)
