@@ -5,6 +5,7 @@ supervisor is its only writer; every worker reads it. Each model and each versio
 change number (`seq`) of the publish that last changed it, so a publish writes only the rows that changed (an
 writer compares each row with what it last wrote, in memory) and a worker asks "rows changed since
 seq N" with one indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
+A model is there when it has a version; a model row carries only a model's error (a tombstone: no error).
 The top-level facts (first sync done, root errors, the control socket, counters) are one small JSON row.
 
 Why the runtime folder: the feed is derived state that the supervisor rebuilds at every start (a new
@@ -34,18 +35,8 @@ CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NUL
 CREATE INDEX IF NOT EXISTS versions_seq ON versions (seq);
 """
 
-_UPSERT_VERSION = """
-INSERT INTO versions (name, version, upstream, disk, fingerprint, error, gone, seq) VALUES (?, ?, ?, ?, ?, ?, 0, ?)
-ON CONFLICT (name, version) DO UPDATE SET upstream = excluded.upstream, disk = excluded.disk,
-    fingerprint = excluded.fingerprint, error = excluded.error, gone = 0, seq = excluded.seq
-WHERE versions.upstream IS NOT excluded.upstream OR versions.disk IS NOT excluded.disk
-   OR versions.fingerprint IS NOT excluded.fingerprint OR versions.error IS NOT excluded.error OR versions.gone
-"""
-_UPSERT_MODEL = """
-INSERT INTO models (name, error, gone, seq) VALUES (?, ?, 0, ?)
-ON CONFLICT (name) DO UPDATE SET error = excluded.error, gone = 0, seq = excluded.seq
-WHERE models.error IS NOT excluded.error OR models.gone
-"""
+_PUT_VERSION = "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, 0, ?)"
+_PUT_MODEL = "INSERT OR REPLACE INTO models VALUES (?, ?, 0, ?)"
 
 # (name, version, upstream, disk, fingerprint, error) and (name, error)
 VersionRow = tuple[str, int, bool, bool, "str | None", "str | None"]
@@ -67,7 +58,8 @@ class FeedWriter:
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # derived data: a power cut loses nothing a restart won't rebuild
+        conn.execute("PRAGMA synchronous=OFF")  # derived data: a crash loses nothing a restart does not rebuild
+        conn.execute("PRAGMA journal_size_limit=4194304")  # the first publish of a big catalogue leaves no big WAL
         conn.executescript(SCHEMA)
         with _transaction(conn):  # readers of an earlier run see a new generation and start over
             conn.execute("DELETE FROM models")
@@ -92,6 +84,8 @@ class FeedWriter:
         models_now: dict[str, str | None] = {}
         versions_now: dict[tuple[str, int], int] = {}
         for name, error in models:
+            if error is None:
+                continue  # a model is there when it has versions; a row says its error
             models_now[name] = error
             if name not in known_models or known_models[name] != error:
                 model_rows.append((name, error, seq))
@@ -106,8 +100,8 @@ class FeedWriter:
         rows = len(model_rows) + len(version_rows) + len(gone_models) + len(gone_versions)
         if rows or text != self._facts:
             with _transaction(self._conn):
-                self._conn.executemany(_UPSERT_MODEL, model_rows)
-                self._conn.executemany(_UPSERT_VERSION, version_rows)
+                self._conn.executemany(_PUT_MODEL, model_rows)
+                self._conn.executemany(_PUT_VERSION, version_rows)
                 self._conn.executemany("UPDATE models SET gone = 1, seq = ? WHERE name = ?", gone_models)
                 self._conn.executemany("UPDATE versions SET gone = 1, seq = ? WHERE name = ? AND version = ?",
                                        gone_versions)

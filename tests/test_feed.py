@@ -18,9 +18,9 @@ def catalogue(n: int, disk: set[str] = frozenset(), error: dict | None = None):
 def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path):
     writer = FeedWriter(tmp_path / "feed.sqlite")
     reader = FeedReader(tmp_path / "feed.sqlite")
-    assert writer.publish({"ready": True}, *catalogue(1000), complete=True) == 2000
+    assert writer.publish({"ready": True}, *catalogue(1000), complete=True) == 1000
     first = reader.changes()
-    assert first.reset and len(first.models) == 1000 and len(first.versions) == 1000
+    assert first.reset and first.models == [] and len(first.versions) == 1000
     assert reader.changes() is None  # nothing moved: nothing to read
 
     assert writer.publish({"ready": True}, *catalogue(1000), complete=True) == 0  # same catalogue: nothing written
@@ -43,10 +43,22 @@ def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
     reader.changes()
     writer.publish({}, *catalogue(2), complete=True)
     change = reader.changes()
-    assert change.models == [("m2", None, True)] and change.versions == [("m2", 1, True, False, None, None, True)]
+    assert change.models == [] and change.versions == [("m2", 1, True, False, None, None, True)]
     assert sorted(snapshot(tmp_path / "feed.sqlite")["models"]) == ["m0", "m1"]
     writer.publish({}, *catalogue(3), complete=True)
-    assert [m[0] for m in reader.changes().models] == ["m2"]
+    assert [v[0] for v in reader.changes().versions] == ["m2"]
+
+
+def test_a_model_error_comes_and_goes(tmp_path):
+    writer = FeedWriter(tmp_path / "feed.sqlite")
+    view = StateView(DiskTree(tmp_path, runtime=tmp_path))
+    writer.publish({}, [("m0", None), ("bad", "no model files upstream")], catalogue(1)[1], complete=True)
+    assert view.refresh() and view.model("bad") == {"error": "no model files upstream", "versions": {}}
+    assert snapshot(tmp_path / "feed.sqlite")["models"]["bad"]["error"] == "no model files upstream"
+    writer.publish({}, [("m0", "listing failed")], catalogue(1)[1], complete=True)
+    assert view.refresh() and "bad" not in view.models and view.model("m0")["error"] == "listing failed"
+    writer.publish({}, [("m0", None)], catalogue(1)[1], complete=True)
+    assert view.refresh() and view.model("m0")["error"] is None and view.version_info("m0", 1)["upstream"]
 
 
 def test_a_restarted_supervisor_starts_readers_over(tmp_path):

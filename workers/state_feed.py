@@ -44,12 +44,8 @@ class StateView:
                 touched[name] = models[name] = {"error": old["error"], "versions": dict(old["versions"])}
             return touched[name]
 
-        for name, error, gone in changes.models:
-            if gone:
-                models.pop(name, None)
-                touched.pop(name, None)
-            else:
-                fresh(name)["error"] = error
+        for name, error, gone in changes.models:  # a model row carries its error; a tombstone, none
+            fresh(name)["error"] = None if gone else error
         for name, version, upstream, on_disk, fingerprint, error, gone in changes.versions:
             if not gone:
                 fresh(name)["versions"][str(version)] = {"upstream": upstream, "disk": on_disk,
@@ -65,6 +61,9 @@ class StateView:
                 disk[name] = fps
             else:
                 disk.pop(name, None)
+        for name, m in touched.items():
+            if not m["versions"] and m["error"] is None:
+                del models[name]  # a model is there when it has a version or an error
         self.facts = changes.facts
         self._models = models
         self._disk = disk
