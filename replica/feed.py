@@ -21,7 +21,6 @@ import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS top (id INTEGER PRIMARY KEY CHECK (id = 1), generation TEXT NOT NULL,
@@ -38,9 +37,8 @@ CREATE INDEX IF NOT EXISTS versions_seq ON versions (seq);
 _PUT_VERSION = "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, 0, ?)"
 _PUT_MODEL = "INSERT OR REPLACE INTO models VALUES (?, ?, 0, ?)"
 
-# (name, version, upstream, disk, fingerprint, error) and (name, error)
+# (name, version, upstream, disk, fingerprint, error)
 VersionRow = tuple[str, int, bool, bool, "str | None", "str | None"]
-ModelRow = tuple[str, "str | None"]
 
 
 class FeedWriter:
@@ -69,50 +67,57 @@ class FeedWriter:
         self.seq = 0
         # What readers have, by row (a hash of each version's fields): a publish of a catalogue that did not
         # change compares in memory and sends SQLite nothing.
-        self._models: dict[str, str | None] = {}
-        self._versions: dict[tuple[str, int], int] = {}
+        self._errors: dict[str, str] = {}  # model -> its error
+        self._versions: dict[str, dict[int, int]] = {}  # model -> version -> digest of its fields
         self._facts = "{}"
         return conn
 
-    def publish(self, facts: dict, models: Iterable[ModelRow], versions: Iterable[VersionRow],
-                complete: bool) -> int:
-        """Write the rows that differ from what readers have; with `complete`, the rows given are all there
-        are, and every other live row becomes a tombstone. Return the number of rows written."""
+    def publish(self, facts: dict, changed: dict[str, tuple[str | None, list[VersionRow]]],
+                live: set[str] | None = None) -> int:
+        """Write the rows that differ from what readers have. `changed` maps a model to its error and all its
+        version rows (a version of it not among them left); with `live`, every model not in it left. Return the
+        number of rows written."""
         seq = self.seq + 1
-        known_models, known_versions = self._models, self._versions
-        model_rows, version_rows = [], []
-        models_now: dict[str, str | None] = {}
-        versions_now: dict[tuple[str, int], int] = {}
-        for name, error in models:
-            if error is None:
-                continue  # a model is there when it has versions; a row says its error
-            models_now[name] = error
-            if name not in known_models or known_models[name] != error:
-                model_rows.append((name, error, seq))
-        for name, version, upstream, disk, fingerprint, error in versions:
-            key, digest = (name, version), hash((upstream, disk, fingerprint, error))
-            versions_now[key] = digest
-            if known_versions.get(key) != digest:
-                version_rows.append((name, version, int(upstream), int(disk), fingerprint, error, seq))
-        gone_models = [(seq, n) for n in known_models if n not in models_now] if complete else []
-        gone_versions = [(seq, n, v) for n, v in known_versions if (n, v) not in versions_now] if complete else []
+        model_rows, gone_models, version_rows, gone_versions = [], [], [], []
+        items = list(changed.items())
+        if live is not None:
+            items += [(n, (None, [])) for n in (self._versions.keys() | self._errors.keys()) - live]
+        new_versions: dict[str, dict[int, int]] = {}
+        for name, (error, rows) in items:
+            if error != self._errors.get(name):
+                if error is None:
+                    gone_models.append((seq, name))
+                else:
+                    model_rows.append((name, error, seq))
+            known = self._versions.get(name, {})
+            now: dict[int, int] = {}
+            for _, version, upstream, disk, fingerprint, err in rows:
+                now[version] = digest = hash((upstream, disk, fingerprint, err))
+                if known.get(version) != digest:
+                    version_rows.append((name, version, int(upstream), int(disk), fingerprint, err, seq))
+            gone_versions += [(seq, name, v) for v in known if v not in now]
+            new_versions[name] = now
         text = json.dumps(facts, sort_keys=True)
-        rows = len(model_rows) + len(version_rows) + len(gone_models) + len(gone_versions)
-        if rows or text != self._facts:
+        written = len(model_rows) + len(gone_models) + len(version_rows) + len(gone_versions)
+        if written or text != self._facts:
             with _transaction(self._conn):
                 self._conn.executemany(_PUT_MODEL, model_rows)
-                self._conn.executemany(_PUT_VERSION, version_rows)
                 self._conn.executemany("UPDATE models SET gone = 1, seq = ? WHERE name = ?", gone_models)
+                self._conn.executemany(_PUT_VERSION, version_rows)
                 self._conn.executemany("UPDATE versions SET gone = 1, seq = ? WHERE name = ? AND version = ?",
                                        gone_versions)
                 self._conn.execute("UPDATE top SET seq = ?, facts = ?", (seq, text))
             self.seq, self._facts = seq, text
-        if complete:
-            self._models, self._versions = models_now, versions_now
-        else:
-            known_models.update(models_now)
-            known_versions.update(versions_now)
-        return rows
+        for name, (error, _) in items:
+            if error is None:
+                self._errors.pop(name, None)
+            else:
+                self._errors[name] = error
+            if new_versions[name]:
+                self._versions[name] = new_versions[name]
+            else:
+                self._versions.pop(name, None)
+        return written
 
     def close(self) -> None:
         self._conn.close()

@@ -7,61 +7,68 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from typing import Iterable
 
-from replica.feed import FeedWriter, ModelRow, VersionRow
+from replica.feed import FeedWriter, VersionRow
 
 log = logging.getLogger(__name__)
+
+_NONE: dict = {}  # shared and never changed: a model with nothing on disk or no errors allocates nothing
 
 
 class FeedPublisher:
     """The publishing half of Watcher (which provides `tree`, `lock`, `catalogue`, `installed`, `version_errors`,
-    the facts it publishes, `feed`, `_dirty`, `_evicted` and the publish locks and timer)."""
+    the facts it publishes, `feed`, `_published`, `_dirty`, `_evicted` and the publish locks and timer)."""
 
-    def _rows(self, names: Iterable[str], installed: dict[str, dict[int, str]],
-              errors: dict[tuple[str, int], str]) -> tuple[list[ModelRow], list[VersionRow]]:
-        """The feed's rows for `names`: every version known upstream or on disk, with its last error."""
-        models: list[ModelRow] = []
+    def _model_rows(self, name: str, installed: dict[str, dict[int, str]],
+                    errors: dict[str, dict[int, str]]) -> tuple[str | None, list[VersionRow]] | None:
+        """The feed's rows for one model (its error, and every version known upstream or on disk with its last
+        error), or None when it is neither upstream nor on disk."""
+        entry = self.catalogue.models.get(name)
+        on_disk = installed.get(name, _NONE)
+        if entry is None and not on_disk:
+            return None
+        listed = entry.listing.versions if entry is not None else _NONE
+        error = entry.listing.error if entry is not None else None
+        errs = errors.get(name, _NONE)
         versions: list[VersionRow] = []
-        catalogue = self.catalogue.models
-        for name in names:
-            entry = catalogue.get(name)
-            on_disk = installed.get(name, {})
-            if entry is None and not on_disk:
-                continue
-            listed = entry.listing.versions if entry is not None else {}
-            error = entry.listing.error if entry is not None else None
-            models.append((name, error + "; serving the last good copy" if error and on_disk else error))
-            for version in listed.keys() | on_disk.keys():
-                listing = listed.get(version)
-                fp = on_disk.get(version)
-                err = errors.get((name, version)) or (listing.error if listing is not None else None)
-                if err and fp is not None:
-                    err += "; serving the last good copy"
-                versions.append((name, version, listing is not None, fp is not None, fp, err))
-        return models, versions
+        for version in listed.keys() | on_disk.keys():
+            listing = listed.get(version)
+            fp = on_disk.get(version)
+            err = errs.get(version) or (listing.error if listing is not None else None)
+            if err and fp is not None:
+                err += "; serving the last good copy"
+            versions.append((name, version, listing is not None, fp is not None, fp, err))
+        return (error + "; serving the last good copy" if error and on_disk else error), versions
 
     def status(self) -> dict:
         """Every model and version known upstream or on disk, with where it is and its last error, as one
         document (what the feed holds after the next publish; for tools and tests)."""
-        with self.lock:
-            installed = {n: dict(vs) for n, vs in self.installed.items()}
-            errors = dict(self.version_errors)
-        models, versions = self._rows(self.catalogue.models.keys() | installed.keys(), installed, errors)
-        out: dict[str, dict] = {name: {"error": error, "versions": {}} for name, error in models}
-        for name, version, upstream, disk, fp, error in versions:
-            out[name]["versions"][str(version)] = {"upstream": upstream, "disk": disk, "fingerprint": fp,
-                                                   "error": error}
+        installed, errors = self._snapshot()
+        out: dict[str, dict] = {}
+        for name in self.catalogue.models.keys() | installed.keys():
+            error, versions = self._model_rows(name, installed, errors)
+            out[name] = {"error": error, "versions": {str(v): {"upstream": up, "disk": disk, "fingerprint": fp,
+                                                                "error": err}
+                                                       for _, v, up, disk, fp, err in versions}}
         return out
 
+    def _snapshot(self) -> tuple[dict[str, dict[int, str]], dict[str, dict[int, str]]]:
+        """What is on disk and the download errors, by model (taken under `lock`)."""
+        with self.lock:
+            installed = {n: dict(vs) for n, vs in self.installed.items()}
+            errors: dict[str, dict[int, str]] = {}
+            for (name, version), error in self.version_errors.items():
+                errors.setdefault(name, {})[version] = error
+        return installed, errors
+
     def publish(self, names: set[str] | None = None) -> None:
-        """Write what changed to the feed: the rows of `names`, or of the whole catalogue (which also marks what
-        left). Publishes take turns, and each builds its rows only once it has its turn, so a newer state is
-        never overwritten by an older one; the rows are built and written outside `lock`."""
+        """Write what changed to the feed: the rows of `names`, or of every model whose listing, disk copies or
+        errors changed since the last publish (which also marks what left). Publishes take turns, and each
+        builds its rows only once it has its turn, so a newer state is never overwritten by an older one; the
+        rows are built and written outside `lock`."""
         with self._publish_lock:
+            installed, errors = self._snapshot()
             with self.lock:
-                installed = {n: dict(vs) for n, vs in self.installed.items()}
-                errors = dict(self.version_errors)
                 facts = {
                     "ready": self.ready,
                     "caching": not self.prefetch,
@@ -74,15 +81,29 @@ class FeedPublisher:
                     "disk_evictions": self.disk_evictions,
                     "poll_seconds": self.poll_seconds,
                 }
-            complete = names is None
-            if complete:
-                self.versions_upstream = sum(len(e.listing.versions) for e in self.catalogue.models.values())
-                names = self.catalogue.models.keys() | installed.keys()
+            catalogue = self.catalogue.models
+            live = None
+            if names is None:
+                self.versions_upstream = sum(len(e.listing.versions) for e in catalogue.values())
+                names = live = catalogue.keys() | installed.keys()
             facts["versions_upstream"] = self.versions_upstream
-            models, versions = self._rows(names, installed, errors)
+            changed = {}
+            seen = self._published
+            for name in names:
+                # unchanged when its catalogue entry is the same object (see Catalogue) and its disk copies and
+                # errors are equal: at 100,000 models a pass then builds no rows
+                sig = (catalogue.get(name), installed.get(name, _NONE), errors.get(name, _NONE))
+                prev = seen.get(name)
+                if prev is None or prev[0] is not sig[0] or prev[1] != sig[1] or prev[2] != sig[2]:
+                    rows = self._model_rows(name, installed, errors)
+                    changed[name] = rows if rows is not None else (None, [])
+                    seen[name] = sig
+            if live is not None:
+                for name in [n for n in seen if n not in live]:
+                    del seen[name]
             if self.feed is None:
                 self.feed = FeedWriter(self.tree.feed_file)
-            self.feed.publish(facts, models, versions, complete=complete)
+            self.feed.publish(facts, changed, live)
         self.tree.touch_heartbeat()
 
     def publish_soon(self, name: str, delay: float = 0.25) -> None:

@@ -73,6 +73,7 @@ class Watcher(TreeWrites, FeedPublisher):
         self._last_touch = 0.0
         self._publish_lock = threading.Lock()
         self.feed: FeedWriter | None = None  # created at the first publish, when the runtime folder exists
+        self._published: dict[str, tuple] = {}  # name -> (catalogue entry, disk copies, errors) last published
         self.versions_upstream = 0  # counted at each full publish
         self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
         self._evicted: set[str] = set()  # models a version of which left the disk outside a pass (under `lock`)
