@@ -2,9 +2,9 @@
 
 One SQLite database (the standard library's, in WAL mode) in the runtime folder, next to the heartbeat. The
 supervisor is its only writer; every worker reads it. Each model and each version is a row stamped with the
-change number (`seq`) of the publish that last changed it, so a publish writes only the rows that changed (an
-writer compares each row with what it last wrote, in memory) and a worker asks "rows changed since
-seq N" with one indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
+change number (`seq`) of the publish that last changed it. The writer compares each row with what it last
+wrote (in memory) and writes only the rows that differ, and a worker asks "rows changed since seq N" with one
+indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
 A model is there when it has a version; a model row carries only a model's error (a tombstone: no error).
 The top-level facts (first sync done, root errors, the control socket, counters) are one small JSON row.
 
