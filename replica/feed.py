@@ -68,7 +68,8 @@ class FeedWriter:
         # What readers have, by row (a hash of each version's fields): a publish of a catalogue that did not
         # change compares in memory and sends SQLite nothing.
         self._errors: dict[str, str] = {}  # model -> its error
-        self._versions: dict[str, dict[int, int]] = {}  # model -> version -> digest of its fields
+        # model -> (version, digest of its fields, version, digest...): flat, the least memory per model
+        self._versions: dict[str, tuple[int, ...]] = {}
         self._facts = "{}"
         return conn
 
@@ -82,21 +83,22 @@ class FeedWriter:
         items = list(changed.items())
         if live is not None:
             items += [(n, (None, [])) for n in (self._versions.keys() | self._errors.keys()) - live]
-        new_versions: dict[str, dict[int, int]] = {}
+        new_versions: dict[str, tuple[int, ...]] = {}
         for name, (error, rows) in items:
             if error != self._errors.get(name):
                 if error is None:
                     gone_models.append((seq, name))
                 else:
                     model_rows.append((name, error, seq))
-            known = self._versions.get(name, {})
+            flat = self._versions.get(name, ())
+            known = dict(zip(flat[::2], flat[1::2]))
             now: dict[int, int] = {}
             for _, version, upstream, disk, fingerprint, err in rows:
                 now[version] = digest = hash((upstream, disk, fingerprint, err))
                 if known.get(version) != digest:
                     version_rows.append((name, version, int(upstream), int(disk), fingerprint, err, seq))
             gone_versions += [(seq, name, v) for v in known if v not in now]
-            new_versions[name] = now
+            new_versions[name] = tuple(x for pair in now.items() for x in pair)
         text = json.dumps(facts, sort_keys=True)
         written = len(model_rows) + len(gone_models) + len(version_rows) + len(gone_versions)
         if written or text != self._facts:
