@@ -6,15 +6,15 @@ Layout::
     STATE/models/NAME/VERSION.manifest.json its fingerprint and file list
     STATE/locks/NAME/VERSION.lock            a read-write lock per version (SQLite-backed, cross-process)
     STATE/tmp/                               downloads in progress (same filesystem, so renames are atomic)
-    STATE/state.json                         what the supervisor knows: catalogue, disk state, errors
     STATE/gunicorn.pid                       the process group a killed supervisor may have left running
     RUNTIME/                                 heartbeat, worker readiness, metrics, the parsed spec, sockets
+    RUNTIME/feed.sqlite                      what the supervisor knows: catalogue, disk state, errors (replica.feed)
 
 RUNTIME is a folder on a memory filesystem (see `runtime_dir`), not on the state filesystem: prometheus-client
 memory-maps its files, and a worker whose metrics file cannot grow on a full disk dies of SIGBUS. A full
 state disk must never stop workers serving the models they have.
 
-Only the supervisor writes `models/`, `tmp/` and `state.json`: a version appears with one atomic rename
+Only the supervisor writes `models/`, `tmp/` and the feed: a version appears with one atomic rename
 under its exclusive lock and disappears under the same lock, and workers load it under the shared lock, so a
 worker never sees a half-written or half-deleted version.
 """
@@ -68,7 +68,7 @@ class DiskTree:
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
         self.run = Path(runtime) if runtime else runtime_dir(self.root)
-        self.state_file = self.root / "state.json"
+        self.feed_file = self.run / "feed.sqlite"
         self.heartbeat_file = self.run / "heartbeat"
         self.workers_dir = self.run / "workers"
         self.metrics_dir = self.run / "metrics"  # prometheus-client's multiprocess files, one set per worker
@@ -154,12 +154,6 @@ class DiskTree:
                         found.setdefault(mdir.name, {})[int(vdir.name)] = m["fingerprint"]
         return found
 
-    def read_state(self) -> dict | None:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     # -- writing (supervisor only) ------------------------------------------------------------------------
     def prepare(self) -> None:
         for d in (self.models, self.locks, self.tmp, self.run, self.workers_dir):
@@ -206,9 +200,6 @@ class DiskTree:
         shutil.rmtree(trash, ignore_errors=True)
         with contextlib.suppress(OSError):
             target.parent.rmdir()  # only succeeds once the model has no version left
-
-    def write_state(self, state: dict) -> None:
-        write_json_atomic(self.state_file, state)
 
     def touch_heartbeat(self) -> None:
         self.heartbeat_file.touch()

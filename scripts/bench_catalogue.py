@@ -6,10 +6,11 @@ For each catalogue size N (`--models 1000 10000`): upload N one-file python mode
 
 - the time from starting the replica to the first `/readyz` 200,
 - the supervisor's RSS once ready (the `replica serve` process), and the worker's,
-- list calls per poll (`list_calls` in STATE/state.json over a few polls) and the size of state.json,
+- list calls per poll (`list_calls` in the state feed's facts over a few polls) and the size of the feed,
 - the duration of one watcher pass (the supervisor's own Watcher.sync_once, timed in this process against
-  the same bucket: listing, catalogue, state.json),
-- a few cache-miss latencies (distinct cold models, end to end over HTTP) and hit latencies.
+  the same bucket: listing, catalogue, feed publish),
+- a few cache-miss latencies (distinct cold models, end to end over HTTP) and hit latencies, and the bytes the
+  supervisor writes and the worker reads per miss (write/read syscalls, from /proc/PID/io).
 
 It prints a markdown table and writes it to docs/benchmarks.md under "Catalogue scale" (replacing that
 section when it exists). Every server it starts is stopped by PID.
@@ -39,6 +40,8 @@ import botocore.config  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
 
+from replica import feed  # noqa: E402
+from replica.disktree import DiskTree  # noqa: E402
 from tests.helpers import put_objects, write_api  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
 from tests.s3server import SeaweedS3  # noqa: E402
@@ -84,29 +87,31 @@ def wait_ready(r: ReplicaProcess, timeout: float) -> float:
     return time.perf_counter() - start
 
 
-def list_calls_per_poll(state_file: Path, polls: int, timeout: float) -> tuple[float, int]:
-    """Watch state.json across `polls` watcher passes: (list calls per pass, state.json bytes)."""
+def list_calls_per_poll(feed_file: Path, polls: int, timeout: float) -> tuple[float, int]:
+    """Watch the feed's facts across `polls` watcher passes: (list calls per pass, feed bytes)."""
     seen: list[tuple[float, int]] = []
     deadline = time.time() + timeout
     while len(seen) < polls + 1 and time.time() < deadline:
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            time.sleep(0.05)
-            continue
+        state = feed.facts(feed_file)
         point = (state.get("last_poll"), state.get("list_calls"))
         if point[0] is not None and (not seen or point[0] != seen[-1][0]):
             seen.append(point)
         time.sleep(0.05)
     if len(seen) < 2:
         raise TimeoutError(f"saw only {len(seen)} watcher passes in {timeout}s")
-    return (seen[-1][1] - seen[0][1]) / (len(seen) - 1), state_file.stat().st_size
+    size = sum(Path(str(feed_file) + s).stat().st_size for s in ("", "-wal") if Path(str(feed_file) + s).exists())
+    return (seen[-1][1] - seen[0][1]) / (len(seen) - 1), size
+
+
+def io_bytes(pid: int) -> tuple[int, int]:
+    """(bytes written, bytes read) through syscalls by a process so far (files, sockets, the feed)."""
+    io = psutil.Process(pid).io_counters()
+    return io.write_chars, io.read_chars
 
 
 def watcher_pass(spec: Path, env: dict, passes: int = 3) -> tuple[float, float]:
     """The supervisor's own watcher pass (prefetch=False), run here on a scratch tree: (median seconds,
     ListObjectsV2 requests per pass)."""
-    from replica.disktree import DiskTree
     from replica.spec import load_spec
     from supervisor.catalogue import Catalogue
     from supervisor.upstream import make_s3_client, open_upstream
@@ -173,13 +178,18 @@ def bench_one(s3: SeaweedS3, work: Path, n: int, args) -> dict:
                                     if workers else float("nan"))
         print(f"[{n}] ready in {result['ready_s']:.2f}s; supervisor RSS {result['supervisor_rss_mib']:.0f} MiB",
               flush=True)
-        calls, state_bytes = list_calls_per_poll(r.state_dir / "state.json", polls=args.polls,
+        calls, state_bytes = list_calls_per_poll(DiskTree(r.state_dir).feed_file, polls=args.polls,
                                                  timeout=args.polls * args.poll_interval * 3 + 120)
         result["list_calls_per_poll"] = calls
         result["state_kib"] = state_bytes / 1024
         session = requests.Session()
         cold = [model_name(i) for i in range(0, n, max(1, n // args.misses))][: args.misses]
+        worker = r.worker_pids()[0]
+        sup_before, worker_before = io_bytes(r.proc.pid)[0], io_bytes(worker)[1]
         misses = [timed_post(session, r, name) for name in cold]
+        time.sleep(1.0)  # the supervisor publishes a fetch within 0.25 s, the worker reads it within 0.2 s
+        result["miss_written_kib"] = (io_bytes(r.proc.pid)[0] - sup_before) / len(cold) / 1024
+        result["miss_read_kib"] = (io_bytes(worker)[1] - worker_before) / len(cold) / 1024
         hits = [timed_post(session, r, cold[-1]) for _ in range(10)]
         result["miss_ms"] = [m * 1000 for m in misses]
         result["hit_ms_median"] = statistics.median(hits) * 1000
@@ -195,15 +205,16 @@ def bench_one(s3: SeaweedS3, work: Path, n: int, args) -> dict:
 
 def table(results: list[dict]) -> str:
     head = ("| models | start to /readyz 200 | supervisor RSS | worker RSS | list calls / poll "
-            "| ListObjectsV2 requests / poll | watcher pass | state.json | miss latency median (min-max) "
-            "| hit latency median |")
-    rows = [head, "|" + "---|" * 10]
+            "| ListObjectsV2 requests / poll | watcher pass | state feed | miss latency median (min-max) "
+            "| hit latency median | written / read per miss |")
+    rows = [head, "|" + "---|" * 11]
     for r in results:
         miss = r["miss_ms"]
         rows.append(
             f"| {r['models']:,} | {r['ready_s']:.2f} s | {r['supervisor_rss_mib']:.0f} MiB | {r['worker_rss_mib']:.0f} MiB "
             f"| {r['list_calls_per_poll']:.2f} | {r['list_requests']:.0f} | {r['pass_s']:.2f} s | {r['state_kib']:,.0f} KiB "
-            f"| {statistics.median(miss):.0f} ms ({min(miss):.0f}-{max(miss):.0f}) | {r['hit_ms_median']:.1f} ms |")
+            f"| {statistics.median(miss):.0f} ms ({min(miss):.0f}-{max(miss):.0f}) | {r['hit_ms_median']:.1f} ms "
+            f"| {r['miss_written_kib']:,.1f} KiB / {r['miss_read_kib']:,.1f} KiB |")
     return "\n".join(rows)
 
 
@@ -232,14 +243,17 @@ Machine: {machine()}. The S3 server, the replica and the client share these CPUs
 - *start to /readyz 200*: from launching `replica serve` until `/readyz` first answers 200 (the first watcher
   pass lists the catalogue; nothing is downloaded up front).
 - *RSS*: resident memory once ready, of the supervisor (`replica serve`) and of the gunicorn worker.
-- *list calls / poll*: growth of `list_calls` in STATE/state.json per watcher pass over {args.polls} passes (one
+- *list calls / poll*: growth of `list_calls` in the state feed's facts per watcher pass over {args.polls} passes (one
   paginated listing per root per poll).
 - *ListObjectsV2 requests / poll*: the pages of that one listing (S3 returns at most 1,000 keys a page),
   counted on the client during the watcher-pass measurement.
 - *watcher pass*: the median of 3 runs of the supervisor's own `Watcher.sync_once` (listing, catalogue,
-  state.json), timed in the benchmark process against the same bucket.
+  publish to the feed), timed in the benchmark process against the same bucket.
+- *state feed*: the size of RUNTIME/feed.sqlite (and its WAL); a publish writes only the rows that changed.
 - *miss latency*: end-to-end `POST /` for {args.misses} distinct cold models (admission, download through the
-  supervisor, state.json publish, load); *hit latency*: the same model again.
+  supervisor, feed publish, load); *hit latency*: the same model again. *written / read per miss*: bytes the
+  supervisor wrote and the worker read through syscalls (files, sockets, the feed) during those misses, per
+  miss (/proc/PID/io `wchar` / `rchar`; watcher passes that ran meanwhile included).
 - Upload time (setup, not a result; {args.upload_threads} threads of PutObject): {uploads}.
 """
 

@@ -39,6 +39,9 @@ class Catalogue:
         self.list_calls = 0
         self.last_success: float | None = None
         self._logged_invalid: set[tuple[str, int | None, str]] = set()
+        # (root index, name) -> (digest of its objects, entry): a model whose objects did not change keeps its
+        # entry (the same object), so neither its layout checks nor the state feed are redone each poll
+        self._built: dict[tuple[int, str], tuple[int, CatalogueEntry]] = {}
 
     @property
     def complete(self) -> bool:
@@ -66,7 +69,7 @@ class Catalogue:
             if upstream.url in self.root_errors:
                 log.info("listing %s works again", upstream.url)
                 self.root_errors.pop(upstream.url)
-            self._by_root[index] = self._declare(source, upstream, objects)
+            self._by_root[index] = self._declare(index, source, upstream, objects)
         models: dict[str, CatalogueEntry] = {}
         for root in self._by_root.values():
             for name, entry in root.items():
@@ -90,13 +93,23 @@ class Catalogue:
                         f" version {version}" if version is not None else "", error)
         self._logged_invalid = current
 
-    def _declare(self, source: ModelSource, upstream: Upstream, objects) -> dict[str, CatalogueEntry]:
-        ptype = self.predictor.type
+    def _declare(self, index: int, source: ModelSource, upstream: Upstream, objects) -> dict[str, CatalogueEntry]:
         if source.name is not None:
-            listing = build_model(source.name, ptype, objects, self.allow_inferentia)
-            return {source.name: CatalogueEntry(listing, upstream, "", source.signature_key)}
+            return {source.name: self._entry(index, source, upstream, source.name, "", objects)}
         out = {}
         for child, child_objects in sorted(split_models_dir(objects).items()):
-            listing = build_model(child, ptype, child_objects, self.allow_inferentia)
-            out[child] = CatalogueEntry(listing, upstream, f"{child}/", source.signature_key)
+            out[child] = self._entry(index, source, upstream, child, f"{child}/", child_objects)
+        for key in [k for k in self._built if k[0] == index and k[1] not in out and k[1] != source.name]:
+            del self._built[key]  # gone upstream
         return out
+
+    def _entry(self, index: int, source: ModelSource, upstream: Upstream, name: str, prefix: str,
+               objects) -> CatalogueEntry:
+        digest = hash(tuple(objects))
+        built = self._built.get((index, name))
+        if built is not None and built[0] == digest:
+            return built[1]
+        listing = build_model(name, self.predictor.type, objects, self.allow_inferentia)
+        entry = CatalogueEntry(listing, upstream, prefix, source.signature_key)
+        self._built[(index, name)] = (digest, entry)
+        return entry

@@ -20,7 +20,7 @@ class DiskFull(Exception):
 
 class TreeWrites:
     """The writing half of Watcher (which provides `tree`, `lock`, `installed`, `version_errors`, `make_room`,
-    `_installing` and `disk_evictions`)."""
+    `_installing`, `_evicted` and `disk_evictions`)."""
 
     def _install(self, staging, name: str, version: int, manifest: dict) -> bool:
         """Move a download into place, first evicting what the disk cache names; whether it replaced a copy.
@@ -57,6 +57,7 @@ class TreeWrites:
     def _forget(self, keys: list) -> None:
         """Take versions out of `installed` (the caller holds the lock) before their files are removed."""
         for name, version in keys:
+            self._evicted.add(name)  # the next publish says it left
             self.installed.get(name, {}).pop(version, None)
             if name in self.installed and not self.installed[name]:
                 del self.installed[name]

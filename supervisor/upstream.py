@@ -226,12 +226,17 @@ def make_s3_client(endpoint_url: str | None = None):
     stores expect. Retries use botocore's adaptive mode, so throttling slows the watcher instead of failing it.
     """
     import boto3
+    import botocore.session
     from botocore import UNSIGNED
     from botocore.config import Config
 
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     with _client_lock:  # boto3 sessions are not thread-safe to create
-        session = boto3.session.Session()
+        core = botocore.session.get_session()
+        # Timestamps stay strings: the watcher never reads one, and parsing each object's LastModified with
+        # dateutil is most of a listing's CPU (a 1,000-key page carries 1,000 of them).
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+        session = boto3.session.Session(botocore_session=core)
         extra = {}
         credentials = session.get_credentials()
         if credentials is None:

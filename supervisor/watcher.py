@@ -1,8 +1,9 @@
 """The watcher: reconcile the disk tree with the catalogue, once at start and then every poll.
 
 One pass: refresh the catalogue (one listing per root), download every valid version whose fingerprint
-differs from the copy on disk, remove what upstream really removed, and publish the result in state.json for
-the workers. Every pass is guarded: an error is logged and retried with backoff, and never removes anything.
+differs from the copy on disk, remove what upstream really removed, and publish the result in the state feed
+(replica.feed) for the workers. Every pass is guarded: an error is logged and retried with backoff, and never
+removes anything.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from replica.disktree import DiskTree, safe_relpath
+from replica.feed import FeedWriter
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
+from supervisor.feed_publisher import FeedPublisher
 from supervisor.tree_writes import DiskFull, TreeWrites
 from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
 
@@ -33,7 +36,7 @@ def download_retry_delay(failures: int, poll_interval: float) -> float:
     return min(MAX_DOWNLOAD_BACKOFF, poll_interval * 2.0 ** max(0, failures - 1))
 
 
-class Watcher(TreeWrites):
+class Watcher(TreeWrites, FeedPublisher):
     def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
                  prefetch: bool = True):
         """`prefetch=False` (model caching) keeps the catalogue and refreshes what is on disk, but downloads
@@ -69,6 +72,11 @@ class Watcher(TreeWrites):
         self._download_failures: dict[tuple[str, int], tuple[str, int, float]] = {}
         self._last_touch = 0.0
         self._publish_lock = threading.Lock()
+        self.feed: FeedWriter | None = None  # created at the first publish, when the runtime folder exists
+        self._published: dict[str, tuple] = {}  # name -> (catalogue entry, disk copies, errors) last published
+        self.versions_upstream = 0  # counted at each full publish
+        self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
+        self._evicted: set[str] = set()  # models a version of which left the disk outside a pass (under `lock`)
 
     def progress(self, nbytes: int) -> None:
         """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
@@ -150,7 +158,7 @@ class Watcher(TreeWrites):
             if self.installed.get(name, {}).get(version) == listing.fingerprint:
                 return None
         error = self._download(name, entry, listing)
-        self.publish_soon()  # the disk changed (or the version has an error): /v1/models shows it shortly
+        self.publish_soon(name)  # the disk changed (or the version has an error): /v1/models shows it shortly
         return error
 
     def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
@@ -224,76 +232,6 @@ class Watcher(TreeWrites):
                     self.version_errors.pop((name, version), None)
                     gone.append((name, version))
         self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
-
-    # -- what workers read ------------------------------------------------------------------------------
-    def status(self) -> dict:
-        """Every model and version known upstream or on disk, with where it is and its last error."""
-        with self.lock:
-            return self._status()
-
-    def _status(self) -> dict:
-        models: dict[str, dict] = {}
-        for name, entry in self.catalogue.models.items():
-            m = models.setdefault(name, {"error": entry.listing.error, "versions": {}})
-            for version, listing in entry.listing.versions.items():
-                m["versions"][str(version)] = {"upstream": True, "upstream_error": listing.error}
-        for name, versions in self.installed.items():
-            m = models.setdefault(name, {"error": None, "versions": {}})
-            for version, fp in versions.items():
-                v = m["versions"].setdefault(str(version), {"upstream": False, "upstream_error": None})
-                v["disk"] = True
-                v["fingerprint"] = fp
-        for m_name, m in models.items():
-            for version, v in m["versions"].items():
-                v.setdefault("disk", False)
-                v.setdefault("fingerprint", None)
-                err = self.version_errors.get((m_name, int(version))) or v.pop("upstream_error")
-                v.pop("upstream_error", None)
-                if err and v["disk"]:
-                    err += "; serving the last good copy"
-                v["error"] = err
-            if m["error"] and any(v["disk"] for v in m["versions"].values()):
-                m["error"] += "; serving the last good copy"
-        return models
-
-    def publish(self) -> None:
-        """Write state.json for the workers. Publishes take turns, and each builds its state only once it has
-        its turn, so a newer state is never overwritten by an older one; the write itself is outside `lock`."""
-        with self._publish_lock:
-            with self.lock:
-                state = {
-                    "ready": self.ready,
-                    "caching": not self.prefetch,
-                    "control_socket": self.control_socket,
-                    "models": self._status(),
-                    "root_errors": dict(self.catalogue.root_errors),
-                    "list_calls": self.catalogue.list_calls,
-                    "last_poll": self.last_pass,
-                    "last_success": self.catalogue.last_success,
-                    "bytes_downloaded": self.bytes_downloaded,
-                    "disk_evictions": self.disk_evictions,
-                    "poll_seconds": self.poll_seconds,
-                }
-            self.tree.write_state(state)
-        self.tree.touch_heartbeat()
-
-    def publish_soon(self, delay: float = 0.25) -> None:
-        """Publish within `delay` seconds, once for every call made meanwhile: with model caching each fetch
-        changes what is on disk, and at thousands of models one state.json write per fetch would dominate a
-        cache miss. Workers load from the version's manifest, so they never wait for this write."""
-        with self._publish_timer_lock:
-            if self._publish_timer is None:
-                self._publish_timer = threading.Timer(delay, self._publish_pending)
-                self._publish_timer.daemon = True
-                self._publish_timer.start()
-
-    def _publish_pending(self) -> None:
-        with self._publish_timer_lock:
-            self._publish_timer = None
-        try:
-            self.publish()
-        except OSError:
-            log.exception("could not write state.json; the next pass writes it again")
 
     # -- the loop -----------------------------------------------------------------------------------------
     def next_delay(self) -> float:

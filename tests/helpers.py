@@ -125,3 +125,12 @@ class BackgroundLoad:
         self.stop_event.set()
         for t in self.threads:
             t.join(self.join_timeout)
+
+
+def read_state(state_dir: Path) -> dict:
+    """What the supervisor of `state_dir` published (its state feed as one document: the facts, plus `models`:
+    name -> error and versions by number); {} before the first publish."""
+    from replica.disktree import DiskTree
+    from replica.feed import snapshot
+
+    return snapshot(DiskTree(state_dir).feed_file) or {}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.helpers import put_objects, write_api
+from tests.helpers import put_objects, read_state, write_api
 from tests.replica_proc import wait_for
 
 PREDICTOR = """
@@ -215,7 +215,7 @@ def _assert_walk(r, result: dict, walked: int) -> None:
     assert s["max_memory"] <= CACHE and s["max_disk"] <= DISK
     assert s["max_memory"] >= 1 and s["max_disk"] >= 1
     # Nothing was removed upstream: a version leaving memory as "removed" lost its disk copy while loaded (or a
-    # stale state.json made the worker think so). Every eviction is an admission's, and nothing went wrong.
+    # stale state feed made the worker think so). Every eviction is an admission's, and nothing went wrong.
     assert log_count(r, r"removed; unloading once idle") == 0
     assert log_count(r, r" (WARNING|ERROR) ") == 0, [line for line in r.log().splitlines() if " WARNING " in line
                                                      or " ERROR " in line][:5]
@@ -378,7 +378,7 @@ def test_failed_load_evicts_nothing(s3, bucket, replica, tmp_path):
 # -- 6. live reloading with caching ------------------------------------------------------------------------
 
 def _state_fingerprint(r, name: str) -> str | None:
-    state = json.loads((r.state_dir / "state.json").read_text())
+    state = read_state(r.state_dir)
     return state["models"].get(name, {}).get("versions", {}).get("1", {}).get("fingerprint")
 
 
@@ -392,7 +392,7 @@ def test_cached_model_updated_or_removed_upstream(s3, s3_client, bucket, replica
     s3_client.put_object(Bucket=bucket, Key="models/a/model.json", Body=json.dumps(fresh).encode())
     s3_client.delete_object(Bucket=bucket, Key="models/b/model.json")
     wait_for(lambda: _state_fingerprint(r, "a") not in (None, old), timeout=20, message="the new copy of a on disk")
-    time.sleep(1.0)  # the worker notices state.json within its 0.2 s tick
+    time.sleep(1.0)  # the worker notices the feed within its 0.2 s tick
     assert check_answer(ask(r, "a"), "a", fresh) is None
     assert log_count(r, r"model a version 1 updated \(") == 1  # the supervisor downloaded it once
 

@@ -31,7 +31,7 @@ import yaml
 
 from scripts.model_factory import IRIS_WEIGHTS, write_onnx_linear, write_python_linear
 from tests.replica_proc import wait_for
-from tests.helpers import paused
+from tests.helpers import paused, read_state
 from tests.s3server import delete_prefix, list_keys, upload_dir
 
 POLL = 1.0
@@ -313,10 +313,6 @@ def check_models_shape(body: dict) -> None:
             assert v["error"] is None or isinstance(v["error"], str), v
             if v["error"]:
                 assert v["status"]["error_code"] != "OK" or v["state"] == "UNLOADING", v
-
-
-def read_state(state_dir: Path) -> dict:
-    return json.loads((state_dir / "state.json").read_text())
 
 
 # ==========================================================================

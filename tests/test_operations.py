@@ -152,7 +152,7 @@ def test_metrics_are_summed_over_workers(two_workers, s3):
     assert value(after, "replica_model_loads_total", model="iris") == 2
     assert value(after, "replica_model_load_duration_seconds_count") == 4
     assert value(after, "replica_cache_hits_total") >= 40
-    # The supervisor's figures, from state.json.
+    # The supervisor's figures, from the state feed.
     assert value(after, "replica_upstream_list_calls_total") >= 1
     assert value(after, "replica_upstream_bytes_downloaded_total") > 0
     assert value(after, "replica_models_on_disk") == 2

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers import write_api
+from tests.helpers import read_state, write_api
 from tests.replica_proc import wait_for
 from tests.test_caching import (ask, cached_spec, check_answer, disk_versions, loading, log_count, memory_versions,
                                 upload_models)
@@ -99,7 +99,7 @@ def test_unreachable_supervisor_costs_no_model_its_place(s3, bucket, replica, tm
     upload_models(s3, bucket, models)
     r = replica(cached_spec(tmp_path / "api", bucket, 1, 2), env=s3.env, poll_interval=1.0)
     assert check_answer(ask(r, "a"), "a", models["a"]) is None
-    socket_path = Path(json.loads((r.state_dir / "state.json").read_text())["control_socket"])
+    socket_path = Path(read_state(r.state_dir)["control_socket"])
     socket_path.unlink()  # the supervisor's control socket is gone
 
     for attempt in range(3):
@@ -224,14 +224,15 @@ def test_disk_evicts_the_least_recently_requested_version(s3, bucket, replica, t
 
 def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeypatch):
     """Rendering (the part that grows with the catalogue) runs on a copy: a request can take the lock meanwhile."""
-    from replica.disktree import DiskTree, write_json_atomic
+    from replica.disktree import DiskTree
+    from replica.feed import FeedWriter
     from workers import model_status
     from workers.registry import ModelRegistry
 
-    tree = DiskTree(tmp_path)
-    models = {f"m{i:05d}": {"error": None, "versions": {"1": {"upstream": True, "disk": False, "fingerprint": None,
-                                                              "error": None}}} for i in range(10_000)}
-    write_json_atomic(tree.state_file, {"ready": True, "models": models})
+    tree = DiskTree(tmp_path, runtime=tmp_path / "run")
+    tree.prepare()
+    names = [f"m{i:05d}" for i in range(10_000)]
+    FeedWriter(tree.feed_file).publish({"ready": True}, {n: (None, [(n, 1, True, False, None, None)]) for n in names})
     registry = ModelRegistry(tree, load=lambda *a: None)
     rendering, finish = threading.Event(), threading.Event()
     render = model_status.render
@@ -253,3 +254,48 @@ def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeyp
         finish.set()
         t.join(10)
     assert len(result["status"]) == 10_000
+
+
+def test_polling_v1_models_at_10000_models_keeps_predictions_fast(replica, tmp_path):
+    """A dashboard polling /v1/models over a 10,000-model catalogue while traffic flows: predictions slow down
+    by a bounded factor (they share the worker's CPU), never by a render per request."""
+    models = tmp_path / "models"
+    for i in range(10_000):
+        (models / f"m{i:05d}").mkdir(parents=True)
+        (models / f"m{i:05d}" / "model.json").write_text(json.dumps({"name": f"m{i:05d}"}))
+    spec = write_api(tmp_path / "api", SIMPLE, type="python",
+                     models={"dir": str(models), "cache_size": 2, "disk_cache_size": 3},
+                     processes_per_replica=1, threads_per_process=4)
+    r = replica(spec)
+    assert ask(r, "m00042").status_code == 200
+    assert len(r.get("/v1/models", timeout=60).json()["models"]) == 10_000
+
+    def latencies(count: int) -> list[float]:
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            assert ask(r, "m00042").status_code == 200
+            out.append(time.perf_counter() - start)
+        return sorted(out)
+
+    quiet = latencies(60)
+    stop, polls = threading.Event(), [0]
+
+    def poll() -> None:
+        while not stop.is_set():
+            assert len(r.get("/v1/models", timeout=60).json()["models"]) == 10_000
+            polls[0] += 1
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        wait_for(lambda: polls[0] >= 1, timeout=60, message="a first /v1/models")
+        busy = latencies(60)
+    finally:
+        stop.set()
+        poller.join(60)
+    median_quiet, median_busy = quiet[len(quiet) // 2], busy[len(busy) // 2]
+    print(f"prediction median {median_quiet * 1000:.1f} ms quiet, {median_busy * 1000:.1f} ms while "
+          f"/v1/models was polled {polls[0]} times")
+    assert polls[0] >= 2
+    assert median_busy <= 8 * median_quiet, (median_quiet, median_busy)

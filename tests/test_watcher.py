@@ -14,6 +14,7 @@ from replica.spec import load_spec
 from supervisor.catalogue import Catalogue
 from supervisor.upstream import ChangedDuringDownload, LocalUpstream, UpstreamError
 from supervisor.watcher import Watcher
+from tests.helpers import read_state
 from tests.replica_proc import wait_for
 
 _MTIME = [1_600_000_000_000_000_000]
@@ -219,7 +220,7 @@ def test_version_turning_invalid_keeps_last_good_copy(onnx):
     v1 = w.status()["m"]["versions"]["1"]
     assert v1["disk"] is True
     assert "exactly one .onnx" in v1["error"] and "serving the last good copy" in v1["error"]
-    state = DiskTree(onnx.state).read_state()
+    state = read_state(onnx.state)
     assert "exactly one .onnx" in state["models"]["m"]["versions"]["1"]["error"]
     # valid again -> the error goes away (the original file is unchanged, so nothing is downloaded)
     (onnx.up / "1" / "second.onnx").unlink()
@@ -271,7 +272,7 @@ def test_listing_error_removes_nothing(single):
     assert single.installed_file("m", 1, "a.bin").read_text() == "one"
     url = w.catalogue.predictor.sources[0].url
     assert "not a directory" in w.catalogue.root_errors[url]
-    state = DiskTree(single.state).read_state()
+    state = read_state(single.state)
     assert url in state["root_errors"]
     assert state["ready"] is True  # it was ready; an outage does not make it unready
     assert sorted(state["models"]["m"]["versions"]) == ["1", "2"]
@@ -280,7 +281,7 @@ def test_listing_error_removes_nothing(single):
     before = w.bytes_downloaded
     w.sync_once()
     assert w.catalogue.root_errors == {}
-    assert DiskTree(single.state).read_state()["root_errors"] == {}
+    assert read_state(single.state)["root_errors"] == {}
     assert w.bytes_downloaded == before
 
 
@@ -299,7 +300,7 @@ def test_listing_error_on_first_pass_is_not_ready(single):
     w = single.watcher()
     w.sync_once()
     assert not w.ready
-    state = DiskTree(single.state).read_state()
+    state = read_state(single.state)
     assert state["ready"] is False and state["root_errors"]
 
 
@@ -369,7 +370,7 @@ def test_warm_restart_with_unreachable_upstream_serves_disk(single):
     w.sync_once()
     assert w.ready  # copies from the previous run are served
     assert sorted(w.installed["m"]) == [1, 2]
-    assert DiskTree(single.state).read_state()["models"]["m"]["versions"]["1"]["disk"] is True
+    assert read_state(single.state)["models"]["m"]["versions"]["1"]["disk"] is True
 
 
 def test_warm_restart_clears_interrupted_downloads(single):
@@ -395,7 +396,7 @@ def test_unsafe_child_name_is_skipped_with_error(many):
         assert "unsafe model name" in status[bad]["error"]
         assert status[bad]["versions"] == {}
     assert status["alpha"]["error"] is None
-    assert "unsafe model name" in DiskTree(many.state).read_state()["models"]["bad name"]["error"]
+    assert "unsafe model name" in read_state(many.state)["models"]["bad name"]["error"]
     assert w.ready  # the good models are served
 
 
@@ -498,13 +499,13 @@ def test_one_root_failing_keeps_the_other_roots_models(tmp_path):
     assert not w.catalogue.complete
 
 
-# -- state.json --------------------------------------------------------------------------------------------
+# -- the state feed --------------------------------------------------------------------------------------------
 
-def test_publish_writes_state_json(single):
+def test_publish_writes_the_state_feed(single):
     put(single.up / "3" / "x.bin", "x")
     w = single.watcher()
     w.sync_once()
-    state = json.loads((single.state / "state.json").read_text())
+    state = read_state(single.state)
     for key in ("ready", "models", "root_errors", "list_calls", "last_poll", "last_success", "bytes_downloaded"):
         assert key in state, key
     assert state["ready"] is True
@@ -526,7 +527,7 @@ def test_publish_writes_state_json(single):
 def test_publish_before_any_pass(single):
     w = single.watcher()
     w.publish()
-    state = DiskTree(single.state).read_state()
+    state = read_state(single.state)
     assert state["ready"] is False and state["models"] == {} and state["last_poll"] is None
 
 

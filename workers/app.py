@@ -21,6 +21,7 @@ import psutil
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from replica import feed
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
@@ -160,7 +161,7 @@ class Runtime:
 
     def upstream_errors(self) -> dict[str, str]:
         """Each model root whose last listing failed (credentials, missing bucket, endpoint down), with why."""
-        return (self.tree.read_state() or {}).get("root_errors") or {}
+        return feed.facts(self.tree.feed_file).get("root_errors") or {}
 
     def ready_workers(self) -> list[int]:
         pids = []

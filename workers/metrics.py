@@ -1,9 +1,9 @@
-"""Prometheus metrics: what each worker counts, and the supervisor's figures read from state.json.
+"""Prometheus metrics: what each worker counts, and the supervisor's figures read from the state feed.
 
 Workers count in prometheus-client's multiprocess mode (the supervisor points PROMETHEUS_MULTIPROC_DIR at a
 fresh folder under run/ before it starts gunicorn), so `GET /metrics`, whichever worker answers it, adds up
 every worker. The supervisor's own figures (upstream listing, downloads, disk cache) are already in
-state.json, which every worker reads; they are exported from there rather than from a second registry.
+the state feed's facts, which every worker reads; they are exported from there rather than from a second registry.
 
 Model labels only ever hold names from the catalogue: a request for an unknown name counts under "".
 """
@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from replica import feed
 from replica.disktree import DiskTree
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -73,15 +74,14 @@ def observe_batch(key: tuple, size: int, waits: list[float]) -> None:
 
 
 class SupervisorCollector:
-    """The supervisor's figures, from the state.json it publishes after every poll and fetch."""
+    """The supervisor's figures, from the facts of the state feed it publishes after every poll and fetch."""
 
     def __init__(self, tree: DiskTree):
         self.tree = tree
 
     def collect(self) -> Iterable:
-        state = self.tree.read_state() or {}
-        models = state.get("models", {})
-        versions = [v for m in models.values() for v in m.get("versions", {}).values()]
+        state = feed.facts(self.tree.feed_file)
+        on_disk, errors = feed.version_counts(self.tree.feed_file)
         yield CounterMetricFamily("replica_upstream_list_calls", "Upstream listing calls (one paginated "
                                   "ListObjectsV2 per root per poll)", value=state.get("list_calls", 0))
         yield CounterMetricFamily("replica_upstream_bytes_downloaded", "Bytes of model files downloaded",
@@ -97,11 +97,11 @@ class SupervisorCollector:
             if state.get(key) is not None:
                 yield GaugeMetricFamily(name, help_text, value=state[key])
         yield GaugeMetricFamily("replica_models_upstream", "Model versions in the upstream catalogue",
-                                value=sum(1 for v in versions if v.get("upstream")))
+                                value=state.get("versions_upstream", 0))
         yield GaugeMetricFamily("replica_models_on_disk", "Model versions in the disk tree",
-                                value=sum(1 for v in versions if v.get("disk")))
+                                value=on_disk)
         yield GaugeMetricFamily("replica_model_errors", "Model versions with a listing, download or layout error",
-                                value=sum(1 for v in versions if v.get("error")))
+                                value=errors)
 
 
 def exposition(tree: DiskTree) -> tuple[bytes, str]:

@@ -1,0 +1,131 @@
+"""Publishing the watcher's view to the state feed (replica.feed): after every pass the whole catalogue (the feed
+writes only the rows that differ), and after a fetch or an eviction the rows of the models it touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+from replica.feed import FeedWriter, VersionRow
+
+log = logging.getLogger(__name__)
+
+_NONE: dict = {}  # shared and never changed: a model with nothing on disk or no errors allocates nothing
+
+
+class FeedPublisher:
+    """The publishing half of Watcher (which provides `tree`, `lock`, `catalogue`, `installed`, `version_errors`,
+    the facts it publishes, `feed`, `_published`, `_dirty`, `_evicted` and the publish locks and timer)."""
+
+    def _model_rows(self, name: str, installed: dict[str, dict[int, str]],
+                    errors: dict[str, dict[int, str]]) -> tuple[str | None, list[VersionRow]] | None:
+        """The feed's rows for one model (its error, and every version known upstream or on disk with its last
+        error), or None when it is neither upstream nor on disk."""
+        entry = self.catalogue.models.get(name)
+        on_disk = installed.get(name, _NONE)
+        if entry is None and not on_disk:
+            return None
+        listed = entry.listing.versions if entry is not None else _NONE
+        error = entry.listing.error if entry is not None else None
+        errs = errors.get(name, _NONE)
+        versions: list[VersionRow] = []
+        for version in listed.keys() | on_disk.keys():
+            listing = listed.get(version)
+            fp = on_disk.get(version)
+            err = errs.get(version) or (listing.error if listing is not None else None)
+            if err and fp is not None:
+                err += "; serving the last good copy"
+            versions.append((name, version, listing is not None, fp is not None, fp, err))
+        return (error + "; serving the last good copy" if error and on_disk else error), versions
+
+    def status(self) -> dict:
+        """Every model and version known upstream or on disk, with where it is and its last error, as one
+        document (what the feed holds after the next publish; for tools and tests)."""
+        installed, errors = self._snapshot()
+        out: dict[str, dict] = {}
+        for name in self.catalogue.models.keys() | installed.keys():
+            error, versions = self._model_rows(name, installed, errors)
+            out[name] = {"error": error, "versions": {str(v): {"upstream": up, "disk": disk, "fingerprint": fp,
+                                                                "error": err}
+                                                       for _, v, up, disk, fp, err in versions}}
+        return out
+
+    def _snapshot(self) -> tuple[dict[str, dict[int, str]], dict[str, dict[int, str]]]:
+        """What is on disk and the download errors, by model (taken under `lock`)."""
+        with self.lock:
+            installed = {n: dict(vs) for n, vs in self.installed.items()}
+            errors: dict[str, dict[int, str]] = {}
+            for (name, version), error in self.version_errors.items():
+                errors.setdefault(name, {})[version] = error
+        return installed, errors
+
+    def publish(self, names: set[str] | None = None) -> None:
+        """Write what changed to the feed: the rows of `names`, or of every model whose listing, disk copies or
+        errors changed since the last publish (which also marks what left). Publishes take turns, and each
+        builds its rows only once it has its turn, so a newer state is never overwritten by an older one; the
+        rows are built and written outside `lock`."""
+        with self._publish_lock:
+            installed, errors = self._snapshot()
+            with self.lock:
+                facts = {
+                    "ready": self.ready,
+                    "caching": not self.prefetch,
+                    "control_socket": self.control_socket,
+                    "root_errors": dict(self.catalogue.root_errors),
+                    "list_calls": self.catalogue.list_calls,
+                    "last_poll": self.last_pass,
+                    "last_success": self.catalogue.last_success,
+                    "bytes_downloaded": self.bytes_downloaded,
+                    "disk_evictions": self.disk_evictions,
+                    "poll_seconds": self.poll_seconds,
+                }
+            catalogue = self.catalogue.models
+            live = None
+            if names is None:
+                self.versions_upstream = sum(len(e.listing.versions) for e in catalogue.values())
+                names = live = catalogue.keys() | installed.keys()
+            facts["versions_upstream"] = self.versions_upstream
+            changed = {}
+            seen = self._published
+            for name in names:
+                # unchanged when its catalogue entry is the same object (see Catalogue) and its disk copies and
+                # errors are equal: at 100,000 models a pass then builds no rows
+                sig = (catalogue.get(name), installed.get(name, _NONE), errors.get(name, _NONE))
+                prev = seen.get(name)
+                if prev is None or prev[0] is not sig[0] or prev[1] != sig[1] or prev[2] != sig[2]:
+                    rows = self._model_rows(name, installed, errors)
+                    changed[name] = rows if rows is not None else (None, [])
+                    seen[name] = sig
+            if live is not None:
+                for name in [n for n in seen if n not in live]:
+                    del seen[name]
+            if self.feed is None:
+                self.feed = FeedWriter(self.tree.feed_file)
+            self.feed.publish(facts, changed, live)
+        self.tree.touch_heartbeat()
+
+    def publish_soon(self, name: str, delay: float = 0.25) -> None:
+        """Publish the rows of `name` (and of any version evicted meanwhile) within `delay` seconds, once for
+        every call made meanwhile: with model caching each fetch changes what is on disk. Workers load from
+        the version's manifest, so they never wait for this write."""
+        with self._publish_timer_lock:
+            self._dirty.add(name)
+            if self._publish_timer is None:
+                self._publish_timer = threading.Timer(delay, self._publish_pending)
+                self._publish_timer.daemon = True
+                self._publish_timer.start()
+
+    def _publish_pending(self) -> None:
+        with self._publish_timer_lock:
+            self._publish_timer = None
+            names, self._dirty = self._dirty, set()
+        with self.lock:
+            names |= self._evicted
+            self._evicted = set()
+        try:
+            self.publish(names)
+        except (OSError, sqlite3.Error):
+            log.exception("could not write the state feed; the next pass writes it again")
+
