@@ -114,7 +114,8 @@ def watcher_pass(spec: Path, env: dict, passes: int = 3) -> tuple[float, float]:
     ListObjectsV2 requests per pass)."""
     from replica.spec import load_spec
     from supervisor.catalogue import Catalogue
-    from supervisor.upstream import make_s3_client, open_upstream
+    from supervisor.s3_client import make_s3_client
+    from supervisor.upstream import open_upstream
     from supervisor.watcher import Watcher
 
     saved = {k: os.environ.get(k) for k in env}

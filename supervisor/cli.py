@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
     """List every model root once and report each model's versions and problems, without downloading."""
     from supervisor.catalogue import Catalogue
-    from supervisor.upstream import make_s3_client, open_upstream
+    from supervisor.s3_client import make_s3_client
+    from supervisor.upstream import open_upstream
 
     upstreams = [(s, open_upstream(s.url, lambda: make_s3_client(s3_endpoint))) for s in api.predictor.sources]
     catalogue = Catalogue(api.predictor, upstreams)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import platformdirs
 
-from supervisor.upstream import make_s3_client
+from supervisor.s3_client import make_s3_client
 
 
 def default_state_dir(api_name: str) -> Path:

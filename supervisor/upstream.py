@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
 from replica.disktree import safe_relpath
 from replica.layout import ObjectInfo
+from supervisor.s3_client import make_s3_client
 
 log = logging.getLogger(__name__)
 
@@ -214,57 +214,6 @@ def _describe(e: Exception) -> str:
         err = e.response.get("Error", {})
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
     return str(e)
-
-
-_client_lock = threading.Lock()
-
-
-def make_s3_client(endpoint_url: str | None = None):
-    """A boto3 S3 client from the standard credential chain; unsigned when no credentials exist.
-
-    With an endpoint (flag or AWS_ENDPOINT_URL) the client uses path-style addressing, which S3-compatible
-    stores expect. Retries use botocore's adaptive mode, so throttling slows the watcher instead of failing it.
-    """
-    import boto3
-    import botocore.session
-    from botocore import UNSIGNED
-    from botocore.config import Config
-
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    with _client_lock:  # boto3 sessions are not thread-safe to create
-        core = botocore.session.get_session()
-        # Timestamps stay strings: the watcher never reads one, and parsing each object's LastModified with
-        # dateutil is most of a listing's CPU (a 1,000-key page carries 1,000 of them).
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-        session = boto3.session.Session(botocore_session=core)
-        extra = {}
-        credentials = session.get_credentials()
-        if credentials is None:
-            extra["signature_version"] = UNSIGNED
-        config = Config(
-            s3={"addressing_style": "path"} if endpoint_url else {},
-            retries={"max_attempts": 3, "mode": "adaptive"},
-            connect_timeout=5,
-            read_timeout=10,
-            max_pool_connections=32,
-            **extra,
-        )
-        region = session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-    # Where the credentials came from (botocore's provider name: env, shared-credentials-file, iam-role...),
-    # for error messages: a listing error is most often the wrong credentials being picked up.
-    client.credential_source = _CREDENTIAL_SOURCES.get(credentials.method, credentials.method) if credentials \
-        else "none found, requests are unsigned"
-    return client
-
-
-_CREDENTIAL_SOURCES = {
-    "env": "environment variables (AWS_ACCESS_KEY_ID)",
-    "shared-credentials-file": "the shared credentials file (~/.aws/credentials)",
-    "config-file": "the AWS config file (~/.aws/config)",
-    "iam-role": "the instance role (EC2 metadata)",
-    "container-role": "the container role",
-}
 
 
 def open_upstream(url: str, s3_client_factory=make_s3_client) -> Upstream:
