@@ -2,9 +2,9 @@
 
 One SQLite database (the standard library's, in WAL mode) in the runtime folder, next to the heartbeat. The
 supervisor is its only writer; every worker reads it. Each model and each version is a row stamped with the
-change number (`seq`) of the publish that last changed it. The writer compares each row with what it last
-wrote (in memory) and writes only the rows that differ, and a worker asks "rows changed since seq N" with one
-indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
+change number (`seq`) of the publish that last changed it. The writer is handed only the models that changed
+(the supervisor tells them apart in memory) and writes their rows, and a worker asks "rows changed since seq
+N" with one indexed query. A version that left is kept as a tombstone (`gone`) so that readers learn it.
 A model is there when it has a version; a model row carries only a model's error (a tombstone: no error).
 The top-level facts (first sync done, root errors, the control socket, counters) are one small JSON row.
 
@@ -65,19 +65,19 @@ class FeedWriter:
             conn.execute("INSERT OR REPLACE INTO top (id, generation, seq, facts) VALUES (1, ?, 0, '{}')",
                          (uuid.uuid4().hex,))
         self.seq = 0
-        # What readers have, by row (a hash of each version's fields): a publish of a catalogue that did not
-        # change compares in memory and sends SQLite nothing.
+        # What readers have: each model's error and version numbers (the caller passes only the models whose
+        # rows changed, so nothing else is needed). Version tuples are shared: most models have the same ones.
         self._errors: dict[str, str] = {}  # model -> its error
-        # model -> (version, digest of its fields, version, digest...): flat, the least memory per model
         self._versions: dict[str, tuple[int, ...]] = {}
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._facts = "{}"
         return conn
 
     def publish(self, facts: dict, changed: dict[str, tuple[str | None, list[VersionRow]]],
                 live: set[str] | None = None) -> int:
-        """Write the rows that differ from what readers have. `changed` maps a model to its error and all its
-        version rows (a version of it not among them left); with `live`, every model not in it left. Return the
-        number of rows written."""
+        """Write the rows of the models in `changed`: each maps to its error and all its version rows (a version
+        of it not among them left); with `live`, every model not in it left. Return the number of rows
+        written."""
         seq = self.seq + 1
         model_rows, gone_models, version_rows, gone_versions = [], [], [], []
         items = list(changed.items())
@@ -90,15 +90,11 @@ class FeedWriter:
                     gone_models.append((seq, name))
                 else:
                     model_rows.append((name, error, seq))
-            flat = self._versions.get(name, ())
-            known = dict(zip(flat[::2], flat[1::2]))
-            now: dict[int, int] = {}
-            for _, version, upstream, disk, fingerprint, err in rows:
-                now[version] = digest = hash((upstream, disk, fingerprint, err))
-                if known.get(version) != digest:
-                    version_rows.append((name, version, int(upstream), int(disk), fingerprint, err, seq))
-            gone_versions += [(seq, name, v) for v in known if v not in now]
-            new_versions[name] = tuple(x for pair in now.items() for x in pair)
+            now = tuple(sorted(row[1] for row in rows))
+            version_rows += [(name, version, int(upstream), int(disk), fingerprint, err, seq)
+                             for _, version, upstream, disk, fingerprint, err in rows]
+            gone_versions += [(seq, name, v) for v in self._versions.get(name, ()) if v not in now]
+            new_versions[name] = self._shapes.setdefault(now, now)
         text = json.dumps(facts, sort_keys=True)
         written = len(model_rows) + len(gone_models) + len(version_rows) + len(gone_versions)
         if written or text != self._facts:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from replica.disktree import UnsafeName, safe_relpath
 from replica.spec import MODEL_NAME_RE
@@ -16,11 +18,11 @@ from replica.spec import MODEL_NAME_RE
 VERSION_RE = re.compile(r"^[0-9]+\Z")  # \Z, not $: "$" also matches before a final newline
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     """One upstream file: its path relative to the model (or version) root, size, and change tag.
 
-    The tag is the ETag on S3 and the modification time in nanoseconds for a local file.
+    The tag is the ETag on S3 and the modification time in nanoseconds for a local file. A named tuple, not a
+    dataclass: a large catalogue keeps one per upstream file, and a tuple is the smallest immutable record.
     """
 
     key: str
@@ -28,7 +30,7 @@ class ObjectInfo:
     tag: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VersionListing:
     version: int
     files: tuple[ObjectInfo, ...]  # keys relative to the version root
@@ -37,7 +39,7 @@ class VersionListing:
     prefix: str = ""  # where the version's files start, relative to the model root ("3/" or "")
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelListing:
     name: str
     versions: dict[int, VersionListing] = field(default_factory=dict)
@@ -148,7 +150,7 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
             if prefix != f"{head}/":
                 model.error = f"version folders {prefix!r} and {head + '/'!r} name the same version {int(head)}"
                 return model
-            files.append(ObjectInfo(rest, o.size, o.tag))
+            files.append(ObjectInfo(sys.intern(rest), o.size, o.tag))
     else:
         groups[1] = ("", objects)
     for version, (prefix, files) in sorted(groups.items()):
@@ -170,7 +172,8 @@ def split_models_dir(objects: list[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
         if "/" not in o.key or _ignored(o.key):
             continue  # a loose file beside the model folders is not a model
         head, rest = o.key.split("/", 1)
-        children.setdefault(head, []).append(ObjectInfo(rest, o.size, o.tag))
+        # Models of one catalogue mostly hold the same file names ("1/model.onnx"): one string each, shared.
+        children.setdefault(head, []).append(ObjectInfo(sys.intern(rest), o.size, o.tag))
     return children
 
 

@@ -17,14 +17,16 @@ from supervisor.upstream import Upstream, UpstreamError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class CatalogueEntry:
-    """A model as declared upstream, with where its files live."""
+    """A model as declared upstream, with where its files live. Compared by identity: an unchanged model keeps
+    its entry from one listing to the next (see `Catalogue`), so "the same object" means "nothing changed"."""
 
     listing: ModelListing
     upstream: Upstream
     prefix: str  # the model root relative to the upstream root ("" or "child/")
     signature_key: str | None
+    digest: int  # of the model's listed objects
 
 
 class Catalogue:
@@ -39,9 +41,6 @@ class Catalogue:
         self.list_calls = 0
         self.last_success: float | None = None
         self._logged_invalid: set[tuple[str, int | None, str]] = set()
-        # (root index, name) -> (digest of its objects, entry): a model whose objects did not change keeps its
-        # entry (the same object), so neither its layout checks nor the state feed are redone each poll
-        self._built: dict[tuple[int, str], tuple[int, CatalogueEntry]] = {}
 
     @property
     def complete(self) -> bool:
@@ -94,22 +93,18 @@ class Catalogue:
         self._logged_invalid = current
 
     def _declare(self, index: int, source: ModelSource, upstream: Upstream, objects) -> dict[str, CatalogueEntry]:
+        """The root's models. A model whose objects did not change keeps its previous entry (the same object),
+        so neither its layout checks nor the state feed are redone each poll."""
+        before = self._by_root.get(index, {})
         if source.name is not None:
-            return {source.name: self._entry(index, source, upstream, source.name, "", objects)}
-        out = {}
-        for child, child_objects in sorted(split_models_dir(objects).items()):
-            out[child] = self._entry(index, source, upstream, child, f"{child}/", child_objects)
-        for key in [k for k in self._built if k[0] == index and k[1] not in out and k[1] != source.name]:
-            del self._built[key]  # gone upstream
-        return out
+            return {source.name: self._entry(before.get(source.name), source, upstream, source.name, "", objects)}
+        return {child: self._entry(before.get(child), source, upstream, child, f"{child}/", child_objects)
+                for child, child_objects in sorted(split_models_dir(objects).items())}
 
-    def _entry(self, index: int, source: ModelSource, upstream: Upstream, name: str, prefix: str,
-               objects) -> CatalogueEntry:
+    def _entry(self, before: CatalogueEntry | None, source: ModelSource, upstream: Upstream, name: str,
+               prefix: str, objects) -> CatalogueEntry:
         digest = hash(tuple(objects))
-        built = self._built.get((index, name))
-        if built is not None and built[0] == digest:
-            return built[1]
+        if before is not None and before.digest == digest:
+            return before
         listing = build_model(name, self.predictor.type, objects, self.allow_inferentia)
-        entry = CatalogueEntry(listing, upstream, prefix, source.signature_key)
-        self._built[(index, name)] = (digest, entry)
-        return entry
+        return CatalogueEntry(listing, upstream, prefix, source.signature_key, digest)

@@ -90,11 +90,8 @@ class FeedPublisher:
             changed = {}
             seen = self._published
             for name in names:
-                # unchanged when its catalogue entry is the same object (see Catalogue) and its disk copies and
-                # errors are equal: at 100,000 models a pass then builds no rows
-                sig = (catalogue.get(name), installed.get(name, _NONE), errors.get(name, _NONE))
-                prev = seen.get(name)
-                if prev is None or prev[0] is not sig[0] or prev[1] != sig[1] or prev[2] != sig[2]:
+                sig = _signature(catalogue.get(name), installed.get(name, _NONE), errors.get(name, _NONE))
+                if not _same(seen.get(name), sig):
                     rows = self._model_rows(name, installed, errors)
                     changed[name] = rows if rows is not None else (None, [])
                     seen[name] = sig
@@ -129,3 +126,19 @@ class FeedPublisher:
         except (OSError, sqlite3.Error):
             log.exception("could not write the state feed; the next pass writes it again")
 
+
+
+def _signature(entry, on_disk: dict, errors: dict):
+    """What a model's rows are made of: its catalogue entry (kept as the same object while its listing does not
+    change; see Catalogue), its disk copies and its errors. Most models of a large catalogue have neither a
+    copy nor an error: their signature is the entry alone, the least memory to remember."""
+    return entry if on_disk is _NONE and errors is _NONE else (entry, on_disk, errors)
+
+
+def _same(before, now) -> bool:
+    """Unchanged: the same entry object, and equal disk copies and errors."""
+    if before is None or type(before) is not type(now):
+        return False
+    if type(now) is not tuple:
+        return before is now
+    return before[0] is now[0] and before[1] == now[1] and before[2] == now[2]

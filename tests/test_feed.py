@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from replica.disktree import DiskTree
 from replica.feed import FeedReader, FeedWriter, facts, snapshot
+from replica.spec import load_spec
+from supervisor.catalogue import Catalogue
+from supervisor.upstream import LocalUpstream
+from supervisor.watcher import Watcher
 from workers.state_feed import StateView
 
 
@@ -21,14 +25,15 @@ def publish(writer: FeedWriter, facts: dict, models: dict) -> int:
 def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path):
     writer = FeedWriter(tmp_path / "feed.sqlite")
     reader = FeedReader(tmp_path / "feed.sqlite")
-    assert publish(writer, {"ready": True}, catalogue(1000)) == 1000
+    everything = catalogue(1000)
+    assert publish(writer, {"ready": True}, everything) == 1000
     first = reader.changes()
     assert first.reset and first.models == [] and len(first.versions) == 1000
     assert reader.changes() is None  # nothing moved: nothing to read
 
-    assert publish(writer, {"ready": True}, catalogue(1000)) == 0  # same catalogue: nothing written
+    assert writer.publish({"ready": True}, {}, live=set(everything)) == 0  # nothing changed: nothing written
     assert reader.changes() is None
-    assert publish(writer, {"ready": True}, catalogue(1000, disk={"m7"})) == 1
+    assert writer.publish({"ready": True}, {"m7": catalogue(1000, disk={"m7"})["m7"]}, live=set(everything)) == 1
     change = reader.changes()
     assert not change.reset and change.models == []
     assert change.versions == [("m7", 1, True, True, "fp", None, False)]
@@ -42,17 +47,43 @@ def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path
                                                  ("m3", 2, True, False, None, None, False)]
 
 
+def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
+    """The supervisor side: only models whose listing, disk copies or errors changed reach the feed."""
+    up = tmp_path / "up"
+    for i in range(50):
+        (up / f"m{i:02d}" / "1").mkdir(parents=True)
+        (up / f"m{i:02d}" / "1" / "w.bin").write_text(str(i))
+    (tmp_path / "predictor.py").write_text("")
+    (tmp_path / "api.yaml").write_text("name: a\npredictor:\n  type: python\n  path: predictor.py\n"
+                                       "  models:\n    dir: up\n")
+    predictor = load_spec(tmp_path / "api.yaml").predictor
+    watcher = Watcher(DiskTree(tmp_path / "state"),
+                      Catalogue(predictor, [(s, LocalUpstream(s.url)) for s in predictor.sources]), prefetch=False)
+    watcher.start()
+    watcher.sync_once()
+    reader = FeedReader(watcher.tree.feed_file)
+    assert len(reader.changes().versions) == 50
+    watcher.sync_once()
+    change = reader.changes()  # the facts moved (last poll), no row did
+    assert change is not None and change.models == [] and change.versions == []
+    (up / "m07" / "2").mkdir()
+    (up / "m07" / "2" / "w.bin").write_text("new")
+    watcher.sync_once()
+    rows = reader.changes().versions  # the rows of the model that changed, and only those
+    assert {row[0] for row in rows} == {"m07"} and ("m07", 2) in {row[:2] for row in rows}
+
+
 def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
     writer = FeedWriter(tmp_path / "feed.sqlite")
     reader = FeedReader(tmp_path / "feed.sqlite")
     publish(writer, {}, catalogue(3))
     reader.changes()
-    publish(writer, {}, catalogue(2))
+    writer.publish({}, {}, live=set(catalogue(2)))  # m2 left
     change = reader.changes()
     assert change.models == [] and change.versions == [("m2", 1, True, False, None, None, True)]
     assert sorted(snapshot(tmp_path / "feed.sqlite")["models"]) == ["m0", "m1"]
-    publish(writer, {}, catalogue(3))
-    assert [v[0] for v in reader.changes().versions] == ["m2"]
+    writer.publish({}, {"m2": catalogue(3)["m2"]}, live=set(catalogue(3)))
+    assert reader.changes().versions == [("m2", 1, True, False, None, None, False)]
 
 
 def test_a_model_error_comes_and_goes(tmp_path):
