@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import select
 import shutil
 import signal
@@ -21,16 +20,15 @@ from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
 from supervisor.settings import Settings
-from replica.spec import ApiSpec, SpecError
+from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
 from supervisor.listener import PortInUse, bind_listener
 from supervisor.pidfile import stop_leftovers, write_pidfile
-from supervisor.preflight import load_checked
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
-from supervisor.rolling import RollAborted, restart_only_changes, roll_workers
 from supervisor.sdnotify import Notifier
+from supervisor.spec_reload import SpecReload
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -39,7 +37,6 @@ log = logging.getLogger(__name__)
 GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR = 2, 3  # gunicorn: bad options; a worker cannot import the app
 HEALTHY_SECONDS = 60.0  # a gunicorn that ran this long was healthy: its death starts the backoff afresh
 MAX_RESTART_DELAY = 30.0
-WORKER_READY_TIMEOUT = 600.0  # a reload gives each new worker this long to load its models
 
 
 class StartupError(Exception):
@@ -60,7 +57,7 @@ def restart_delay(failures: int) -> float:
     return min(MAX_RESTART_DELAY, 2.0 ** (failures - 2))
 
 
-class Arbiter:
+class Arbiter(SpecReload):
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
     def __init__(self, api: ApiSpec, settings: Settings):
@@ -167,79 +164,6 @@ class Arbiter:
             if status is not None:
                 return status
             self._manage()
-
-    # -- SIGHUP -------------------------------------------------------------------------------------------
-    @property
-    def spec_pickle(self) -> Path:
-        return self.tree.run / "spec.pickle"
-
-    def _write_spec(self, api: ApiSpec) -> None:
-        """The parsed spec every worker starts from: workers never read the spec file themselves."""
-        tmp = self.spec_pickle.with_name("spec.pickle.tmp")
-        tmp.write_bytes(pickle.dumps(api))
-        os.replace(tmp, self.spec_pickle)
-
-    def _start_reload(self) -> None:
-        if self._reload_thread is not None and self._reload_thread.is_alive():
-            log.warning("received SIGHUP while a reload is in progress; send it again once that one is done")
-            return
-        log.info("received SIGHUP: checking %s", self.api.spec_file)
-        self.notifier.notify("RELOADING=1")
-        self._reload_thread = threading.Thread(target=self._reload, name="reload", daemon=True)
-        self._reload_thread.start()
-
-    def _reload(self) -> None:
-        try:
-            self._reload_spec()
-        finally:
-            self.notifier.notify("READY=1")
-
-    def _reload_spec(self) -> None:
-        """Check the spec file again; if valid, follow its model paths and replace the workers one at a time."""
-        try:
-            new = load_checked(self.api.spec_file, self.api.name)
-        except SpecError as e:
-            log.error("reload refused, the running spec keeps serving: %s", " ".join(str(e).split()))
-            return
-        blocked = restart_only_changes(self.api.predictor, new.predictor)
-        if blocked:
-            log.error("reload refused, the running spec keeps serving: %s changed, which takes a restart "
-                      "(systemctl restart replica)", ", ".join(blocked))
-            return
-        old = self.api
-        if new.predictor.sources != old.predictor.sources:
-            self._follow_sources(new)
-        self.api = new
-        self._write_spec(new)
-        gunicorn = self.gunicorn
-        if gunicorn is None:
-            log.info("reload: the next gunicorn starts with the new spec")
-            return
-
-        def restore() -> None:
-            self.api = old
-            self._write_spec(old)
-
-        try:
-            n = roll_workers(gunicorn.pid, self.tree.workers_dir, WORKER_READY_TIMEOUT, self.stop_event,
-                             restore)
-        except RollAborted as e:
-            restore()
-            log.error("reload aborted, back to the previous spec: %s", e)
-            return
-        log.info("reload done: %d worker(s) serve the new spec", n)
-
-    def _follow_sources(self, new: ApiSpec) -> None:
-        """Point the watcher at the new model paths and wait for its next pass, so new workers find them."""
-        upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
-        for _, upstream in upstreams:
-            upstream.on_page = self.watcher.alive
-        self.catalogue = Catalogue(new.predictor, upstreams)
-        passed = self.watcher.last_pass
-        self.watcher.catalogue = self.catalogue
-        deadline = time.monotonic() + max(30.0, 3 * self.settings.poll_interval)
-        while self.watcher.last_pass == passed and time.monotonic() < deadline and not self.stop_event.is_set():
-            time.sleep(0.1)
 
     def _start_watcher(self) -> None:
         self._watcher_thread = threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watcher", daemon=True)

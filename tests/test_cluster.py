@@ -250,7 +250,7 @@ def test_replica_killed_under_load(cluster, workload):
     """kill -9 one replica under load: no request fails, only its models move, and they move back.
 
     A request in flight at the kill is retried by HAProxy on the next replica: the replica writes each answer in
-    one send (workers.front.CoalescedSocket), so a killed one has sent a whole answer or nothing, never a head
+    one send (workers.connections.CoalescedSocket), so a killed one has sent a whole answer or nothing, never a head
     without its body, which no proxy could retry."""
     victim = "r2"
     moved = {m for m, home in workload.items() if home == victim}

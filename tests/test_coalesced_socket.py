@@ -9,7 +9,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from workers.front import CoalescedSocket
+from workers.connections import CoalescedSocket
 
 
 class CountingSocket:

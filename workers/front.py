@@ -29,7 +29,6 @@ proxy or load balancer sits in front when one is needed).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import queue
 import selectors
@@ -38,99 +37,26 @@ import struct
 import threading
 import time
 from collections import deque
-from datetime import datetime
 
-from gunicorn import http, util
-from gunicorn.http import wsgi
-from gunicorn.http.parser import RequestParser
+from gunicorn import util
 from gunicorn.workers import base
 
-from workers import framing
-from workers.board import Board, may_accept, over_limit
+from workers.board import Board, may_accept
+from workers.connections import BODY, BUSY, HEAD, IDLE, LINGER, Conn
+from workers.request_reading import STOP_KEEPALIVE_SECONDS, RequestReading
+from workers.request_threads import RequestThreads
 
-IDLE, HEAD, BODY, BUSY, LINGER = range(5)
 LINGER_SECONDS = 2.0  # how long a closing connection may take to send its FIN after ours
 SWEEP_SECONDS = 0.1  # deadline resolution
 BALANCE_SECONDS = 0.01  # how often the other workers' counts are read while nothing else changes
 BEAT_SECONDS = 0.25
-READ_SIZE = 256 * 1024
-PREDICT_PATHS = (b"/", b"/predict")
-STOP_KEEPALIVE_SECONDS = 1.0  # a stopping worker still answers a request already on its way (with close)
 
 
 def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name) or default)
 
 
-class Conn:
-    """One client connection, owned by the event loop except while a thread serves its request (BUSY)."""
-
-    __slots__ = ("sock", "fd", "client", "server", "buf", "state", "deadline", "head", "body_end", "scan",
-                 "sent_continue", "registered")
-
-    def __init__(self, sock: socket.socket, client, server):
-        self.sock, self.fd, self.client, self.server = sock, sock.fileno(), client, server
-        self.buf = bytearray()
-        self.state = IDLE
-        self.deadline = 0.0
-        self.head: framing.Head | None = None
-        self.body_end = -1
-        self.scan = 0
-        self.sent_continue = False
-        self.registered = False
-
-
-class CoalescedSocket:
-    """The socket a response is written through: what gunicorn sends in several writes (the head, then each
-    body chunk) leaves in one, up to `limit` bytes at a time, when the response is complete (`flush`).
-
-    A worker killed mid-response has then sent either nothing, which a load balancer retries (HAProxy's
-    `retry-on empty-response`), or the whole answer: never a head whose body never comes. One send instead of
-    two is also cheaper. Anything else (timeouts, `fileno`, ...) is the real socket's."""
-
-    __slots__ = ("sock", "limit", "_parts", "_size")
-
-    def __init__(self, sock: socket.socket, limit: int = 256 * 1024):
-        self.sock = sock
-        self.limit = limit
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def sendall(self, data) -> None:
-        self._parts.append(bytes(data))
-        self._size += len(data)
-        if self._size >= self.limit:
-            self.flush()
-
-    def send(self, data) -> int:
-        self.flush()
-        return self.sock.send(data)
-
-    def sendfile(self, *args, **kwargs):
-        self.flush()
-        return self.sock.sendfile(*args, **kwargs)
-
-    def flush(self) -> None:
-        if self._parts:
-            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self._parts.clear()
-            self._size = 0
-            self.sock.sendall(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.sock, name)
-
-
-def _answer(status: int, reason: str, message: str, *, close: bool, retry_after: int | None = None) -> bytes:
-    body = json.dumps({"error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}",
-             "Connection: close" if close else "Connection: keep-alive"]
-    if retry_after is not None:
-        lines.append(f"Retry-After: {retry_after}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-class FrontWorker(base.Worker):
+class FrontWorker(RequestReading, RequestThreads, base.Worker):
     board: Board | None = None  # created in the master, before any fork; every worker maps the same file
 
     @classmethod
@@ -249,7 +175,7 @@ class FrontWorker(base.Worker):
         self._wait_request(conn, time.monotonic())
         self._balance(time.monotonic())
 
-    # -- reading a request in the loop ----------------------------------------------------------------------------
+    # -- the connection's place in the loop ----------------------------------------------------------------------
     def _register(self, conn: Conn) -> None:
         if not conn.registered:
             self.poller.register(conn.fd, selectors.EVENT_READ, (self._on_readable, conn))
@@ -259,109 +185,6 @@ class FrontWorker(base.Worker):
         if conn.registered:
             self.poller.unregister(conn.fd)
             conn.registered = False
-
-    def _wait_request(self, conn: Conn, now: float) -> None:
-        conn.state, conn.head, conn.body_end, conn.scan, conn.sent_continue = IDLE, None, -1, 0, False
-        conn.deadline = now + (self.cfg.keepalive if self.alive else min(self.cfg.keepalive, STOP_KEEPALIVE_SECONDS))
-        if conn.buf:  # pipelined: the next request is already here
-            self._progress(conn, now)
-            if conn.state == BUSY:
-                return
-        self._register(conn)
-
-    def _on_readable(self, _fileobj, conn: Conn) -> None:
-        want = READ_SIZE
-        if conn.state == BODY and conn.body_end > 0:
-            want = max(READ_SIZE, min(conn.body_end - len(conn.buf), 16 << 20))
-        try:
-            data = conn.sock.recv(want, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
-            return
-        if not data:  # the peer closed (or half-closed: it can send no more of a request)
-            self._close(conn)
-            return
-        if conn.state == LINGER:
-            return  # drained and dropped
-        conn.buf += data
-        self._progress(conn, time.monotonic())
-
-    def _progress(self, conn: Conn, now: float) -> None:
-        buf = conn.buf
-        if conn.state == IDLE:
-            conn.state, conn.deadline, conn.scan = HEAD, now + self.header_timeout, 0
-        if conn.state == HEAD:
-            end = buf.find(framing.HEAD_END, max(conn.scan - 3, 0))
-            if end < 0:
-                if len(buf) > self.max_head:
-                    self._refuse(conn, 431, "Request Header Fields Too Large", "request head too large")
-                    return
-                conn.scan = len(buf)
-                return
-            head = conn.head = framing.parse_head(buf, end)
-            if head.ambiguous:
-                self._dispatch(conn, len(buf), close_after=True)
-                return
-            if head.content_length is not None and head.content_length > self.max_body:
-                # The app answers 413 from the head alone; the body is never read, so the connection closes.
-                self._dispatch(conn, min(len(buf), head.body_start), close_after=True)
-                return
-            conn.state, conn.deadline = BODY, now + self.body_timeout
-            if head.chunked:
-                conn.scan = head.body_start
-            else:
-                conn.body_end = head.body_start + (head.content_length or 0)
-        if conn.state == BODY:
-            head = conn.head
-            if head.chunked and conn.body_end < 0:
-                end, conn.scan, bad = framing.chunked_end(buf, conn.scan)
-                if bad or (end is None and len(buf) - head.body_start > self.max_body + 65536):
-                    self._dispatch(conn, len(buf), close_after=True)  # gunicorn's parser or the app answers it
-                    return
-                if end is not None:
-                    conn.body_end = end
-            if conn.body_end >= 0 and len(buf) >= conn.body_end:
-                self._dispatch(conn, conn.body_end, close_after=False)
-            elif head.expect_continue and not conn.sent_continue:
-                conn.sent_continue = True
-                self._write_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def _write_now(self, conn: Conn, data: bytes) -> bool:
-        """Write from the loop without waiting; False when the peer's window could not take it all."""
-        try:
-            return conn.sock.send(data, socket.MSG_DONTWAIT) == len(data)
-        except OSError:
-            return False
-
-    def _refuse(self, conn: Conn, status: int, reason: str, message: str) -> None:
-        self._write_now(conn, _answer(status, reason, message, close=True))
-        self._linger(conn)
-
-    def _dispatch(self, conn: Conn, end: int, *, close_after: bool) -> None:
-        """A whole request is in memory: admit it and hand it to a thread, or answer 503 here."""
-        data = bytes(conn.buf[:end])
-        del conn.buf[:end]
-        self._unregister(conn)
-        head = conn.head
-        conn.state = BUSY
-        if (head is not None and head.method == b"POST" and head.path in PREDICT_PATHS
-                and over_limit(self.board.total_in_flight(int(time.monotonic() * 1000)), self.max_in_flight)):
-            self._shed(conn, close_after)
-            return
-        self.in_flight += 1
-        self.board.add_in_flight(1)
-        self.jobs.put((conn, data, close_after))
-
-    def _shed(self, conn: Conn, close: bool) -> None:
-        message = (f"{self.max_in_flight} requests already in flight on this replica "
-                   "(autoscaling.max_replica_concurrency); retry shortly")
-        self.metrics.count_shed()
-        if self._write_now(conn, _answer(503, "Service Unavailable", message, close=close, retry_after=1)) and not close:
-            self._wait_request(conn, time.monotonic())
-        else:
-            self._linger(conn)
 
     # -- after a thread -----------------------------------------------------------------------------------------
     def _on_wake(self, _fileobj, _conn) -> None:
@@ -446,83 +269,3 @@ class FrontWorker(base.Worker):
             util.close(conn.sock)
         for _ in range(self.cfg.threads):
             self.jobs.put(None)
-
-    # -- in a thread ---------------------------------------------------------------------------------------------
-    def _serve_jobs(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            conn, data, close_after = job
-            keep = False
-            try:
-                keep = self._serve(conn, data) and not close_after
-            except BaseException:  # noqa: BLE001 - the loop must hear back about every connection
-                self.log.exception("Error serving a request")
-            self.done.append((conn, keep))
-            try:
-                os.write(self.wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
-
-    def _serve(self, conn: Conn, data: bytes) -> bool:
-        req = None
-        try:
-            req = next(RequestParser(self.cfg, [data], conn.client))
-            req._expected_100_continue = False  # the loop answered Expect: 100-continue, once
-            return self._handle_request(req, conn)
-        except http.errors.NoMoreData as e:
-            self.log.debug("Ignored premature client disconnection. %s", e)
-        except StopIteration as e:
-            self.log.debug("Closing connection. %s", e)
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, None):
-                self.log.exception("Socket error processing request.")
-        except Exception as e:  # noqa: BLE001 - a parse error or the app's: gunicorn answers 400 or 500
-            self.handle_error(req, conn.sock, conn.client, e)
-        return False
-
-    def _handle_request(self, req, conn: Conn) -> bool:
-        environ: dict = {}
-        resp = None
-        try:
-            self.cfg.pre_request(self, req)
-            request_start = datetime.now()
-            out = CoalescedSocket(conn.sock)
-            resp, environ = wsgi.create(req, out, conn.client, conn.server, self.cfg)
-            environ["wsgi.multithread"] = True
-            self.nr += 1
-            if self.nr >= self.max_requests:
-                if self.alive:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
-                resp.force_close()
-            if not self.alive or not self.cfg.keepalive:
-                resp.force_close()
-            respiter = self.wsgi(environ, resp.start_response)
-            try:
-                if isinstance(respiter, environ["wsgi.file_wrapper"]):
-                    resp.write_file(respiter)
-                else:
-                    for item in respiter:
-                        resp.write(item)
-                resp.close()
-                out.flush()
-            finally:
-                self.log.access(resp, req, environ, datetime.now() - request_start)
-                if hasattr(respiter, "close"):
-                    respiter.close()
-            return not resp.should_close()
-        except OSError:
-            raise
-        except (Exception, SystemExit):
-            if resp is not None and resp.headers_sent:
-                self.log.exception("Error handling request")
-                raise StopIteration() from None
-            raise
-        finally:
-            try:
-                self.cfg.post_request(self, req, environ, resp)
-            except Exception:  # noqa: BLE001
-                self.log.exception("Exception in post_request hook")
-

@@ -7,7 +7,8 @@ child once a model has been used in the parent.
 import os
 
 from replica.logs import configure_logging
-from workers.app import create_app, runtime_from_env
+from workers.app import create_app
+from workers.runtime import runtime_from_env
 
 configure_logging(os.environ.get("REPLICA_LOG_FORMAT", "text"), process_name="worker")
 _runtime, _max_request_size = runtime_from_env()

@@ -1,0 +1,177 @@
+"""A worker's runtime: its predictor, the predictor's client and the model registry, built after fork.
+
+It writes a readiness marker once the predictor's `__init__` has run and the models on disk have been loaded,
+which `/readyz` counts across workers, and answers the health questions the views ask (is the supervisor
+alive, which workers are ready).
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from replica import feed
+from replica.disktree import DiskTree
+from replica.interface import CLIENT_ARG
+from replica.spec import ApiSpec
+from workers import metrics
+from workers.batching import Batcher, Failure
+from workers.caching import CachingRegistry
+from workers.errors import ReplicaHTTPError
+from workers.predictor import load_predictor_class
+from workers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """One worker's predictor, clients and registry."""
+
+    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float, worker_timeout: float = 30.0):
+        self.api = api
+        self.tree = tree
+        self.heartbeat_timeout = heartbeat_timeout
+        # /healthz calls a worker hung once its event loop has been silent this long: well before the master
+        # kills it at --worker-timeout, so the answer is honest meanwhile, and never for a pause of a second or two.
+        self.worker_timeout = worker_timeout
+        self.hang_after = min(worker_timeout, max(5.0, worker_timeout / 3))
+        pred = api.predictor
+        cls = load_predictor_class(api)
+        batching = pred.server_side_batching
+        self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
+                        if batching else None)
+        registry_class = ModelRegistry if pred.cache_size is None else CachingRegistry
+        self.registry = registry_class(tree, load=self._load_model, unload=self._unload_model,
+                                       single_model=pred.single_model, cache_size=pred.cache_size)
+        self.client = self._make_client()
+        kwargs = {"config": dict(pred.config)}
+        init_params = inspect.signature(cls.__init__).parameters
+        client_arg = CLIENT_ARG[pred.type]
+        if client_arg in init_params:
+            kwargs[client_arg] = self.client
+        self.predictor = cls(**kwargs)
+        self.predict_args = tuple(inspect.signature(self.predictor.predict).parameters)
+        post = getattr(self.predictor, "post_predict", None)
+        self.post_predict = post
+        self.post_predict_args = tuple(inspect.signature(post).parameters) if post else ()
+        self.wanted_args = frozenset(self.predict_args) | frozenset(self.post_predict_args)
+        # What exists now (modules, the predictor) lives as long as the worker: freeze it out of the collector's
+        # way, so the full collection that releases an evicted or replaced model scans only what came after
+        # (about 100 ms less per eviction on a busy 2-core machine; see docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
+        if pred.sources:
+            self.registry.start()
+        else:
+            self.registry.initial_sync_done.set()
+        threading.Thread(target=self._mark_ready, name="ready-marker", daemon=True).start()
+
+    def _make_client(self):
+        pred = self.api.predictor
+        if pred.type == "onnx":
+            from workers.onnx_client import ONNXClient, execution_providers, onnx_loader
+
+            providers = execution_providers(pred.config)
+            log.info("onnxruntime execution providers: %s", ", ".join(providers))
+            self._loader = onnx_loader(providers)
+            return ONNXClient(self.registry, self.batcher)
+        if pred.type == "tensorflow":
+            from workers.tensorflow_client import TensorFlowClient, tensorflow_loader
+
+            keys = {s.name: s.signature_key for s in pred.sources if s.name}
+            dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
+            self._loader = tensorflow_loader(keys, dir_key)
+            return TensorFlowClient(self.registry, self.batcher)
+        from workers.python_client import PythonClient
+
+        self._loader = None  # the predictor's load_model, bound once the predictor exists
+        return PythonClient(self.registry)
+
+    def _load_model(self, model_path: str, name: str, version: int) -> Any:
+        if self._loader is not None:
+            return self._loader(model_path, name, version)
+        return self.predictor.load_model(model_path)
+
+    def _unload_model(self, model: Any) -> None:
+        """The predictor's optional `unload_model(model)` hook, called when a version leaves memory."""
+        hook = getattr(self.predictor, "unload_model", None)
+        if hook is not None:
+            hook(model)
+
+    def predict(self, available: dict) -> Any:
+        """Call the predictor's `predict` with the arguments it declares; with server_side_batching, a Python
+        predictor's `predict` gets those arguments as lists, one element per request of the batch (Cortex v0.25),
+        while the ONNX and TensorFlow clients batch inside `client.predict`."""
+        args = {k: available[k] for k in self.predict_args}
+        if self.batcher is None or self.api.predictor.type != "python":
+            return self.predictor.predict(**args)
+        return self.batcher.submit(("",), args, self._predict_batch)
+
+    def _predict_batch(self, items: list[dict]) -> list:
+        """One call of `predict` with lists; if it raises, each request runs alone (as a list of one), so a bad
+        request fails only itself."""
+        try:
+            results = self.predictor.predict(**{k: [item[k] for item in items] for k in self.predict_args})
+        except Exception as e:
+            if len(items) == 1:
+                return [Failure(e)]
+            log.warning("predict raised %s for a batch of %d requests; running them one at a time",
+                        type(e).__name__, len(items))
+            return [self._predict_batch([item])[0] for item in items]
+        if not isinstance(results, list) or len(results) != len(items):
+            got = f"a list of {len(results)}" if isinstance(results, list) else f"a {type(results).__name__}"
+            message = (f"with server_side_batching, predict receives lists ({len(items)} requests in this batch) and "
+                       f"must return a list of the same length, in the same order; it returned {got}")
+            log.error("%s", message)
+            return [Failure(ReplicaHTTPError(message))] * len(items)
+        return results
+
+    def _mark_ready(self) -> None:
+        self.registry.initial_sync_done.wait()
+        marker = self.tree.workers_dir / str(os.getpid())
+        marker.write_text(str(time.time()))
+        log.info("worker %d ready", os.getpid())
+
+    # -- health ----------------------------------------------------------------------------------------------
+    def supervisor_alive(self) -> tuple[bool, str]:
+        try:
+            age = time.time() - self.tree.heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            return False, "the supervisor has not written a heartbeat"
+        if age > self.heartbeat_timeout:
+            return False, f"the supervisor's watcher last polled {age:.0f}s ago"
+        return True, "ok"
+
+    def upstream_errors(self) -> dict[str, str]:
+        """Each model root whose last listing failed (credentials, missing bucket, endpoint down), with why."""
+        return feed.facts(self.tree.feed_file).get("root_errors") or {}
+
+    def ready_workers(self) -> list[int]:
+        pids = []
+        for marker in self.tree.workers_dir.iterdir():
+            if marker.name.isdigit() and psutil.pid_exists(int(marker.name)):
+                pids.append(int(marker.name))
+        return pids
+
+
+def runtime_from_env() -> tuple[Runtime, int]:
+    """Build the worker from the parsed spec and the settings the supervisor passes: the spec file itself is
+    read only by the supervisor, so an edit saved into it changes nothing until a SIGHUP has checked it."""
+    import pickle
+
+    api: ApiSpec = pickle.loads(Path(os.environ["REPLICA_SPEC_PICKLE"]).read_bytes())
+    os.environ.update(api.predictor.env)  # a reload may have changed it since gunicorn started
+    tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]), os.environ.get("REPLICA_RUNTIME_DIR"))
+    poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
+    heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
+    runtime = Runtime(api, tree, heartbeat_timeout=heartbeat,
+                      worker_timeout=float(os.environ.get("REPLICA_WORKER_TIMEOUT") or 30))
+    return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))
