@@ -109,9 +109,10 @@ def io_bytes(pid: int) -> tuple[int, int]:
     return io.write_chars, io.read_chars
 
 
-def watcher_pass(spec: Path, env: dict, passes: int = 3) -> tuple[float, float]:
+def watcher_pass(spec: Path, env: dict, server_pid: int, passes: int = 3) -> tuple[float, float, float, float]:
     """The supervisor's own watcher pass (prefetch=False), run here on a scratch tree: (median seconds,
-    ListObjectsV2 requests per pass)."""
+    ListObjectsV2 requests per pass, this process's CPU seconds per pass, the S3 server's CPU seconds per
+    pass). The two CPU figures tell the replica's own cost from the server's work of listing."""
     from replica.spec import load_spec
     from supervisor.catalogue import Catalogue
     from supervisor.s3_client import make_s3_client
@@ -135,11 +136,16 @@ def watcher_pass(spec: Path, env: dict, passes: int = 3) -> tuple[float, float]:
             watcher = Watcher(tree, Catalogue(api.predictor, upstreams), prefetch=False)
             watcher.start()
             times = []
+            server = psutil.Process(server_pid)
+            pages[0] = 0
+            cpu_start, server_start = time.process_time(), sum(server.cpu_times()[:2])
             for _ in range(passes):
                 start = time.perf_counter()
                 watcher.sync_once()
                 times.append(time.perf_counter() - start)
-        return statistics.median(times), pages[0] / passes
+            cpu = (time.process_time() - cpu_start) / passes
+            server_cpu = (sum(server.cpu_times()[:2]) - server_start) / passes
+        return statistics.median(times), pages[0] / passes, cpu, server_cpu
     finally:
         for k, v in saved.items():
             if v is None:
@@ -196,8 +202,10 @@ def bench_one(s3: SeaweedS3, work: Path, n: int, args) -> dict:
         result["hit_ms_median"] = statistics.median(hits) * 1000
         print(f"[{n}] list calls/poll {calls:.2f}; miss latencies (ms) "
               + ", ".join(f"{m:.0f}" for m in result["miss_ms"]), flush=True)
-        result["pass_s"], result["list_requests"] = watcher_pass(spec, s3.env)
-        print(f"[{n}] one watcher pass {result['pass_s']:.2f}s, {result['list_requests']:.0f} ListObjectsV2 requests",
+        result["pass_s"], result["list_requests"], result["pass_cpu_s"], result["server_cpu_s"] = \
+            watcher_pass(spec, s3.env, s3.proc.pid)
+        print(f"[{n}] one watcher pass {result['pass_s']:.2f}s ({result['pass_cpu_s']:.2f}s of replica CPU, "
+              f"{result['server_cpu_s']:.2f}s of S3 server CPU), {result['list_requests']:.0f} ListObjectsV2 requests",
               flush=True)
     finally:
         r.stop()
@@ -206,14 +214,15 @@ def bench_one(s3: SeaweedS3, work: Path, n: int, args) -> dict:
 
 def table(results: list[dict]) -> str:
     head = ("| models | start to /readyz 200 | supervisor RSS | worker RSS | list calls / poll "
-            "| ListObjectsV2 requests / poll | watcher pass | state feed | miss latency median (min-max) "
-            "| hit latency median | written / read per miss |")
-    rows = [head, "|" + "---|" * 11]
+            "| ListObjectsV2 requests / poll | watcher pass | its replica CPU | its S3 server CPU | state feed "
+            "| miss latency median (min-max) | hit latency median | written / read per miss |")
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         miss = r["miss_ms"]
         rows.append(
             f"| {r['models']:,} | {r['ready_s']:.2f} s | {r['supervisor_rss_mib']:.0f} MiB | {r['worker_rss_mib']:.0f} MiB "
-            f"| {r['list_calls_per_poll']:.2f} | {r['list_requests']:.0f} | {r['pass_s']:.2f} s | {r['state_kib']:,.0f} KiB "
+            f"| {r['list_calls_per_poll']:.2f} | {r['list_requests']:.0f} | {r['pass_s']:.2f} s | {r['pass_cpu_s']:.2f} s "
+            f"| {r['server_cpu_s']:.2f} s | {r['state_kib']:,.0f} KiB "
             f"| {statistics.median(miss):.0f} ms ({min(miss):.0f}-{max(miss):.0f}) | {r['hit_ms_median']:.1f} ms "
             f"| {r['miss_written_kib']:,.1f} KiB / {r['miss_read_kib']:,.1f} KiB |")
     return "\n".join(rows)
@@ -249,7 +258,10 @@ Machine: {machine()}. The S3 server, the replica and the client share these CPUs
 - *ListObjectsV2 requests / poll*: the pages of that one listing (S3 returns at most 1,000 keys a page),
   counted on the client during the watcher-pass measurement.
 - *watcher pass*: the median of 3 runs of the supervisor's own `Watcher.sync_once` (listing, catalogue,
-  publish to the feed), timed in the benchmark process against the same bucket.
+  publish to the feed) with nothing changed upstream, timed in the benchmark process against the same bucket.
+  *its replica CPU*: the CPU time of that process per pass (requests, parsing, catalogue, feed); *its S3
+  server CPU*: the CPU time SeaweedFS spent per pass answering the listing. Wall time is about the larger of
+  the two, as the listing's pages are requested one after the other.
 - *state feed*: the size of RUNTIME/feed.sqlite (and its WAL); a publish writes only the rows that changed.
 - *miss latency*: end-to-end `POST /` for {args.misses} distinct cold models (admission, download through the
   supervisor, feed publish, load); *hit latency*: the same model again. *written / read per miss*: bytes the

@@ -56,6 +56,16 @@ VISION_GRIDS = {"conv_81": 2, "conv_93": 4}  # output name -> grid size
 VISION_FILTERS = 18  # 3 anchors x (5 + 1 class), as the license-plate yolov3 has
 
 
+def _save_tf(module, directory: Path, signatures: dict) -> Path:
+    """Save a tf.Module as a SavedModel in `directory` (made if missing) with the given signatures."""
+    import tensorflow as tf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(directory), signatures=signatures)
+    return directory
+
+
 def write_iris(directory: Path) -> Path:
     """The iris-classifier stand-in (signature `predict`) as a SavedModel in `directory`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,10 +95,7 @@ def write_iris(directory: Path) -> Path:
             }
 
     module = Iris()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(module, str(directory), signatures={"predict": module.predict})
-    return directory
+    return _save_tf(module, directory, {"predict": module.predict})
 
 
 def write_vision(directory: Path) -> Path:
@@ -113,10 +120,7 @@ def write_vision(directory: Path) -> Path:
             return out
 
     module = Vision()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
-    return directory
+    return _save_tf(module, directory, {"serving_default": module.serve})
 
 
 def write_gpt2(directory: Path) -> Path:
@@ -130,10 +134,7 @@ def write_gpt2(directory: Path) -> Path:
             return {"sample": tf.identity(context)}
 
     module = Gpt2()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(module, str(directory), signatures={"predict": module.predict})
-    return directory
+    return _save_tf(module, directory, {"predict": module.predict})
 
 
 def write_gpt2_encoder(directory: Path) -> Path:
@@ -169,10 +170,7 @@ def write_yolov3(directory: Path) -> Path:
             return {name: tf.zeros([batch, size, size, VISION_FILTERS]) for name, size in YOLOV3_GRIDS.items()}
 
     module = Yolov3()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
-    return directory
+    return _save_tf(module, directory, {"serving_default": module.serve})
 
 
 def write_onnx_iris(directory: Path) -> Path:
