@@ -45,25 +45,14 @@ from replica.disktree import DiskTree  # noqa: E402
 from tests.helpers import put_objects, write_api  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
 from tests.s3server import SeaweedS3  # noqa: E402
+from tests.predictors import json_predictor  # noqa: E402
 
 CACHE, DISK = 3, 5
-PREDICTOR = """
-import json
-import os
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            return json.load(f)
-
-    def predict(self, query_params):
-        name = query_params["model"]
-        return {"name": name, "model": self.client.get_model(name)}
-"""
+PREDICTOR = json_predictor("""
+def predict(self, query_params):
+    name = query_params["model"]
+    return {"name": name, "model": self.client.get_model(name)}
+""")
 
 
 def model_name(i: int) -> str:

@@ -34,6 +34,7 @@ from replica.spec import MODEL_NAME_RE
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear, \
     write_python_linear
 from tests.helpers import serving, write_api, write_spec
+from tests.predictors import LINEAR, json_predictor
 from tests.replica_proc import wait_for
 from tests.s3server import delete_bucket
 
@@ -854,28 +855,14 @@ def test_unsafe_key_is_refused_with_an_error_and_writes_nothing(escape_sync, nam
 # 5. a Python predictor whose load_model raises
 # ==========================================================================
 
-PYTHON_PREDICTOR = """
-import json
-import os
-
-import numpy as np
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            spec = json.load(f)
-        if "broken" in spec:
-            raise ValueError("cannot read the weights: " + spec["broken"])
-        return {"weights": np.asarray(spec["weights"]), "bias": np.asarray(spec["bias"])}
-
-    def predict(self, payload, query_params):
-        model = self.client.get_model(query_params.get("model", "iris"), query_params.get("version", "latest"))
-        return {"scores": np.asarray(payload["x"]) @ model["weights"] + model["bias"]}
-"""
+PYTHON_PREDICTOR = json_predictor("""
+def predict(self, payload, query_params):
+    model = self.client.get_model(query_params.get("model", "iris"), query_params.get("version", "latest"))
+    return {"scores": np.asarray(payload["x"]) @ model["weights"] + model["bias"]}
+""", load="""
+if "broken" in spec:
+    raise ValueError("cannot read the weights: " + spec["broken"])
+""" + LINEAR)
 
 
 @pytest.fixture(scope="module")

@@ -25,31 +25,19 @@ from deploy.haproxy.config import Server
 from tests.haproxy_proc import HAProxyProcess, find_haproxy
 from tests.helpers import BackgroundLoad, put_objects, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
+from tests.predictors import json_predictor
 
 pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not installed and could not be "
                                 "(make test installs it: apt-get install -y haproxy)")
 
-PREDICTOR = """
-import json
-import os
-import time
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            return json.load(f)
-
-    def predict(self, payload, query_params):
-        name = query_params["model"]
-        model = self.client.get_model(name)
-        if query_params.get("sleep"):
-            time.sleep(float(query_params["sleep"]))
-        return {"name": name, "model": model}
-"""
+PREDICTOR = json_predictor("""
+def predict(self, payload, query_params):
+    name = query_params["model"]
+    model = self.client.get_model(name)
+    if query_params.get("sleep"):
+        time.sleep(float(query_params["sleep"]))
+    return {"name": name, "model": model}
+""")
 
 NAMES = ("r1", "r2", "r3")
 CATALOGUE = 30  # models in S3; the workload uses 9 of them, 3 homed on each replica

@@ -20,27 +20,13 @@ import requests
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
 from tests.helpers import BackgroundLoad, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
+from tests.predictors import json_predictor, LINEAR
 
-PREDICTOR = """
-import json
-import os
-
-import numpy as np
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            spec = json.load(f)
-        return {"weights": np.asarray(spec["weights"]), "bias": np.asarray(spec["bias"])}
-
-    def predict(self, payload):
-        model = self.client.get_model("iris")
-        return {"scores": (np.asarray(payload["x"]) @ model["weights"] + model["bias"]).tolist()}
-"""
+PREDICTOR = json_predictor("""
+def predict(self, payload):
+    model = self.client.get_model("iris")
+    return {"scores": (np.asarray(payload["x"]) @ model["weights"] + model["bias"]).tolist()}
+""", load=LINEAR)
 
 X = [5.1, 3.5, 1.4, 0.2]
 

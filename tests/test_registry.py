@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.helpers import read_state, write_api
 from tests.replica_proc import wait_for
+from tests.predictors import json_predictor
 from tests.test_caching import (ask, cached_spec, check_answer, disk_versions, loading, log_count, memory_versions,
                                 upload_models)
 
@@ -119,22 +120,10 @@ def test_unreachable_supervisor_costs_no_model_its_place(s3, bucket, replica, tm
 
 # -- 3. one version's failure outside load_model never stops the sync of the others ---------------------------
 
-SIMPLE = """
-import json
-import os
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            return json.load(f)
-
-    def predict(self, payload, query_params):
-        return self.client.get_model(query_params["model"])
-"""
+SIMPLE = json_predictor("""
+def predict(self, payload, query_params):
+    return self.client.get_model(query_params["model"])
+""")
 
 
 def test_lock_file_that_cannot_be_created_stops_only_its_version(s3, s3_client, bucket, replica, tmp_path):

@@ -11,34 +11,19 @@ import pytest
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
 from tests.helpers import serving, write_api, write_spec
 from tests.replica_proc import wait_for
+from tests.predictors import json_predictor, LINEAR
 
-PREDICTOR = """
-import json
-import os
-import time
-
-import numpy as np
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            spec = json.load(f)
-        return {"weights": np.asarray(spec["weights"]), "bias": np.asarray(spec["bias"])}
-
-    def predict(self, payload, query_params):
-        if "fail" in query_params:
-            raise RuntimeError("the predictor broke: " + query_params["fail"])
-        if "started" in query_params:
-            open(query_params["started"], "w").close()
-        if "sleep" in query_params:
-            time.sleep(float(query_params["sleep"]))
-        model = self.client.get_model(query_params.get("model", "iris"), query_params.get("version", "latest"))
-        return {"scores": np.asarray(payload["x"]) @ model["weights"] + model["bias"]}
-"""
+PREDICTOR = json_predictor("""
+def predict(self, payload, query_params):
+    if "fail" in query_params:
+        raise RuntimeError("the predictor broke: " + query_params["fail"])
+    if "started" in query_params:
+        open(query_params["started"], "w").close()
+    if "sleep" in query_params:
+        time.sleep(float(query_params["sleep"]))
+    model = self.client.get_model(query_params.get("model", "iris"), query_params.get("version", "latest"))
+    return {"scores": np.asarray(payload["x"]) @ model["weights"] + model["bias"]}
+""", load=LINEAR)
 
 X = [5.1, 3.5, 1.4, 0.2]
 

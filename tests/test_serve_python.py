@@ -9,31 +9,17 @@ import pytest
 
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_SAMPLES, IRIS_WEIGHTS, write_python_linear
 from tests.helpers import serving, write_api
+from tests.predictors import LINEAR, json_predictor
 from tests.replica_proc import wait_for
 
-VERSIONED_PREDICTOR = """
-import json
-import os
-
-import numpy as np
-
-
-class PythonPredictor:
-    def __init__(self, config, python_client):
-        self.client = python_client
-
-    def load_model(self, model_path):
-        with open(os.path.join(model_path, "model.json")) as f:
-            spec = json.load(f)
-        return {"weights": np.asarray(spec["weights"]), "bias": np.asarray(spec["bias"])}
-
-    def predict(self, payload, query_params):
-        if "version" in query_params:
-            model = self.client.get_model("iris", query_params["version"])
-        else:
-            model = self.client.get_model("iris")
-        return {"bias": model["bias"], "scores": np.asarray(payload) @ model["weights"] + model["bias"]}
-"""
+VERSIONED_PREDICTOR = json_predictor("""
+def predict(self, payload, query_params):
+    if "version" in query_params:
+        model = self.client.get_model("iris", query_params["version"])
+    else:
+        model = self.client.get_model("iris")
+    return {"bias": model["bias"], "scores": np.asarray(payload) @ model["weights"] + model["bias"]}
+""", load=LINEAR)
 
 
 @pytest.fixture(scope="module")
