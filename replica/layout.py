@@ -165,16 +165,23 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
     return model
 
 
-def split_models_dir(objects: list[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
-    """Split a `models.dir` listing into its child models, keys made relative to each child."""
+def group_models_dir(objects: list[ObjectInfo]) -> dict[str, list[ObjectInfo]]:
+    """Group a `models.dir` listing by child model, keys as listed (relative to the root, not yet to the child):
+    a model whose objects did not change since the last listing is recognised from these alone."""
     children: dict[str, list[ObjectInfo]] = {}
     for o in objects:
-        if "/" not in o.key or _ignored(o.key):
+        head, sep, _ = o.key.partition("/")
+        if not sep or _ignored(o.key):
             continue  # a loose file beside the model folders is not a model
-        head, rest = o.key.split("/", 1)
-        # Models of one catalogue mostly hold the same file names ("1/model.onnx"): one string each, shared.
-        children.setdefault(head, []).append(ObjectInfo(sys.intern(rest), o.size, o.tag))
+        children.setdefault(head, []).append(o)
     return children
+
+
+def relative_to(prefix: str, objects: list[ObjectInfo]) -> list[ObjectInfo]:
+    """The objects under `prefix` ("child/"), keys made relative to it."""
+    cut = len(prefix)
+    # Models of one catalogue mostly hold the same file names ("1/model.onnx"): one string each, shared.
+    return [ObjectInfo(sys.intern(o.key[cut:]), o.size, o.tag) for o in objects]
 
 
 def parse_version(value: object) -> int | None:

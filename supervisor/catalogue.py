@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from replica.layout import ModelListing, build_model, split_models_dir
+from replica.layout import ModelListing, build_model, group_models_dir, relative_to
 from replica.spec import ModelSource, PredictorSpec
 from supervisor.upstream import Upstream, UpstreamError
 
@@ -99,12 +99,13 @@ class Catalogue:
         if source.name is not None:
             return {source.name: self._entry(before.get(source.name), source, upstream, source.name, "", objects)}
         return {child: self._entry(before.get(child), source, upstream, child, f"{child}/", child_objects)
-                for child, child_objects in sorted(split_models_dir(objects).items())}
+                for child, child_objects in sorted(group_models_dir(objects).items())}
 
     def _entry(self, before: CatalogueEntry | None, source: ModelSource, upstream: Upstream, name: str,
                prefix: str, objects) -> CatalogueEntry:
+        """`objects` as listed, keys relative to the root; the model's own keys start after `prefix`."""
         digest = hash(tuple(objects))
         if before is not None and before.digest == digest:
             return before
-        listing = build_model(name, self.predictor.type, objects, self.allow_inferentia)
+        listing = build_model(name, self.predictor.type, relative_to(prefix, objects), self.allow_inferentia)
         return CatalogueEntry(listing, upstream, prefix, source.signature_key, digest)

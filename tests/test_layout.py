@@ -8,7 +8,8 @@ from replica.layout import (
     build_model,
     fingerprint,
     parse_version,
-    split_models_dir,
+    group_models_dir,
+    relative_to,
     validate_version,
 )
 
@@ -182,18 +183,19 @@ def test_tensorflow_versioned_model():
 
 # -- models.dir -----------------------------------------------------------------------------------------
 
-def test_split_models_dir_children_relative_keys():
-    children = split_models_dir(objs("a/1/m.onnx", "a/2/m.onnx", "b/m.onnx", "loose.txt", "a/", ".git/x",
+def test_models_dir_children_and_their_relative_keys():
+    children = group_models_dir(objs("a/1/m.onnx", "a/2/m.onnx", "b/m.onnx", "loose.txt", "a/", ".git/x",
                                      "c/.keep", "bad name/m.onnx"))
     assert sorted(children) == ["a", "b", "bad name"]
-    assert [o.key for o in children["a"]] == ["1/m.onnx", "2/m.onnx"]
-    assert [o.key for o in children["b"]] == ["m.onnx"]
+    assert [o.key for o in relative_to("a/", children["a"])] == ["1/m.onnx", "2/m.onnx"]
+    assert [o.key for o in relative_to("b/", children["b"])] == ["m.onnx"]
     # the unsafe name is kept here so that build_model can report it
-    assert build_model("bad name", "onnx", children["bad name"]).error.startswith("unsafe model name")
+    assert build_model("bad name", "onnx", relative_to("bad name/", children["bad name"])).error.startswith(
+        "unsafe model name")
 
 
-def test_split_models_dir_keeps_size_and_tag():
-    (o,) = split_models_dir([ObjectInfo("a/x", 42, "etag")])["a"]
+def test_models_dir_keeps_size_and_tag():
+    (o,) = relative_to("a/", group_models_dir([ObjectInfo("a/x", 42, "etag")])["a"])
     assert o == ObjectInfo("x", 42, "etag")
 
 
