@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from replica.disktree import UnsafeName, safe_relpath
@@ -41,9 +41,16 @@ class VersionListing:
 
 @dataclass(slots=True)
 class ModelListing:
+    """A model as listed. Its versions are kept as a tuple, in version order: a large catalogue keeps one listing
+    per model, mostly of one version, and a tuple of one costs a fraction of a dict; `versions` maps them."""
+
     name: str
-    versions: dict[int, VersionListing] = field(default_factory=dict)
     error: str | None = None  # a model-level problem (unsafe name, mixed layout); its versions are then empty
+    all_versions: tuple[VersionListing, ...] = ()
+
+    @property
+    def versions(self) -> dict[int, VersionListing]:
+        return {v.version: v for v in self.all_versions}
 
 
 def fingerprint(files: tuple[ObjectInfo, ...]) -> str:
@@ -153,15 +160,17 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
             files.append(ObjectInfo(sys.intern(rest), o.size, o.tag))
     else:
         groups[1] = ("", objects)
+    versions = []
     for version, (prefix, files) in sorted(groups.items()):
         ftuple = tuple(sorted(files, key=lambda f: f.key))
-        model.versions[version] = VersionListing(
+        versions.append(VersionListing(
             version=version,
             files=ftuple,
             fingerprint=fingerprint(ftuple),
             error=validate_version(predictor_type, ftuple, allow_inferentia),
             prefix=prefix,
-        )
+        ))
+    model.all_versions = tuple(versions)
     return model
 
 

@@ -1,5 +1,5 @@
-"""Publishing the watcher's view to the state feed (replica.feed): after every pass the whole catalogue (the feed
-writes only the rows that differ), and after a fetch or an eviction the rows of the models it touched.
+"""Publishing the watcher's view to the state feed (replica.feed): after every pass, the models whose listing,
+disk copies or errors changed (and those that left); after a fetch or an eviction, the models it touched.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class FeedPublisher:
             catalogue = self.catalogue.models
             live = None
             if names is None:
-                self.versions_upstream = sum(len(e.listing.versions) for e in catalogue.values())
+                self.versions_upstream = sum(len(e.listing.all_versions) for e in catalogue.values())
                 names = live = catalogue.keys() | installed.keys()
             facts["versions_upstream"] = self.versions_upstream
             changed = {}
