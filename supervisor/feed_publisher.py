@@ -87,20 +87,22 @@ class FeedPublisher:
                 self.versions_upstream = sum(len(e.listing.all_versions) for e in catalogue.values())
                 names = live = catalogue.keys() | installed.keys()
             facts["versions_upstream"] = self.versions_upstream
-            changed = {}
+            changed, sigs = {}, {}
             seen = self._published
             for name in names:
                 sig = _signature(catalogue.get(name), installed.get(name, _NONE), errors.get(name, _NONE))
                 if not _same(seen.get(name), sig):
                     rows = self._model_rows(name, installed, errors)
                     changed[name] = rows if rows is not None else (None, [])
-                    seen[name] = sig
-            if live is not None:
-                for name in [n for n in seen if n not in live]:
-                    del seen[name]
+                    sigs[name] = sig
             if self.feed is None:
                 self.feed = FeedWriter(self.tree.feed_file)
             self.feed.publish(facts, changed, live)
+            # Only once written: a publish that failed (a full runtime folder) is sent again by the next one.
+            seen.update(sigs)
+            if live is not None:
+                for name in [n for n in seen if n not in live]:
+                    del seen[name]
         self.tree.touch_heartbeat()
 
     def publish_soon(self, name: str, delay: float = 0.25) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
+
 from replica.disktree import DiskTree
 from replica.feed import FeedReader, FeedWriter, facts, snapshot
 from replica.spec import load_spec
@@ -47,10 +52,10 @@ def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path
                                                  ("m3", 2, True, False, None, None, False)]
 
 
-def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
-    """The supervisor side: only models whose listing, disk copies or errors changed reach the feed."""
+def _local_watcher(tmp_path: Path, models: int) -> tuple[Watcher, Path]:
+    """A caching watcher over a local models.dir of `models` one-version models, started."""
     up = tmp_path / "up"
-    for i in range(50):
+    for i in range(models):
         (up / f"m{i:02d}" / "1").mkdir(parents=True)
         (up / f"m{i:02d}" / "1" / "w.bin").write_text(str(i))
     (tmp_path / "predictor.py").write_text("")
@@ -60,6 +65,12 @@ def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
     watcher = Watcher(DiskTree(tmp_path / "state"),
                       Catalogue(predictor, [(s, LocalUpstream(s.url)) for s in predictor.sources]), prefetch=False)
     watcher.start()
+    return watcher, up
+
+
+def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
+    """The supervisor side: only models whose listing, disk copies or errors changed reach the feed."""
+    watcher, up = _local_watcher(tmp_path, 50)
     watcher.sync_once()
     reader = FeedReader(watcher.tree.feed_file)
     assert len(reader.changes().versions) == 50
@@ -71,6 +82,29 @@ def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
     watcher.sync_once()
     rows = reader.changes().versions  # the rows of the model that changed, and only those
     assert {row[0] for row in rows} == {"m07"} and ("m07", 2) in {row[:2] for row in rows}
+
+
+def test_a_publish_that_failed_is_written_by_the_next(tmp_path):
+    watcher, up = _local_watcher(tmp_path, 3)
+    watcher.sync_once()
+    reader = FeedReader(watcher.tree.feed_file)
+    reader.changes()
+    (up / "new" / "1").mkdir(parents=True)
+    (up / "new" / "1" / "w.bin").write_text("new")
+    write, failed = watcher.feed.publish, []
+
+    def full_once(*args, **kwargs):  # the runtime folder's filesystem was full for one write
+        if not failed:
+            failed.append(True)
+            raise sqlite3.OperationalError("database or disk is full")
+        return write(*args, **kwargs)
+
+    watcher.feed.publish = full_once
+    with pytest.raises(sqlite3.OperationalError):
+        watcher.sync_once()
+    assert reader.changes() is None
+    watcher.sync_once()
+    assert [row[:2] for row in reader.changes().versions] == [("new", 1)]
 
 
 def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
