@@ -1,11 +1,13 @@
-"""The S3 client the watcher uses: boto3 from the standard credential chain, with a lean listing parser.
+"""The S3 client the watcher uses: boto3 from the standard credential chain, with a lean listing page reader.
 
-A watcher pass lists the whole catalogue, up to 1,000 keys a page. botocore parses each key of a page by
-walking the generic response model (every field of every object, types converted one by one), which costs
-several times more than the request itself once a catalogue holds tens of thousands of models. The parser
-here reads a ListObjectsV2 page's objects straight from the XML tree, keeping the three fields the watcher
-reads (Key, Size, ETag), and hands the rest of the page (truncation, continuation token, encoding) to
-botocore as usual. Signing, retries, errors and the paginator are botocore's own.
+A watcher pass lists the whole catalogue, up to 1,000 keys a page. botocore reads each page twice: once to
+check that a 200 is not an error in disguise (S3 can answer 200 with an <Error> body, or a body cut short),
+and once to parse it, walking its generic response model over every field of every object. Once a catalogue
+holds tens of thousands of models that costs more than the request itself. Here a ListObjectsV2 page is read
+once, in place of botocore's check and with the same outcome (a cut or <Error> body is a 500 that botocore's
+retries take); its objects are taken straight from the XML tree, keeping the three fields the watcher reads
+(Key, Size, ETag), and the rest of the page (truncation, continuation token, encoding) is botocore's to parse
+as always. Signing, retries, errors and the paginator are botocore's own.
 """
 
 from __future__ import annotations
@@ -13,49 +15,58 @@ from __future__ import annotations
 import os
 import threading
 
-from botocore.compat import ETree
-from botocore.parsers import ResponseParserFactory, RestXMLParser
+from botocore import handlers
+from botocore.compat import ETree, XMLParseError
 
 _client_lock = threading.Lock()
+_botocore_200_check = handlers._handle_200_error  # noqa: SLF001 - replaced for ListObjectsV2 only, see above
 
 
-class ListingParser(RestXMLParser):
-    """botocore's S3 (rest-xml) parser, with ListObjectsV2 objects read directly: each as {Key, Size, ETag}."""
+def split_listing_page(body: bytes) -> tuple[list[dict], bytes] | None:
+    """A ListObjectsV2 page's objects as {Key, Size, ETag}, and the page without them; None when the body is
+    not a listing (cut short, or an <Error> document)."""
+    try:
+        parser = ETree.XMLParser(target=ETree.TreeBuilder(), encoding="utf-8")
+        parser.feed(body)
+        root = parser.close()
+    except XMLParseError:
+        return None
+    if root.tag == "Error":
+        return None
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    contents_tag, key_tag, size_tag, etag_tag = ns + "Contents", ns + "Key", ns + "Size", ns + "ETag"
+    contents = []
+    rest = ETree.Element(root.tag)
+    for node in root:
+        if node.tag != contents_tag:
+            rest.append(node)
+            continue
+        item = {}
+        for field in node:
+            if field.tag == key_tag:
+                item["Key"] = field.text or ""
+            elif field.tag == size_tag:
+                item["Size"] = int(field.text)
+            elif field.tag == etag_tag:
+                item["ETag"] = field.text or ""
+        contents.append(item)
+    return contents, ETree.tostring(rest)
 
-    def _do_parse(self, response, shape):
-        if shape is None or shape.name != "ListObjectsV2Output" or not response.get("body"):
-            return super()._do_parse(response, shape)
-        root = self._parse_xml_string_to_dom(response["body"])
-        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        contents_tag, key_tag, size_tag, etag_tag = ns + "Contents", ns + "Key", ns + "Size", ns + "ETag"
-        contents = []
-        rest = ETree.Element(root.tag)
-        for node in root:
-            if node.tag != contents_tag:
-                rest.append(node)
-                continue
-            item = {}
-            for field in node:
-                if field.tag == key_tag:
-                    item["Key"] = field.text or ""
-                elif field.tag == size_tag:
-                    item["Size"] = int(field.text)
-                elif field.tag == etag_tag:
-                    item["ETag"] = field.text or ""
-            contents.append(item)
-        parsed = super()._do_parse(dict(response, body=ETree.tostring(rest)), shape)
-        if contents:
-            parsed["Contents"] = contents
-        return parsed
 
-
-class ListingParserFactory(ResponseParserFactory):
-    """Hands out `ListingParser` for S3's protocol; every other protocol is botocore's."""
-
-    def create_parser(self, protocol_name):
-        if protocol_name == "rest-xml":
-            return ListingParser(**self._defaults)
-        return super().create_parser(protocol_name)
+def read_listing_page(operation_model, response_dict, customized_response_dict, **kwargs) -> None:
+    """botocore's before-parse check of S3 answers, except that a ListObjectsV2 page is read here, once: its
+    objects go straight into the parsed response, and only the rest of the page is left to botocore's parser."""
+    if operation_model.name != "ListObjectsV2" or response_dict.get("status_code") != 200 \
+            or not response_dict.get("body"):
+        _botocore_200_check(operation_model=operation_model, response_dict=response_dict, **kwargs)
+        return
+    page = split_listing_page(response_dict["body"])
+    if page is None:
+        response_dict["status_code"] = 500  # as botocore's check does: retried
+        return
+    contents, response_dict["body"] = page
+    if contents:
+        customized_response_dict["Contents"] = contents
 
 
 def make_s3_client(endpoint_url: str | None = None):
@@ -71,12 +82,7 @@ def make_s3_client(endpoint_url: str | None = None):
 
     endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     with _client_lock:  # boto3 sessions are not thread-safe to create
-        core = botocore.session.get_session()
-        factory = ListingParserFactory()
-        # Timestamps stay strings: the watcher never reads one, and parsing each with dateutil is costly.
-        factory.set_parser_defaults(timestamp_parser=str)
-        core.register_component("response_parser_factory", factory)
-        session = boto3.session.Session(botocore_session=core)
+        session = boto3.session.Session(botocore_session=botocore.session.get_session())
         extra = {}
         credentials = session.get_credentials()
         if credentials is None:
@@ -91,6 +97,8 @@ def make_s3_client(endpoint_url: str | None = None):
         )
         region = session.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    client.meta.events.unregister("before-parse.s3.*", _botocore_200_check)
+    client.meta.events.register_first("before-parse.s3.*", read_listing_page)
     # Where the credentials came from (botocore's provider name: env, shared-credentials-file, iam-role...),
     # for error messages: a listing error is most often the wrong credentials being picked up.
     client.credential_source = _CREDENTIAL_SOURCES.get(credentials.method, credentials.method) if credentials \

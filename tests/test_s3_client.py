@@ -4,10 +4,11 @@ reads, on a hand-written page and against the real S3 server (keys that need esc
 from __future__ import annotations
 
 import botocore.session
+import pytest
 from hypothesis import given, settings, strategies as st
 from xml.sax.saxutils import escape
 
-from supervisor.s3_client import ListingParser, make_s3_client
+from supervisor.s3_client import make_s3_client, read_listing_page
 from supervisor.upstream import S3Upstream
 from tests.helpers import put_objects
 
@@ -27,14 +28,21 @@ def _page(objects: list[tuple[str, int, str]], truncated: bool, token: str | Non
             f"<CommonPrefixes><Prefix>models/a/</Prefix></CommonPrefixes></ListBucketResult>").encode()
 
 
-def _parse_both(body: bytes) -> tuple[dict, dict]:
+def _parse(operation: str, body: bytes, lean: bool) -> tuple[dict, dict]:
+    """(the response as parsed, the response dict after the before-parse step): with `lean`, the way the
+    watcher's client reads it (read_listing_page, then botocore's parser on what is left), else botocore's."""
     session = botocore.session.get_session()
-    shape = session.get_service_model("s3").operation_model("ListObjectsV2").output_shape
+    model = session.get_service_model("s3").operation_model(operation)
     response = {"body": body, "headers": {"x-amz-request-id": "r"}, "status_code": 200}
-    factory = session.get_component("response_parser_factory")
-    stock = factory.create_parser("rest-xml").parse(dict(response), shape)
-    lean = ListingParser().parse(dict(response), shape)
-    return stock, lean
+    customized: dict = {}
+    if lean:
+        read_listing_page(operation_model=model, response_dict=response, customized_response_dict=customized)
+    if response["status_code"] != 200:
+        return {}, response
+    parsed = session.get_component("response_parser_factory").create_parser("rest-xml").parse(response,
+                                                                                             model.output_shape)
+    parsed.update(customized)
+    return parsed, response
 
 
 keys = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
@@ -45,18 +53,24 @@ keys = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max
                         max_size=20),
        truncated=st.booleans(), token=st.one_of(st.none(), st.text("abcdefXYZ0123456789=", min_size=1, max_size=30)))
 def test_listing_page_reads_as_botocore_reads_it(objects, truncated, token):
-    stock, lean = _parse_both(_page(objects, truncated, token))
+    body = _page(objects, truncated, token)
+    (stock, _), (lean, _) = _parse("ListObjectsV2", body, lean=False), _parse("ListObjectsV2", body, lean=True)
     assert [(c["Key"], c["Size"], c["ETag"]) for c in lean.get("Contents", [])] == \
         [(c["Key"], c["Size"], c["ETag"]) for c in stock.get("Contents", [])]
     assert {k: v for k, v in lean.items() if k != "Contents"} == {k: v for k, v in stock.items() if k != "Contents"}
 
 
+@pytest.mark.parametrize("operation", ["ListObjectsV2", "GetBucketVersioning"])
+def test_an_error_or_a_cut_body_with_status_200_is_retried_as_botocore_would(operation):
+    error = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>x</Message></Error>'
+    cut = _page([("a/model.json", 3, "0" * 32)], False, None)[:-40]
+    for body in (error, cut):
+        assert _parse(operation, body, lean=True)[1]["status_code"] == 500
+
+
 def test_other_responses_are_botocores():
-    session = botocore.session.get_session()
-    shape = session.get_service_model("s3").operation_model("GetBucketVersioning").output_shape
     body = f'<VersioningConfiguration xmlns="{NS}"><Status>Enabled</Status></VersioningConfiguration>'.encode()
-    response = {"body": body, "headers": {}, "status_code": 200}
-    assert ListingParser().parse(dict(response), shape)["Status"] == "Enabled"
+    assert _parse("GetBucketVersioning", body, lean=True)[0]["Status"] == "Enabled"
 
 
 def test_s3_listing_across_pages_with_keys_that_need_escaping(s3, bucket, s3_client, monkeypatch):
