@@ -120,10 +120,11 @@ def test_unreachable_supervisor_costs_no_model_its_place(s3, bucket, replica, tm
 
 # -- 3. one version's failure outside load_model never stops the sync of the others ---------------------------
 
-SIMPLE = json_predictor("""
+ANSWER_THE_MODEL = """
 def predict(self, payload, query_params):
     return self.client.get_model(query_params["model"])
-""")
+"""
+SIMPLE = json_predictor(ANSWER_THE_MODEL)
 
 
 def test_lock_file_that_cannot_be_created_stops_only_its_version(s3, s3_client, bucket, replica, tmp_path):
@@ -153,11 +154,11 @@ def test_lock_file_that_cannot_be_created_stops_only_its_version(s3, s3_client, 
 
 # -- 4. the watcher never waits on a worker's load while holding its lock --------------------------------------
 
-SLOW = SIMPLE.replace("            return json.load(f)", """            model = json.load(f)
-        if model.get("slow"):
-            import time
-            time.sleep(model["slow"])
-        return model""")
+SLOW = json_predictor(ANSWER_THE_MODEL, load="""
+if spec.get("slow"):
+    time.sleep(spec["slow"])
+return spec
+""")
 
 
 def test_slow_load_delays_no_other_fetch_and_no_heartbeat(s3, s3_client, bucket, replica, tmp_path):
