@@ -66,7 +66,11 @@ def _ignored(key: str) -> bool:
 
     "." and ".." segments are not dotfiles: a key holding them could escape the folder it is written to, so it
     is kept and refused by `unsafe_keys` with an error, never silently dropped."""
-    return key.endswith("/") or any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
+    if key.endswith("/"):
+        return True
+    if not key.startswith(".") and "/." not in key:  # no segment starts with a dot: the common case, cheaply
+        return False
+    return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
 
 
 def unsafe_keys(keys) -> list[str]:

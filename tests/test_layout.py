@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from replica.layout import (
     ObjectInfo,
@@ -251,3 +252,11 @@ def test_parse_version_bad(value):
     with pytest.raises(ValueError) as exc:
         parse_version(value)
     assert "invalid model version" in str(exc.value)
+
+
+@given(st.text(alphabet="./a_", max_size=12))
+def test_ignored_keys_are_those_with_a_dotfile_segment_or_a_trailing_slash(key):
+    from replica.layout import _ignored
+
+    dotfile = any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
+    assert _ignored(key) == (key.endswith("/") or dotfile)
