@@ -249,8 +249,8 @@ Machine: {machine()}. The S3 server, the replica and the client share these CPUs
 - *ListObjectsV2 requests / poll*: the pages of that one listing (S3 returns at most 1,000 keys a page),
   counted on the client during the watcher-pass measurement.
 - *watcher pass*: the median of 3 runs of the supervisor's own `Watcher.sync_once` (listing, catalogue,
-  publish to the feed) with nothing changed upstream (after a first, untimed pass), timed in the benchmark process against the same bucket
-  once the replica has stopped.
+  publish to the feed) with nothing changed upstream (after a first, untimed pass), timed in the benchmark
+  process against the same bucket once the replica has stopped.
   *its replica CPU*: the CPU time of that process per pass (requests, parsing, catalogue, feed); *its S3
   server CPU*: the CPU time SeaweedFS spent per pass answering the listing. Wall time is about the larger of
   the two, as the listing's pages are requested one after the other.
