@@ -252,8 +252,8 @@ Machine: {machine()}. The S3 server, the replica and the client share these CPUs
   publish to the feed) with nothing changed upstream (after a first, untimed pass), timed in the benchmark
   process against the same bucket once the replica has stopped.
   *its replica CPU*: the CPU time of that process per pass (requests, parsing, catalogue, feed); *its S3
-  server CPU*: the CPU time SeaweedFS spent per pass answering the listing. Wall time is about the larger of
-  the two, as the listing's pages are requested one after the other.
+  server CPU*: the CPU time SeaweedFS spent per pass answering the listing. The pages are requested one after
+  the other, each once the previous one is read, so the wall time is about the two added up.
 - *state feed*: the size of RUNTIME/feed.sqlite (and its WAL); a publish writes only the rows that changed.
 - *miss latency*: end-to-end `POST /` for {args.misses} distinct cold models (admission, download through the
   supervisor, feed publish, load); *hit latency*: the same model again. *written / read per miss*: bytes the
