@@ -84,9 +84,9 @@ class Catalogue:
         for name, entry in self.models.items():
             if entry.listing.error:
                 current.add((name, None, entry.listing.error))
-            for version, v in entry.listing.versions.items():
+            for v in entry.listing.all_versions:
                 if v.error:
-                    current.add((name, version, v.error))
+                    current.add((name, v.version, v.error))
         for name, version, error in sorted(current - self._logged_invalid, key=str):
             log.warning("model %s%s is invalid and not served: %s", name,
                         f" version {version}" if version is not None else "", error)

@@ -147,10 +147,10 @@ def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
             bad = True
             print(f"  model {name}: error: {entry.listing.error}")
             continue
-        for version, v in sorted(entry.listing.versions.items()):
+        for v in entry.listing.all_versions:  # in version order
             state = "ok" if v.error is None else f"error: {v.error}"
             bad |= v.error is not None
-            print(f"  model {name} version {version}: {len(v.files)} file(s), {state}")
+            print(f"  model {name} version {v.version}: {len(v.files)} file(s), {state}")
     return 1 if bad else 0
 
 

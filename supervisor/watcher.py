@@ -112,7 +112,8 @@ class Watcher(TreeWrites, FeedPublisher):
         for name, entry in self.catalogue.models.items():
             if entry.listing.error:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
-            for version, listing in entry.listing.versions.items():
+            for listing in entry.listing.all_versions:
+                version = listing.version
                 on_disk = self.installed.get(name, {}).get(version)
                 if listing.error is not None or on_disk == listing.fingerprint:
                     # an old download error must not hide the current state (its layout error, or up to date)
