@@ -166,7 +166,8 @@ class DiskTree:
 
     def new_staging_dir(self, name: str, version: int) -> Path:
         """A fresh folder for a download; `install` moves it into place."""
-        staging = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=self.tmp))
+        # The prefix only helps a person reading tmp/: cut, so that a long name fits the filesystem's limit.
+        staging = Path(tempfile.mkdtemp(prefix=f"{name[:64]}-{str(version)[:20]}-", dir=self.tmp))
         staging.chmod(0o755)
         return staging
 

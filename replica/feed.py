@@ -29,16 +29,20 @@ CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, error TEXT, gone INTEG
                                    seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS models_seq ON models (seq);
 CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, upstream INTEGER NOT NULL,
-                                     disk INTEGER NOT NULL, fingerprint TEXT, error TEXT, gone INTEGER NOT NULL,
-                                     seq INTEGER NOT NULL, PRIMARY KEY (name, version)) WITHOUT ROWID;
+                                     disk INTEGER NOT NULL, fingerprint TEXT, error TEXT, retry_at REAL,
+                                     gone INTEGER NOT NULL, seq INTEGER NOT NULL,
+                                     PRIMARY KEY (name, version)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS versions_seq ON versions (seq);
 """
 
-_PUT_VERSION = "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, 0, ?)"
+SCHEMA_VERSION = 2  # a feed left by a run with another schema is rebuilt
+_PUT_VERSION = "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)"
 _PUT_MODEL = "INSERT OR REPLACE INTO models VALUES (?, ?, 0, ?)"
 
-# (name, version, upstream, disk, fingerprint, error)
-VersionRow = tuple[str, int, bool, bool, "str | None", "str | None"]
+# (name, version, upstream, disk, fingerprint on disk, error, retry_at). `retry_at` (wall clock) is set when the
+# error is a failed fetch that the supervisor tries again then: the version is served once that succeeds. An
+# error without it is a property of what upstream holds (an invalid layout).
+VersionRow = tuple[str, int, bool, bool, "str | None", "str | None", "float | None"]
 
 
 class FeedWriter:
@@ -58,6 +62,9 @@ class FeedWriter:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # derived data: a crash loses nothing a restart does not rebuild
         conn.execute("PRAGMA journal_size_limit=4194304")  # the first publish of a big catalogue leaves no big WAL
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.executescript("DROP TABLE IF EXISTS top; DROP TABLE IF EXISTS models; DROP TABLE IF EXISTS versions;"
+                               f"PRAGMA user_version = {SCHEMA_VERSION};")
         conn.executescript(SCHEMA)
         with _transaction(conn):  # readers of an earlier run see a new generation and start over
             conn.execute("DELETE FROM models")
@@ -91,8 +98,8 @@ class FeedWriter:
                 else:
                     model_rows.append((name, error, seq))
             now = tuple(sorted(row[1] for row in rows))
-            version_rows += [(name, version, int(upstream), int(disk), fingerprint, err, seq)
-                             for _, version, upstream, disk, fingerprint, err in rows]
+            version_rows += [(name, version, int(upstream), int(disk), fingerprint, err, retry_at, seq)
+                             for _, version, upstream, disk, fingerprint, err, retry_at in rows]
             gone_versions += [(seq, name, v) for v in self._versions.get(name, ()) if v not in now]
             new_versions[name] = self._shapes.setdefault(now, now)
         text = json.dumps(facts, sort_keys=True)
@@ -127,7 +134,9 @@ class Changes:
     reset: bool
     facts: dict
     models: list[tuple[str, str | None, bool]] = field(default_factory=list)  # name, error, gone
-    versions: list[tuple[str, int, bool, bool, str | None, str | None, bool]] = field(default_factory=list)
+    # name, version, upstream, disk, fingerprint, error, retry_at, gone
+    versions: list[tuple[str, int, bool, bool, str | None, str | None, float | None, bool]] = field(
+        default_factory=list)
 
 
 class FeedReader:
@@ -153,14 +162,15 @@ class FeedReader:
                     return None
                 since = -1 if reset else self.seq
                 models = conn.execute("SELECT name, error, gone FROM models WHERE seq > ?", (since,)).fetchall()
-                versions = conn.execute("SELECT name, version, upstream, disk, fingerprint, error, gone FROM versions "
+                versions = conn.execute("SELECT name, version, upstream, disk, fingerprint, error, retry_at, gone "
+                                        "FROM versions "
                                         "WHERE seq > ?", (since,)).fetchall()
         except sqlite3.Error:
             self.close()  # not created yet, or replaced by a restarted supervisor: reconnect next time
             return None
         self.generation, self.seq = generation, seq
         return Changes(reset, json.loads(facts), [(n, e, bool(g)) for n, e, g in models],
-                       [(n, v, bool(u), bool(d), fp, e, bool(g)) for n, v, u, d, fp, e, g in versions])
+                       [(n, v, bool(u), bool(d), fp, e, r, bool(g)) for n, v, u, d, fp, e, r, g in versions])
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -210,10 +220,10 @@ def snapshot(path: Path) -> dict | None:
     if changes is None:
         return None
     models: dict[str, dict] = {n: {"error": e, "versions": {}} for n, e, gone in changes.models if not gone}
-    for n, v, up, disk, fp, err, gone in changes.versions:
+    for n, v, up, disk, fp, err, retry_at, gone in changes.versions:
         if not gone:
             models.setdefault(n, {"error": None, "versions": {}})["versions"][str(v)] = {
-                "upstream": up, "disk": disk, "fingerprint": fp, "error": err}
+                "upstream": up, "disk": disk, "fingerprint": fp, "error": err, "retry_at": retry_at}
     return {**changes.facts, "models": models}
 
 

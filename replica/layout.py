@@ -16,6 +16,8 @@ from replica.disktree import UnsafeName, safe_relpath
 from replica.spec import MODEL_NAME_RE
 
 VERSION_RE = re.compile(r"^[0-9]+\Z")  # \Z, not $: "$" also matches before a final newline
+MAX_VERSION = 2**63 - 1  # the state feed keeps versions as SQLite integers (64-bit, signed)
+MAX_NAME_BYTES = 255  # a model name is a folder name on the state disk: NAME_MAX on Linux filesystems
 
 
 class ObjectInfo(NamedTuple):
@@ -135,6 +137,10 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
     if not MODEL_NAME_RE.match(name):
         model.error = f"unsafe model name {name!r}: use letters, digits, '_' and '-'"
         return model
+    if len(name.encode()) > MAX_NAME_BYTES:
+        model.error = (f"model name of {len(name.encode())} characters: the filesystem holds names of at most "
+                       f"{MAX_NAME_BYTES}; use a shorter name")
+        return model
     objects = [o for o in objects if not _ignored(o.key)]
     if not objects:
         model.error = "no model files upstream"
@@ -152,6 +158,11 @@ def build_model(name: str, predictor_type: str, objects: list[ObjectInfo], allow
             + ", ".join(others[:5])
             + "); use only version folders or none"
         )
+        return model
+    too_big = sorted({o.key.split("/", 1)[0] for o in versioned if int(o.key.split("/", 1)[0]) > MAX_VERSION})
+    if too_big:
+        model.error = (f"version folder {too_big[0]!r} is over 2^63-1, the largest version number served; "
+                       "number versions from 1 (or by a timestamp in seconds)")
         return model
     groups: dict[int, tuple[str, list[ObjectInfo]]] = {}
     if versioned:

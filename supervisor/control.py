@@ -50,7 +50,8 @@ def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
     def ensure(body: dict) -> dict:
         release(body)
         try:
-            return {"error": cache.ensure(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]))}
+            fetched = cache.ensure(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]))
+            return {"error": fetched.error, "retry_after": fetched.retry_after}
         except DiskFull as e:
             return {"error": str(e), "full": True}
 

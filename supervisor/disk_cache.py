@@ -18,7 +18,8 @@ import time
 
 from replica.cache_policy import Slot, victims
 from supervisor.tree_writes import DiskFull
-from supervisor.watcher import Watcher
+from supervisor.versions import State, retry_in
+from supervisor.watcher import Fetched, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ class DiskCache:
         holders[pid] = (seq, held)
         return True
 
-    def ensure(self, pid: int, name: str, version: int, seq: int) -> str | None:
-        """Make a version present on disk and hold it for worker `pid`; return why it could not be, or None."""
+    def ensure(self, pid: int, name: str, version: int, seq: int) -> Fetched:
+        """Make a version present on disk and hold it for worker `pid`: None when it is, else why not (and
+        when a failed fetch is tried again)."""
         key = (name, version)
         with self._lock:
             self._record(pid, key, seq, True)
@@ -78,9 +80,10 @@ class DiskCache:
             event.wait()  # another request is fetching it: share that download
             with self.watcher.lock:
                 if self.watcher.installed.get(name, {}).get(version):
-                    return None
-            if key in self.watcher.version_errors:
-                return self.watcher.version_errors.get(key) or "the download failed"
+                    return Fetched(None)
+                failed = self.watcher.versions.get(key)
+                if failed is not None and failed.state is State.FAILED:
+                    return Fetched(failed.error, retry_in(failed, time.time()))
             # Installed and already evicted again, or the disk was full: try again rather than report a failure.
         try:
             return self.watcher.fetch_version(name, version)

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 
 from replica.feed import FeedWriter, VersionRow
+from supervisor.versions import State
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +17,14 @@ _NONE: dict = {}  # shared and never changed: a model with nothing on disk or no
 
 
 class FeedPublisher:
-    """The publishing half of Watcher (which provides `tree`, `lock`, `catalogue`, `installed`, `version_errors`,
+    """The publishing half of Watcher (which provides `tree`, `lock`, `catalogue`, `installed`, `versions`,
     the facts it publishes, `feed`, `_published`, `_dirty`, `_evicted` and the publish locks and timer)."""
 
     def _model_rows(self, name: str, installed: dict[str, dict[int, str]],
-                    errors: dict[str, dict[int, str]]) -> tuple[str | None, list[VersionRow]] | None:
+                    errors: dict[str, dict[int, tuple[str, float]]]) -> tuple[str | None, list[VersionRow]] | None:
         """The feed's rows for one model (its error, and every version known upstream or on disk with its last
-        error), or None when it is neither upstream nor on disk."""
+        error and, for a failed fetch, when it is tried again), or None when it is neither upstream nor on
+        disk."""
         entry = self.catalogue.models.get(name)
         on_disk = installed.get(name, _NONE)
         if entry is None and not on_disk:
@@ -34,10 +36,10 @@ class FeedPublisher:
         for version in listed.keys() | on_disk.keys():
             listing = listed.get(version)
             fp = on_disk.get(version)
-            err = errs.get(version) or (listing.error if listing is not None else None)
+            err, retry_at = errs.get(version) or (listing.error if listing is not None else None, None)
             if err and fp is not None:
                 err += "; serving the last good copy"
-            versions.append((name, version, listing is not None, fp is not None, fp, err))
+            versions.append((name, version, listing is not None, fp is not None, fp, err, retry_at))
         return (error + "; serving the last good copy" if error and on_disk else error), versions
 
     def status(self) -> dict:
@@ -48,17 +50,17 @@ class FeedPublisher:
         for name in self.catalogue.models.keys() | installed.keys():
             error, versions = self._model_rows(name, installed, errors)
             out[name] = {"error": error, "versions": {str(v): {"upstream": up, "disk": disk, "fingerprint": fp,
-                                                                "error": err}
-                                                       for _, v, up, disk, fp, err in versions}}
+                                                                "error": err, "retry_at": retry_at}
+                                                       for _, v, up, disk, fp, err, retry_at in versions}}
         return out
 
-    def _snapshot(self) -> tuple[dict[str, dict[int, str]], dict[str, dict[int, str]]]:
-        """What is on disk and the download errors, by model (taken under `lock`)."""
+    def _snapshot(self) -> tuple[dict[str, dict[int, str]], dict[str, dict[int, tuple[str, float]]]]:
+        """What is on disk and the failed fetches (reason, retry time), by model (taken under `lock`)."""
         with self.lock:
             installed = {n: dict(vs) for n, vs in self.installed.items()}
-            errors: dict[str, dict[int, str]] = {}
-            for (name, version), error in self.version_errors.items():
-                errors.setdefault(name, {})[version] = error
+            errors: dict[str, dict[int, tuple[str, float]]] = {}
+            for rec in self.versions.in_state(State.FAILED):
+                errors.setdefault(rec.name, {})[rec.version] = (rec.error or "the fetch failed", rec.retry_at)
         return installed, errors
 
     def publish(self, names: set[str] | None = None) -> None:

@@ -22,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
-    """The upstream could not be listed or read (network, credentials, missing bucket)."""
+    """The upstream could not be listed or read (network, credentials, missing bucket).
+
+    `str(e)` is the whole story for the log (URLs, endpoint, local paths); `public` is what a client may be
+    told: the reason, without where the replica keeps or gets its files."""
+
+    def __init__(self, message: str, public: str = "the upstream could not be read"):
+        super().__init__(message)
+        self.public = public
 
 
 class ChangedDuringDownload(Exception):
@@ -30,7 +37,18 @@ class ChangedDuringDownload(Exception):
 
 
 class LocalDiskError(Exception):
-    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault."""
+    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault.
+
+    `public` names the reason without the path (see UpstreamError)."""
+
+    def __init__(self, message: str, public: str = "the state directory cannot take the download"):
+        super().__init__(message)
+        self.public = public
+
+
+def _disk_error(dest: Path, e: OSError) -> LocalDiskError:
+    return LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}",
+                          f"the state directory's disk refused the download ({e.strerror})")
 
 
 class Stopped(Exception):
@@ -47,13 +65,13 @@ def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
     try:
         f = open(dest, "wb")
     except OSError as e:
-        raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+        raise _disk_error(dest, e) from e
     with f:
         for chunk in chunks:
             try:
                 f.write(chunk)
             except OSError as e:
-                raise LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}") from e
+                raise _disk_error(dest, e) from e
             total += len(chunk)
             if progress is not None:
                 progress(len(chunk))
@@ -136,7 +154,8 @@ class LocalUpstream:
         real = os.path.realpath(src)
         root_real = os.path.realpath(self.root)
         if not real.startswith(root_real + os.sep):  # a symlink changed since the listing
-            raise UpstreamError(f"{src} now leads outside {self.root} (to {real}); it is not copied")
+            raise UpstreamError(f"{src} now leads outside {self.root} (to {real}); it is not copied",
+                                "a file of the model now leads outside the model's folder; it is not copied")
         try:
             with open(src, "rb") as f:
                 before = os.fstat(f.fileno())
@@ -147,7 +166,7 @@ class LocalUpstream:
         except FileNotFoundError:
             raise ChangedDuringDownload(obj.key) from None
         except OSError as e:
-            raise UpstreamError(f"cannot read {src}: {e.strerror}") from e
+            raise UpstreamError(f"cannot read {src}: {e.strerror}", f"a file of the model cannot be read ({e.strerror})") from e
         if (after.st_size, str(after.st_mtime_ns)) != (obj.size, obj.tag):
             raise ChangedDuringDownload(obj.key)
         return obj.size
@@ -181,7 +200,8 @@ class S3Upstream:
                         out.append(ObjectInfo(key, int(item["Size"]), item["ETag"].strip('"')))
         except (BotoCoreError, ClientError) as e:
             raise UpstreamError(f"listing {self.url} failed: {_describe(e)} (endpoint {self.client.meta.endpoint_url}, "
-                                f"credentials: {getattr(self.client, 'credential_source', 'unknown')})") from e
+                                f"credentials: {getattr(self.client, 'credential_source', 'unknown')})",
+                                f"listing S3 failed ({_public(e)})") from e
         return out
 
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
@@ -200,9 +220,11 @@ class S3Upstream:
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ChangedDuringDownload(obj.key) from None
-            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}") from e
+            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
+                                f"S3 refused the download ({_public(e)})") from e
         except BotoCoreError as e:
-            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}") from e
+            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
+                                f"S3 could not be read ({_public(e)})") from e
         return obj.size
 
 
@@ -214,6 +236,19 @@ def _describe(e: Exception) -> str:
         err = e.response.get("Error", {})
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
     return str(e)
+
+
+def _public(e: Exception) -> str:
+    """The kind of an S3 failure, for clients: an error code or the exception's class, never the endpoint."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    if isinstance(e, ClientError):
+        return str(e.response.get("Error", {}).get("Code", "error"))
+    if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
+        return "cannot connect to S3"
+    if isinstance(e, ReadTimeoutError):
+        return "S3 did not answer in time"
+    return type(e).__name__
 
 
 def open_upstream(url: str, s3_client_factory=make_s3_client) -> Upstream:

@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from replica.disktree import DiskTree, safe_relpath
 from replica.feed import FeedWriter
@@ -22,18 +22,24 @@ from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
 from supervisor.feed_publisher import FeedPublisher
 from supervisor.tree_writes import DiskFull, TreeWrites
+from replica.single_flight import SingleFlight
 from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
+from supervisor.versions import Key, State, VersionTable, retry_in
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0  # seconds; an outage is retried at least this often, so changes show soon after
-MAX_DOWNLOAD_BACKOFF = 600.0  # a version that keeps failing to download is tried again at least this often
+
+_NONE: dict = {}
 
 
-def download_retry_delay(failures: int, poll_interval: float) -> float:
-    """Seconds before the next try of a version whose download failed `failures` times in a row: every poll
-    would download the same bytes again (all the egress of a large model, each time) to fail the same way."""
-    return min(MAX_DOWNLOAD_BACKOFF, poll_interval * 2.0 ** max(0, failures - 1))
+class Fetched(NamedTuple):
+    """What `fetch_version` answers: None when the version is on disk, else why not, and for a failed fetch
+    the seconds until the supervisor tries it again (every poll would otherwise download the same bytes,
+    all the egress of a large model, to fail the same way)."""
+
+    error: str | None
+    retry_after: int | None = None
 
 
 class Watcher(TreeWrites, FeedPublisher):
@@ -43,19 +49,17 @@ class Watcher(TreeWrites, FeedPublisher):
         new versions only when `fetch_version` asks for them."""
         self.tree = tree
         self.prefetch = prefetch
-        # Guards `installed` and `_installing`, and is held only for bookkeeping: never across a file lock, a download
-        # or a delete, so a worker's slow load of one version delays no other fetch, publish or heartbeat.
+        # Guards `versions` and the counters, and is held only for bookkeeping: never across a file lock, a
+        # download or a delete, so a worker's slow load of one version delays no other fetch, publish or heartbeat.
         self.lock = threading.RLock()
         # The disk cache's admission: (name, version, on disk, installing) -> the versions that must leave first.
         self.make_room: Callable[[str, int, list, set], list] | None = None
-        # Being installed: they count against the bound and cannot be chosen. A version being removed no longer
-        # counts: the install that chose it waits for its removal before it installs.
-        self._installing: set[tuple[str, int]] = set()
+        # Every version with something local (a copy, a fetch under way, a failure), one record each.
+        self.versions = VersionTable()
+        self._fetches = SingleFlight()  # one download per version at a time, shared by whoever asks
         self.catalogue = catalogue
         self.poll_interval = poll_interval
         self.download_threads = download_threads
-        self.installed: dict[str, dict[int, str]] = {}  # name -> version -> fingerprint on disk
-        self.version_errors: dict[tuple[str, int], str] = {}  # download/install problems, by version
         self.ready = False
         self.failures = 0  # consecutive passes with an error, for the backoff
         self.last_pass: float | None = None
@@ -68,8 +72,6 @@ class Watcher(TreeWrites, FeedPublisher):
         self._publish_timer: threading.Timer | None = None
         self._publish_timer_lock = threading.Lock()
         self.stop_event = threading.Event()  # set when the replica stops: downloads end at their next chunk
-        # (name, version) -> (fingerprint, failures in a row, when to try again): a changed version is tried at once
-        self._download_failures: dict[tuple[str, int], tuple[str, int, float]] = {}
         self._last_touch = 0.0
         self._publish_lock = threading.Lock()
         self.feed: FeedWriter | None = None  # created at the first publish, when the runtime folder exists
@@ -77,6 +79,11 @@ class Watcher(TreeWrites, FeedPublisher):
         self.versions_upstream = 0  # counted at each full publish
         self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
         self._evicted: set[str] = set()  # models a version of which left the disk outside a pass (under `lock`)
+
+    @property
+    def installed(self) -> dict[str, dict[int, str]]:
+        """name -> version -> fingerprint of every copy on disk (the version table's index; read under `lock`)."""
+        return self.versions.disk
 
     def progress(self, nbytes: int) -> None:
         """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
@@ -99,7 +106,10 @@ class Watcher(TreeWrites, FeedPublisher):
     def start(self) -> None:
         """Adopt what a previous run left on disk: versions whose fingerprint still matches are re-used."""
         self.tree.prepare()
-        self.installed = self.tree.installed()
+        with self.lock:
+            for name, versions in self.tree.installed().items():
+                for version, fingerprint in versions.items():
+                    self.versions.adopt((name, version), fingerprint)
         self._had_disk_copies = any(self.installed.values())
         if self._had_disk_copies:
             count = sum(len(v) for v in self.installed.values())
@@ -109,16 +119,22 @@ class Watcher(TreeWrites, FeedPublisher):
         start = time.monotonic()
         self.catalogue.refresh()
         jobs = []
+        now = time.time()
+        table = self.versions
         for name, entry in self.catalogue.models.items():
             if entry.listing.error:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
+            on_disk = self.installed.get(name, _NONE)
             for listing in entry.listing.all_versions:
                 version = listing.version
-                on_disk = self.installed.get(name, {}).get(version)
-                if listing.error is not None or on_disk == listing.fingerprint:
-                    # an old download error must not hide the current state (its layout error, or up to date)
-                    self.version_errors.pop((name, version), None)
-                elif (self.prefetch or on_disk) and not self._backing_off(name, listing):
+                key = (name, version)
+                if table.get(key) is not None:
+                    with self.lock:  # a failure of another fingerprint (a new upload) or of an invalid layout goes
+                        if table.clear_stale(key, None if listing.error else listing.fingerprint):
+                            self._evicted.add(name)
+                if listing.error is not None or on_disk.get(version) == listing.fingerprint:
+                    continue
+                if (self.prefetch or version in on_disk) and table.backing_off(key, listing.fingerprint, now) is None:
                     jobs.append((name, entry, listing))
         if jobs:
             with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
@@ -135,38 +151,47 @@ class Watcher(TreeWrites, FeedPublisher):
             self.ready = True
         self.publish()
 
-    def _backing_off(self, name: str, listing: VersionListing) -> bool:
-        failed = self._download_failures.get((name, listing.version))
-        return failed is not None and failed[0] == listing.fingerprint and time.time() < failed[2]
-
-    def _download_failed(self, name: str, listing: VersionListing) -> float:
-        """Count a failed download of this fingerprint; return the seconds until it is tried again."""
-        prev = self._download_failures.get((name, listing.version))
-        failures = prev[1] + 1 if prev is not None and prev[0] == listing.fingerprint else 1
-        delay = download_retry_delay(failures, self.poll_interval)
-        self._download_failures[(name, listing.version)] = (listing.fingerprint, failures, time.time() + delay)
-        return delay
-
-    def fetch_version(self, name: str, version: int) -> str | None:
-        """Download one catalogued version now (for the disk cache); return why not, or None when on disk."""
+    def fetch_version(self, name: str, version: int) -> Fetched:
+        """Have one catalogued version on disk now (for the disk cache): None when it is, else why not and,
+        for a failed fetch, the seconds until it is tried again. A version whose last fetch of the same
+        fingerprint failed is not fetched again before its retry time: every worker asking gets that answer."""
         entry = self.catalogue.models.get(name)
         listing = entry.listing.versions.get(version) if entry else None
         if listing is None:
-            return f"model '{name}' version {version} is not upstream"
+            return Fetched(f"model '{name}' version {version} is not upstream")
         if listing.error:
-            return listing.error
+            return Fetched(listing.error)
+        key = (name, version)
         with self.lock:  # not while the disk cache is evicting it: then it is downloaded again
             if self.installed.get(name, {}).get(version) == listing.fingerprint:
-                return None
+                return Fetched(None)
+            failed = self.versions.backing_off(key, listing.fingerprint, time.time())
+            if failed is not None:
+                return Fetched(failed.error, retry_in(failed, time.time()))
         error = self._download(name, entry, listing)
         self.publish_soon(name)  # the disk changed (or the version has an error): /v1/models shows it shortly
-        return error
+        with self.lock:
+            rec = self.versions.get(key)
+            if error is not None and rec is not None and rec.state is State.FAILED:
+                return Fetched(error, retry_in(rec, time.time()))
+        return Fetched(error)
 
     def _download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
-        """Fetch a version into a staging folder, then install it; return the error, or None on success."""
+        """Fetch a version and install it, or share the fetch of it already under way; the error, or None."""
+        return self._fetches.run((name, listing.version), lambda: self._fetch(name, entry, listing))
+
+    def _fetch(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> str | None:
+        """Fetch a version into a staging folder, then install it; return the error, or None on success. Any
+        exception, whatever raised it, is this version's failure, never the pass's."""
         version = listing.version
-        staging = self.tree.new_staging_dir(name, version)
+        key = (name, version)
+        with self.lock:
+            if self.installed.get(name, {}).get(version) == listing.fingerprint:
+                return None  # a fetch that ran just before this one put it there
+            self.versions.transition(key, State.DOWNLOADING)
+        staging = None
         try:
+            staging = self.tree.new_staging_dir(name, version)
             total = 0
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
@@ -184,36 +209,54 @@ class Watcher(TreeWrites, FeedPublisher):
             }
             replaced = self._install(staging, name, version, manifest)
             with self.lock:
-                self._download_failures.pop((name, version), None)
                 self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
                      "updated" if replaced else "downloaded", len(listing.files), total)
             return None
         except ChangedDuringDownload as e:
-            error = f"changed upstream during download ({e}); fetching again"
             log.info("model %s version %s changed upstream during download (%s); fetching it again", name, version, e)
             self._retry_soon = True
+            error = f"changed upstream during download ({e}); fetching again"
+            with self.lock:  # retried at once: the next listing shows the new fingerprint, which clears it
+                self.versions.fail(key, listing.fingerprint, error, time.time(), base=0.0)
+            return error
         except DiskFull:
+            self._at_rest(key)
             raise  # a saturated cache is not a property of the version: the caller answers for it
         except Stopped:
+            self._at_rest(key)
             return "the replica is stopping"
+        # What is recorded (and told to clients) is the reason; the log gets the paths and the endpoint.
         except LocalDiskError as e:
-            error = f"download failed: {e}"
-            log.error("model %s version %s: %s; trying again in %.0fs", name, version, error,
-                      self._download_failed(name, listing))
+            error = f"download failed: {e.public}"
+            log.error("model %s version %s: download failed: %s; trying again in %.0fs", name, version, e,
+                      self._failed(key, listing, error))
         except UpstreamError as e:
-            error = f"download failed: {e}"
+            error = f"download failed: {e.public}"
             log.warning("model %s version %s: download failed: %s; trying again in %.0fs", name, version, e,
-                        self._download_failed(name, listing))
+                        self._failed(key, listing, error))
+        except OSError as e:  # staging or installing on the state disk (a full disk, a name it cannot hold)
+            error = f"download failed: the state directory refused it ({e.strerror or type(e).__name__})"
+            log.error("model %s version %s: download failed: %s; trying again in %.0fs", name, version, e,
+                      self._failed(key, listing, error))
         except Exception as e:
-            error = f"download failed: {type(e).__name__}: {e}"
+            error = f"download failed: {type(e).__name__}"
             log.exception("model %s version %s: download failed; trying again in %.0fs", name, version,
-                          self._download_failed(name, listing))
+                          self._failed(key, listing, error))
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        self.version_errors[(name, version)] = error
         return error
+
+    def _at_rest(self, key: Key) -> None:
+        with self.lock:
+            self.versions.back_to_rest(key)
+
+    def _failed(self, key: Key, listing: VersionListing, error: str) -> float:
+        """Record a failed fetch of this fingerprint; return the seconds until it is tried again."""
+        with self.lock:
+            now = time.time()
+            return self.versions.fail(key, listing.fingerprint, error, now, self.poll_interval).retry_at - now
 
     def _remove_gone(self) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
@@ -229,9 +272,13 @@ class Watcher(TreeWrites, FeedPublisher):
                     continue
                 else:
                     versions = [v for v in self.installed[name] if v not in entry.listing.versions]
-                for version in versions:
-                    self.version_errors.pop((name, version), None)
-                    gone.append((name, version))
+                gone += [(name, version) for version in versions]
+            for rec in self.versions.in_state(State.FAILED):  # a failure of a version upstream no longer holds
+                entry = self.catalogue.models.get(rec.name)
+                if (entry is None and self.catalogue.complete) or (
+                        entry is not None and not entry.listing.error and rec.version not in entry.listing.versions):
+                    self._evicted.add(rec.name)
+                    self.versions.clear_stale(rec.key, None)
         self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
 
     # -- the loop -----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def catalogue(n: int, disk: set[str] = frozenset(), error: dict | None = None) -
     """n models of one version each, as FeedWriter.publish takes them."""
     error = error or {}
     return {f"m{i}": (None, [(f"m{i}", 1, True, f"m{i}" in disk, "fp" if f"m{i}" in disk else None,
-                              error.get(f"m{i}"))]) for i in range(n)}
+                              error.get(f"m{i}"), None)]) for i in range(n)}
 
 
 def publish(writer: FeedWriter, facts: dict, models: dict) -> int:
@@ -41,15 +41,15 @@ def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path
     assert writer.publish({"ready": True}, {"m7": catalogue(1000, disk={"m7"})["m7"]}, live=set(everything)) == 1
     change = reader.changes()
     assert not change.reset and change.models == []
-    assert change.versions == [("m7", 1, True, True, "fp", None, False)]
+    assert change.versions == [("m7", 1, True, True, "fp", None, None, False)]
 
     # only the models given, as after a fetch: no other model is marked gone
-    assert writer.publish({"ready": True}, {"m3": (None, [("m3", 1, True, False, None, "boom")])}) == 1
-    assert reader.changes().versions == [("m3", 1, True, False, None, "boom", False)]
+    assert writer.publish({"ready": True}, {"m3": (None, [("m3", 1, True, False, None, "boom", None)])}) == 1
+    assert reader.changes().versions == [("m3", 1, True, False, None, "boom", None, False)]
     # a model's rows are all its rows: a version left out has left
-    assert writer.publish({"ready": True}, {"m3": (None, [("m3", 2, True, False, None, None)])}) == 2
-    assert sorted(reader.changes().versions) == [("m3", 1, True, False, None, "boom", True),
-                                                 ("m3", 2, True, False, None, None, False)]
+    assert writer.publish({"ready": True}, {"m3": (None, [("m3", 2, True, False, None, None, None)])}) == 2
+    assert sorted(reader.changes().versions) == [("m3", 1, True, False, None, "boom", None, True),
+                                                 ("m3", 2, True, False, None, None, None, False)]
 
 
 def _local_watcher(tmp_path: Path, models: int) -> tuple[Watcher, Path]:
@@ -114,10 +114,10 @@ def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
     reader.changes()
     writer.publish({}, {}, live=set(catalogue(2)))  # m2 left
     change = reader.changes()
-    assert change.models == [] and change.versions == [("m2", 1, True, False, None, None, True)]
+    assert change.models == [] and change.versions == [("m2", 1, True, False, None, None, None, True)]
     assert sorted(snapshot(tmp_path / "feed.sqlite")["models"]) == ["m0", "m1"]
     writer.publish({}, {"m2": catalogue(3)["m2"]}, live=set(catalogue(3)))
-    assert reader.changes().versions == [("m2", 1, True, False, None, None, False)]
+    assert reader.changes().versions == [("m2", 1, True, False, None, None, None, False)]
 
 
 def test_a_model_error_comes_and_goes(tmp_path):

@@ -509,10 +509,7 @@ def test_a_failing_download_backs_off_per_version(tmp_path):
     from replica.spec import load_spec
     from supervisor.catalogue import Catalogue
     from supervisor.upstream import LocalUpstream, UpstreamError
-    from supervisor.watcher import MAX_DOWNLOAD_BACKOFF, Watcher, download_retry_delay
-
-    delays = [download_retry_delay(n, 10.0) for n in range(1, 12)]
-    assert delays[0] == 10.0 and delays == sorted(delays) and max(delays) == MAX_DOWNLOAD_BACKOFF
+    from supervisor.watcher import Watcher
 
     write_python_linear(tmp_path / "models" / "bad" / "1", IRIS_WEIGHTS, IRIS_BIAS)
     write_python_linear(tmp_path / "models" / "good" / "1", IRIS_WEIGHTS, IRIS_BIAS)
@@ -523,7 +520,7 @@ def test_a_failing_download_backs_off_per_version(tmp_path):
         def fetch(self, obj, dest, progress=None):
             fetched.append(obj.key)
             if obj.key.startswith("bad/"):
-                raise UpstreamError("network down")
+                raise UpstreamError("network down", "network down")
             return super().fetch(obj, dest, progress)
 
     upstreams = [(s, Failing(s.url)) for s in predictor.sources]

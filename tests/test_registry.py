@@ -222,7 +222,7 @@ def test_status_renders_10000_models_outside_the_registry_lock(tmp_path, monkeyp
     tree = DiskTree(tmp_path, runtime=tmp_path / "run")
     tree.prepare()
     names = [f"m{i:05d}" for i in range(10_000)]
-    FeedWriter(tree.feed_file).publish({"ready": True}, {n: (None, [(n, 1, True, False, None, None)]) for n in names})
+    FeedWriter(tree.feed_file).publish({"ready": True}, {n: (None, [(n, 1, True, False, None, None, None)]) for n in names})
     registry = ModelRegistry(tree, load=lambda *a: None)
     rendering, finish = threading.Event(), threading.Event()
     render = model_status.render

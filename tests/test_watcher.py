@@ -324,7 +324,7 @@ def test_download_error_is_reported_and_retried(single):
         def fetch(self, obj, dest, progress=None):
             calls.append(obj.key)
             if len(calls) == 1:
-                raise UpstreamError("network down")
+                raise UpstreamError("network down", "network down")
             return super().fetch(obj, dest, progress)
 
     w = single.watcher(Failing)
@@ -540,7 +540,7 @@ def test_invalid_version_shows_its_reason_not_an_old_download_error(onnx):
         def fetch(self, obj, dest, progress=None):
             if not failing:
                 failing.append(obj.key)
-                raise UpstreamError("network down")
+                raise UpstreamError("network down", "network down")
             return super().fetch(obj, dest, progress)
 
     put(onnx.up / "2" / "model.onnx", "v2")
@@ -563,7 +563,7 @@ def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single)
 
     class Failing(LocalUpstream):
         def fetch(self, obj, dest, progress=None):
-            raise UpstreamError("network down")
+            raise UpstreamError("network down", "network down")
 
     w.catalogue.roots = [(s, Failing(u.url)) for s, u in w.catalogue.roots]
     w.sync_once()

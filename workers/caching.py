@@ -30,7 +30,7 @@ from workers import metrics, model_status
 from workers.errors import ModelNotFound, Unavailable
 from workers.records import Record, State, memory_slots
 from workers.registry import ModelRegistry
-from workers.supervisor_client import SupervisorUnreachable, ensure, release
+from workers.supervisor_client import Ensured, SupervisorUnreachable, ensure, release
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +115,23 @@ class CachingRegistry(ModelRegistry):
                     event.set()
             if served:
                 return rec
+            if rec.state is State.FAILED:  # this try (its own or the one it shared) failed: say why, once
+                raise _failure(rec)
         raise Unavailable(f"model '{name}' version {version} is being replaced; try again", retry_after=1)
 
     def _fail_fast(self, rec: Record) -> None:
         """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""
         now = time.time()
-        changed = rec.failed_fingerprint and self.feed.version_info(*rec.key).get("fingerprint") not in (
-            None, rec.failed_fingerprint)  # say a half-uploaded copy was replaced: try it at once
+        info = self.feed.version_info(*rec.key)
+        if rec.failed_fingerprint:  # a load failure: a different copy on disk (a half-upload replaced) goes at once
+            changed = info.get("fingerprint") not in (None, rec.failed_fingerprint)
+        elif rec.supervised:  # the supervisor's fetch failed: once its record shows no failure (a new upload)
+            changed = not info.get("error")
+        else:  # the supervisor could not be asked: the worker's own backoff
+            changed = False
         if rec.retry_at <= now or changed:
             return
-        raise Unavailable(f"model '{rec.name}' version {rec.version} could not be loaded ({rec.error}); "
-                          f"tried again in {math.ceil(rec.retry_at - now)} s",
-                          retry_after=max(1, math.ceil(rec.retry_at - now)))
+        raise _failure(rec)
 
     def _fetch_and_load(self, rec: Record) -> None:
         """Put `rec` (which holds a memory slot) on disk and load it; on any failure, hand its slot back."""
@@ -134,15 +139,16 @@ class CachingRegistry(ModelRegistry):
         loaded = False
         try:
             try:
-                error, full = self._ensure(rec)
+                error, full, retry_after = self._ensure(rec)
             except SupervisorUnreachable as e:
                 # A copy already on disk still loads (its read lock keeps it whole while it loads); a version that
                 # is not there cannot be fetched, which is that version's failure.
-                error, full = (None if self.tree.manifest(name, version) else str(e)), False
+                error, full, retry_after = (None if self.tree.manifest(name, version) else str(e)), False, None
             if full:  # every version on disk is held: nothing wrong with this one, so no failure is recorded
                 raise Unavailable(f"the disk cache is saturated: {error}", retry_after=1)
             if error is not None:
-                self._fail(rec, error, base=FETCH_RETRY_SECONDS)
+                # The supervisor's retry time when it gave one: asking before then gets the same answer.
+                self._fail(rec, error, base=FETCH_RETRY_SECONDS, retry_after=retry_after)
                 log.warning("model %s version %s could not be fetched: %s", name, version, error)
             loaded = error is None and self._load_into(rec)
         finally:
@@ -219,8 +225,8 @@ class CachingRegistry(ModelRegistry):
                 self._cond.wait(remaining)
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
-    def _ensure(self, rec: Record) -> tuple[str | None, bool]:
-        """Have the supervisor put the version on disk and keep it there: (its error or None, disk full).
+    def _ensure(self, rec: Record) -> Ensured:
+        """Have the supervisor put the version on disk and keep it there.
 
         The releases decided since the last call travel with it, applied first: one round trip per miss, and
         the supervisor knows what left memory before it makes room."""
@@ -265,6 +271,13 @@ class CachingRegistry(ModelRegistry):
             for key, (seq, last_used) in releases.items():
                 if key not in self._unsent or self._unsent[key][0] < seq:
                     self._unsent[key] = (seq, last_used)
+
+
+def _failure(rec: Record) -> Unavailable:
+    """The 503 for a version whose fetch or load failed: the reason and when it is tried again."""
+    wait = max(1, math.ceil(rec.retry_at - time.time()))
+    return Unavailable(f"model '{rec.name}' version {rec.version} could not be loaded ({rec.error}); "
+                       f"tried again in {wait} s", retry_after=wait)
 
 
 def _listed(releases: dict[tuple[str, int], tuple[int, float]]) -> list[list]:

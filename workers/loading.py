@@ -24,13 +24,17 @@ LOAD_RETRY_CEILING = 600.0
 class VersionLoader:
     """The loading half of ModelRegistry (which provides the lock, the records and the tree)."""
 
-    def _fail(self, rec: Record, error: str, fingerprint: str = "", base: float = LOAD_RETRY_SECONDS) -> None:
-        """Record a failed fetch or load on the version: retried after a backoff, served copy kept."""
+    def _fail(self, rec: Record, error: str, fingerprint: str = "", base: float = LOAD_RETRY_SECONDS,
+              retry_after: float | None = None) -> None:
+        """Record a failed fetch or load on the version: retried after `retry_after` seconds when given (the
+        supervisor's own retry time), else after a backoff; served copy kept."""
         with self._cond:
             rec.attempts += 1
             rec.error = error
             rec.failed_fingerprint = fingerprint
-            rec.retry_at = time.time() + backoff(rec.attempts, base, LOAD_RETRY_CEILING)
+            delay = retry_after if retry_after is not None else backoff(rec.attempts, base, LOAD_RETRY_CEILING)
+            rec.retry_at = time.time() + delay
+            rec.supervised = retry_after is not None
             if rec.state is not State.READY:
                 rec.state = State.FAILED
                 self._failed(rec)

@@ -45,6 +45,7 @@ class Record:
     error: str | None = None
     failed_fingerprint: str = ""  # the copy the last failure was about ("" for a failed fetch)
     retry_at: float = 0.0
+    supervised: bool = False  # a fetch the supervisor failed: its record, in the feed, says when to retry
     attempts: int = 0  # failures in a row, for the backoff
     flight: threading.Event | None = field(default=None, repr=False)
     displaced: list = field(default_factory=list)  # evicted to make room for it: their slot if it fails

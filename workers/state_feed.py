@@ -46,10 +46,11 @@ class StateView:
 
         for name, error, gone in changes.models:  # a model row carries its error; a tombstone, none
             fresh(name)["error"] = None if gone else error
-        for name, version, upstream, on_disk, fingerprint, error, gone in changes.versions:
+        for name, version, upstream, on_disk, fingerprint, error, retry_at, gone in changes.versions:
             if not gone:
                 fresh(name)["versions"][str(version)] = {"upstream": upstream, "disk": on_disk,
-                                                         "fingerprint": fingerprint, "error": error}
+                                                         "fingerprint": fingerprint, "error": error,
+                                                         "retry_at": retry_at}
             elif name in models:
                 fresh(name)["versions"].pop(str(version), None)
             fps = dict(disk.get(name, {}))
@@ -91,6 +92,9 @@ class StateView:
         return self._disk
 
     def upstream_versions(self, name: str) -> list[int]:
-        """The versions of `name` upstream holds without a layout error (what caching can bring in)."""
+        """The versions of `name` upstream holds without a layout error (what caching can bring in). A version
+        whose fetch failed is among them: it is upstream, and a request for it learns why and when it is
+        tried again (503), never that it does not exist."""
         versions = self._models.get(name, {}).get("versions", {})
-        return [int(v) for v, i in versions.items() if i.get("upstream") and not i.get("error")]
+        return [int(v) for v, i in versions.items()
+                if i.get("upstream") and (not i.get("error") or i.get("retry_at") is not None)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from typing import NamedTuple
 
 
 class SupervisorUnreachable(Exception):
@@ -40,13 +41,18 @@ def _call(path: str | None, route: str, body: dict, timeout: float) -> dict:
         conn.close()
 
 
+class Ensured(NamedTuple):
+    error: str | None  # why the version could not be put on disk, or None
+    full: bool  # only because every version on disk is held, which says nothing about this one
+    retry_after: int | None  # for a failed fetch: seconds until the supervisor tries it again
+
+
 def ensure(path: str | None, pid: int, name: str, version: int, seq: int, releases: list[list],
-           timeout: float = 600) -> tuple[str | None, bool]:
-    """Apply `releases` (see `release`), then have a version put on disk and held for worker `pid`: (why it
-    could not be or None, whether only because every version on disk is held, which says nothing about it)."""
+           timeout: float = 600) -> Ensured:
+    """Apply `releases` (see `release`), then have a version put on disk and held for worker `pid`."""
     reply = _call(path, "/ensure", {"pid": pid, "name": name, "version": version, "seq": seq, "releases": releases},
                   timeout)
-    return reply["error"], bool(reply.get("full"))
+    return Ensured(reply["error"], bool(reply.get("full")), reply.get("retry_after"))
 
 
 def release(path: str | None, pid: int, releases: list[list], timeout: float = 10) -> None:
