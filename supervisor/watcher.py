@@ -59,6 +59,7 @@ class Watcher(TreeWrites, FeedPublisher):
         self.ready = False
         self.failures = 0  # consecutive passes with an error, for the backoff
         self.last_pass: float | None = None
+        self.synced_catalogue: Catalogue | None = None  # the catalogue the last complete pass reconciled with
         self.bytes_downloaded = 0
         self.disk_evictions = 0  # versions the disk cache removed to make room
         self.poll_seconds: float | None = None  # how long the last pass took
@@ -107,9 +108,11 @@ class Watcher(TreeWrites, FeedPublisher):
 
     def sync_once(self) -> None:
         start = time.monotonic()
-        self.catalogue.refresh()
+        # One catalogue for the whole pass, even if a reload replaces it meanwhile (the next pass takes that one).
+        catalogue = self.catalogue
+        catalogue.refresh()
         jobs = []
-        for name, entry in self.catalogue.models.items():
+        for name, entry in catalogue.models.items():
             if entry.listing.error:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
             for listing in entry.listing.all_versions:
@@ -125,10 +128,11 @@ class Watcher(TreeWrites, FeedPublisher):
                 list(pool.map(lambda job: self._download(*job), jobs))
         if self.stop_event.is_set():
             raise Stopped()
-        self._remove_gone()
+        self._remove_gone(catalogue)
         self.last_pass = time.time()
+        self.synced_catalogue = catalogue
         self.poll_seconds = time.monotonic() - start
-        if self.catalogue.complete or self._had_disk_copies:
+        if catalogue.complete or self._had_disk_copies:
             if not self.ready:
                 log.info("first sync done: %d models, %d versions on disk", len(self.installed),
                          sum(len(v) for v in self.installed.values()))
@@ -215,17 +219,17 @@ class Watcher(TreeWrites, FeedPublisher):
         self.version_errors[(name, version)] = error
         return error
 
-    def _remove_gone(self) -> None:
+    def _remove_gone(self, catalogue: Catalogue) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
         gone = []
         with self.lock:
             for name in list(self.installed):
-                entry = self.catalogue.models.get(name)
+                entry = catalogue.models.get(name)
                 if entry is None:
-                    if not self.catalogue.complete:
+                    if not catalogue.complete:
                         continue  # an unlisted root might still hold it
                     versions = list(self.installed[name])
-                elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
+                elif entry.listing.error or entry.upstream.url in catalogue.root_errors:
                     continue
                 else:
                     versions = [v for v in self.installed[name] if v not in entry.listing.versions]
