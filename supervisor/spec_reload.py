@@ -154,7 +154,7 @@ class SpecReloader:
             log.error("reload refused, the running spec keeps serving: %s changed, which takes a restart "
                       "(systemctl restart replica)", ", ".join(blocked))
             return
-        old = self.api
+        old, old_catalogue = self.api, self.watcher.catalogue
         if new.predictor.sources != old.predictor.sources:
             self._follow_sources(new)
         self.api = new
@@ -165,8 +165,10 @@ class SpecReloader:
             return
 
         def restore() -> None:
+            """Back to the previous spec, and to its model paths: the workers it restarts look for its models."""
             self.api = old
             self.write_spec(old)
+            self.watcher.catalogue = old_catalogue
 
         try:
             n = roll_workers(gunicorn.pid, self.tree.workers_dir, WORKER_READY_TIMEOUT, self.stop_event,
