@@ -133,7 +133,7 @@ class SpecReloader:
                 try:
                     self._reload_spec()
                 except Exception:
-                    log.exception("reload failed unexpectedly; the running spec keeps serving")
+                    log.exception("reload failed unexpectedly")
                 if not self.requests.finished():
                     return
                 if self.stop_event.is_set():

@@ -210,11 +210,9 @@ class CountingReloader(SpecReloader):
     """A SpecReloader whose reload only records that it ran, holding until the test lets it end."""
 
     def __init__(self):
-        self.api = type("Api", (), {"spec_file": "api.yaml"})()
-        self.notifier = type("Quiet", (), {"notify": lambda self, message: None})()
-        self.stop_event = threading.Event()
-        self.requests = ReloadRequests()
-        self._thread = None
+        api = type("Api", (), {"spec_file": "api.yaml"})()
+        quiet = type("Quiet", (), {"notify": lambda self, message: None})()
+        super().__init__(api, None, None, None, quiet, threading.Event(), lambda: None)
         self.runs = 0
         self.release = threading.Semaphore(0)
         self.started = threading.Semaphore(0)
