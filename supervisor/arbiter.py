@@ -1,7 +1,8 @@
 """The supervisor: the process systemd starts. It owns the watcher and the disk tree and runs gunicorn.
 
 Shaped like gunicorn's own arbiter: signal handlers only queue the signal and wake the loop; one loop
-handles signals, reaps gunicorn, restarts it when it dies, and checks that the watcher thread is alive.
+handles signals, reaps gunicorn, restarts it when it dies, and checks that the watcher thread is alive. The
+running spec and its reloads belong to a SpecReloader the arbiter owns (supervisor/spec_reload.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from supervisor.listener import PortInUse, bind_listener
 from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
 from supervisor.sdnotify import Notifier
-from supervisor.spec_reload import SpecReload
+from supervisor.spec_reload import SpecReloader
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -57,17 +58,16 @@ def restart_delay(failures: int) -> float:
     return min(MAX_RESTART_DELAY, 2.0 ** (failures - 2))
 
 
-class Arbiter(SpecReload):
+class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 
     def __init__(self, api: ApiSpec, settings: Settings):
-        self.api = api
         self.settings = settings
         self.tree = DiskTree(settings.state_dir)
         upstreams = [(s, open_upstream(s.url, settings.s3_client_factory)) for s in api.predictor.sources]
-        self.catalogue = Catalogue(api.predictor, upstreams)
         pred = api.predictor
-        self.watcher = Watcher(self.tree, self.catalogue, poll_interval=settings.poll_interval, prefetch=not pred.caching)
+        self.watcher = Watcher(self.tree, Catalogue(api.predictor, upstreams), poll_interval=settings.poll_interval,
+                               prefetch=not pred.caching)
         for _, upstream in upstreams:
             upstream.on_page = self.watcher.alive
         self.disk_cache = DiskCache(self.watcher, pred.disk_cache_size) if pred.caching else None
@@ -81,11 +81,17 @@ class Arbiter(SpecReload):
         self.failures = 0  # gunicorn deaths in a row, each within HEALTHY_SECONDS of its start
         self.ever_ready = False
         self._watcher_thread: threading.Thread | None = None
-        self._reload_thread: threading.Thread | None = None
         self.notifier = Notifier()
+        self.reloader = SpecReloader(api, settings, self.tree, self.watcher, self.notifier, self.stop_event,
+                                     lambda: self.gunicorn)
         self._last_watchdog = 0.0
         self._pipe_r, self._pipe_w = os.pipe()
         self._state_lock = FileLock(str(self.tree.root / "replica.lock"))
+
+    @property
+    def api(self) -> ApiSpec:
+        """The spec being served: the reloader's, which a SIGHUP may replace."""
+        return self.reloader.api
 
     # -- signals only queue ------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -159,7 +165,7 @@ class Arbiter(SpecReload):
                     log.info("received %s: draining requests and stopping", signal.Signals(sig).name)
                     return self._shutdown()
                 if sig == signal.SIGHUP:
-                    self._start_reload()
+                    self.reloader.request()
             status = self._reap()
             if status is not None:
                 return status
@@ -215,15 +221,16 @@ class Arbiter(SpecReload):
 
     def _spawn_gunicorn(self) -> None:
         self.restart_at = None
-        pred = self.api.predictor
+        api = self.api  # one spec throughout, even if a reload replaces it meanwhile
+        pred = api.predictor
         s = self.settings
         for marker in self.tree.workers_dir.iterdir():
             marker.unlink(missing_ok=True)
         shutil.rmtree(self.tree.metrics_dir, ignore_errors=True)  # counters start again with the workers
         self.tree.metrics_dir.mkdir(parents=True)
-        self._write_spec(self.api)
-        cmd = gunicorn_command(self.api, s, self.listener.fileno(), self.tree.run)
-        env = gunicorn_env(self.api, s, self.tree, self.spec_pickle)
+        self.reloader.write_spec(api)
+        cmd = gunicorn_command(api, s, self.listener.fileno(), self.tree.run)
+        env = gunicorn_env(api, s, self.tree, self.reloader.spec_pickle)
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
         # process group is what the pid file records. The listening socket is the one fd it inherits.
         self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))

@@ -1,7 +1,9 @@
 """The catalogue: which models and versions upstream holds, declared from one listing per root per poll.
 
 Like a TF Serving Source it only declares what should exist; the watcher reconciles the disk tree with it.
-A root whose listing fails keeps its previous declaration, so an outage never looks like a removal.
+A root whose listing fails keeps its previous declaration, so an outage never looks like a removal. A catalogue
+that replaces another (a reload changed the model roots) starts from the previous one's declaration: until all
+of its roots have listed, it keeps declaring the previous models that an unlisted root may hold.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ class CatalogueEntry:
 
 
 class Catalogue:
-    def __init__(self, predictor: PredictorSpec, upstreams: list[tuple[ModelSource, Upstream]], allow_inferentia: bool = False):
+    def __init__(self, predictor: PredictorSpec, upstreams: list[tuple[ModelSource, Upstream]],
+                 allow_inferentia: bool = False, previous: Catalogue | None = None):
+        """`previous`: the catalogue this one replaces. Its models stay declared until the roots that may hold
+        them have listed, so a model in both specs never looks removed or "not upstream" in between."""
         self.predictor = predictor
         self.roots = upstreams
         self.allow_inferentia = allow_inferentia
-        self.models: dict[str, CatalogueEntry] = {}
+        self._carried: dict[str, CatalogueEntry] = dict(previous.models) if previous is not None else {}
+        self.models: dict[str, CatalogueEntry] = dict(self._carried)
         self.root_errors: dict[str, str] = {}  # upstream url -> last listing error
         # by root index, not url: two `paths` entries may share a model_path (one model under two names)
         self._by_root: dict[int, dict[str, CatalogueEntry]] = {}
@@ -73,10 +79,26 @@ class Catalogue:
         for root in self._by_root.values():
             for name, entry in root.items():
                 models.setdefault(name, entry)  # `paths` names are unique; a `dir` child cannot shadow them
+        self._carry(models)
         self.models = models
         self._log_invalid()
         if not self.root_errors:
             self.last_success = time.time()
+
+    def _carry(self, models: dict[str, CatalogueEntry]) -> None:
+        """Add the previous catalogue's models that a root never listed yet may hold: any name for a `dir`
+        root, its own name for a `paths` root. Once every root has listed, nothing is carried any more."""
+        if not self._carried:
+            return
+        unlisted = [source for index, (source, _) in enumerate(self.roots) if index not in self._by_root]
+        if not unlisted:
+            self._carried = {}
+            return
+        any_name = any(source.name is None for source in unlisted)
+        names = {source.name for source in unlisted}
+        for name, entry in self._carried.items():
+            if name not in models and (any_name or name in names):
+                models[name] = entry
 
     def _log_invalid(self) -> None:
         """Log each invalid model or version once per reason (its reason also shows in /v1/models)."""

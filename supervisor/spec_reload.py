@@ -4,54 +4,141 @@ An invalid spec, or one that changes what only a restart can change, is logged a
 serving. A valid one is pickled for the workers (they never read the spec file), the watcher follows its model
 paths, and the workers are replaced one at a time (supervisor/rolling.py); an aborted roll goes back to the
 previous spec.
+
+Reloads never overlap, and none is lost: a SIGHUP that arrives during a reload schedules one more reload,
+which reads the spec file again once the current one ends; any number of signals during a reload collapse
+into that one follow-up. The spec served in the end is therefore the file as it was at the last signal.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import pickle
+import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
+from replica.disktree import DiskTree
 from replica.spec import ApiSpec, SpecError
 from supervisor.catalogue import Catalogue
 from supervisor.preflight import load_checked
 from supervisor.rolling import RollAborted, restart_only_changes, roll_workers
+from supervisor.sdnotify import Notifier
+from supervisor.settings import Settings
 from supervisor.upstream import open_upstream
+from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT = 600.0  # a reload gives each new worker this long to load its models
 
 
-class SpecReload:
-    """Mixed into the Arbiter, which provides `api`, `settings`, `tree`, `watcher`, `catalogue`, `gunicorn`,
-    `notifier`, `stop_event` and `_reload_thread`."""
+class Ask(enum.Enum):
+    """What a reload request leads to."""
+
+    START = "start"  # nothing was running: start a reload now
+    QUEUED = "queued"  # a reload is running: one more follows it
+    COALESCED = "coalesced"  # a follow-up was already queued: this request is folded into it
+
+
+class ReloadRequests:
+    """The coalescing of reload requests, on its own so it can be reasoned about (and tested) apart from
+    threads and signals: at most one reload runs, at most one waits, and a request is never dropped.
+
+    A follow-up reads the spec file after every request it stands for was made, so one follow-up serves
+    them all; running one per signal would only replace every worker again for nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def request(self) -> Ask:
+        """A SIGHUP arrived: say whether to start a reload now or whether the running one will be followed."""
+        with self._lock:
+            if not self._running:
+                self._running = True
+                return Ask.START
+            if self._again:
+                return Ask.COALESCED
+            self._again = True
+            return Ask.QUEUED
+
+    def finished(self) -> bool:
+        """A reload ended: True when another must run now (and it is then under way), False when idle.
+
+        One lock guards both this and `request`, so a request made while a reload ends is either seen here
+        or starts a reload of its own; it cannot fall between the two."""
+        with self._lock:
+            if self._again:
+                self._again = False
+                return True
+            self._running = False
+            return False
+
+
+class SpecReloader:
+    """The running spec and its reloads, owned by the Arbiter.
+
+    The arbiter's main loop calls `request` for each SIGHUP; the reloads run in a thread of their own (a roll
+    waits for workers to load their models), one at a time. `gunicorn` returns the running gunicorn, or None
+    between a death and its restart (the restarted one then starts from the spec pickled here)."""
+
+    def __init__(self, api: ApiSpec, settings: Settings, tree: DiskTree, watcher: Watcher, notifier: Notifier,
+                 stop_event: threading.Event, gunicorn: Callable[[], subprocess.Popen | None]):
+        self.api = api
+        self.settings = settings
+        self.tree = tree
+        self.watcher = watcher
+        self.notifier = notifier
+        self.stop_event = stop_event
+        self.gunicorn = gunicorn
+        self.requests = ReloadRequests()
+        self._thread: threading.Thread | None = None
 
     @property
     def spec_pickle(self) -> Path:
         return self.tree.run / "spec.pickle"
 
-    def _write_spec(self, api: ApiSpec) -> None:
+    def write_spec(self, api: ApiSpec) -> None:
         """The parsed spec every worker starts from: workers never read the spec file themselves."""
         tmp = self.spec_pickle.with_name("spec.pickle.tmp")
         tmp.write_bytes(pickle.dumps(api))
         os.replace(tmp, self.spec_pickle)
 
-    def _start_reload(self) -> None:
-        if self._reload_thread is not None and self._reload_thread.is_alive():
-            log.warning("received SIGHUP while a reload is in progress; send it again once that one is done")
-            return
-        log.info("received SIGHUP: checking %s", self.api.spec_file)
-        self.notifier.notify("RELOADING=1")
-        self._reload_thread = threading.Thread(target=self._reload, name="reload", daemon=True)
-        self._reload_thread.start()
+    def request(self) -> None:
+        """Handle one SIGHUP: start a reload, or have the running one followed by another (said once)."""
+        ask = self.requests.request()
+        if ask is Ask.START:
+            log.info("received SIGHUP: checking %s", self.api.spec_file)
+            self.notifier.notify("RELOADING=1")
+            self._thread = threading.Thread(target=self._run, name="reload", daemon=True)
+            self._thread.start()
+        elif ask is Ask.QUEUED:
+            log.info("received SIGHUP while a reload is in progress; %s is read again once it ends",
+                     self.api.spec_file)
 
-    def _reload(self) -> None:
+    def _run(self) -> None:
+        """Reload until no request is left. An unexpected error ends that reload, never the ones after it."""
         try:
-            self._reload_spec()
+            while True:
+                try:
+                    self._reload_spec()
+                except Exception:
+                    log.exception("reload failed unexpectedly")
+                if not self.requests.finished():
+                    return
+                if self.stop_event.is_set():
+                    return
+                log.info("reloading again for the SIGHUP received meanwhile: checking %s", self.api.spec_file)
         finally:
             self.notifier.notify("READY=1")
 
@@ -67,19 +154,21 @@ class SpecReload:
             log.error("reload refused, the running spec keeps serving: %s changed, which takes a restart "
                       "(systemctl restart replica)", ", ".join(blocked))
             return
-        old = self.api
+        old, old_catalogue = self.api, self.watcher.catalogue
         if new.predictor.sources != old.predictor.sources:
             self._follow_sources(new)
         self.api = new
-        self._write_spec(new)
-        gunicorn = self.gunicorn
+        self.write_spec(new)
+        gunicorn = self.gunicorn()
         if gunicorn is None:
-            log.info("reload: the next gunicorn starts with the new spec")
+            log.info("reload done: the next gunicorn starts with the new spec")
             return
 
         def restore() -> None:
+            """Back to the previous spec, and to its model paths: the workers it restarts look for its models."""
             self.api = old
-            self._write_spec(old)
+            self.write_spec(old)
+            self.watcher.catalogue = old_catalogue
 
         try:
             n = roll_workers(gunicorn.pid, self.tree.workers_dir, WORKER_READY_TIMEOUT, self.stop_event,
@@ -91,13 +180,19 @@ class SpecReload:
         log.info("reload done: %d worker(s) serve the new spec", n)
 
     def _follow_sources(self, new: ApiSpec) -> None:
-        """Point the watcher at the new model paths and wait for its next pass, so new workers find them."""
+        """Point the watcher at the new model paths, and wait for a pass over them so new workers find them.
+
+        The new catalogue is listed once before it replaces the old one, so the models in both specs stay
+        declared throughout (an empty catalogue would answer "not upstream" for them until the next pass);
+        while one of its roots has never listed, it keeps declaring the old catalogue's models that root may
+        hold, so an upstream error at that moment removes nothing either."""
         upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
         for _, upstream in upstreams:
             upstream.on_page = self.watcher.alive
-        self.catalogue = Catalogue(new.predictor, upstreams)
-        passed = self.watcher.last_pass
-        self.watcher.catalogue = self.catalogue
+        catalogue = Catalogue(new.predictor, upstreams, previous=self.watcher.catalogue)
+        catalogue.refresh()
+        self.watcher.catalogue = catalogue
         deadline = time.monotonic() + max(30.0, 3 * self.settings.poll_interval)
-        while self.watcher.last_pass == passed and time.monotonic() < deadline and not self.stop_event.is_set():
+        while (self.watcher.synced_catalogue is not catalogue and time.monotonic() < deadline
+               and not self.stop_event.is_set()):
             time.sleep(0.1)

@@ -63,6 +63,7 @@ class Watcher(TreeWrites, FeedPublisher):
         self.ready = False
         self.failures = 0  # consecutive passes with an error, for the backoff
         self.last_pass: float | None = None
+        self.synced_catalogue: Catalogue | None = None  # the catalogue the last complete pass reconciled with
         self.bytes_downloaded = 0
         self.disk_evictions = 0  # versions the disk cache removed to make room
         self.poll_seconds: float | None = None  # how long the last pass took
@@ -117,11 +118,13 @@ class Watcher(TreeWrites, FeedPublisher):
 
     def sync_once(self) -> None:
         start = time.monotonic()
-        self.catalogue.refresh()
+        # One catalogue for the whole pass, even if a reload replaces it meanwhile (the next pass takes that one).
+        catalogue = self.catalogue
+        catalogue.refresh()
         jobs = []
         now = time.time()
         table = self.versions
-        for name, entry in self.catalogue.models.items():
+        for name, entry in catalogue.models.items():
             if entry.listing.error:
                 continue  # keep whatever is on disk: a half-done restructure must not remove anything
             on_disk = self.installed.get(name, _NONE)
@@ -141,10 +144,11 @@ class Watcher(TreeWrites, FeedPublisher):
                 list(pool.map(lambda job: self._download(*job), jobs))
         if self.stop_event.is_set():
             raise Stopped()
-        self._remove_gone()
+        self._remove_gone(catalogue)
         self.last_pass = time.time()
+        self.synced_catalogue = catalogue
         self.poll_seconds = time.monotonic() - start
-        if self.catalogue.complete or self._had_disk_copies:
+        if catalogue.complete or self._had_disk_copies:
             if not self.ready:
                 log.info("first sync done: %d models, %d versions on disk", len(self.installed),
                          sum(len(v) for v in self.installed.values()))
@@ -258,24 +262,24 @@ class Watcher(TreeWrites, FeedPublisher):
             now = time.time()
             return self.versions.fail(key, listing.fingerprint, error, now, self.poll_interval).retry_at - now
 
-    def _remove_gone(self) -> None:
+    def _remove_gone(self, catalogue: Catalogue) -> None:
         """Remove versions that upstream really removed, never on a listing error or an invalid layout."""
         gone = []
         with self.lock:
             for name in list(self.installed):
-                entry = self.catalogue.models.get(name)
+                entry = catalogue.models.get(name)
                 if entry is None:
-                    if not self.catalogue.complete:
+                    if not catalogue.complete:
                         continue  # an unlisted root might still hold it
                     versions = list(self.installed[name])
-                elif entry.listing.error or entry.upstream.url in self.catalogue.root_errors:
+                elif entry.listing.error or entry.upstream.url in catalogue.root_errors:
                     continue
                 else:
                     versions = [v for v in self.installed[name] if v not in entry.listing.versions]
                 gone += [(name, version) for version in versions]
             for rec in self.versions.in_state(State.FAILED):  # a failure of a version upstream no longer holds
-                entry = self.catalogue.models.get(rec.name)
-                if (entry is None and self.catalogue.complete) or (
+                entry = catalogue.models.get(rec.name)
+                if (entry is None and catalogue.complete) or (
                         entry is not None and not entry.listing.error and rec.version not in entry.listing.versions):
                     self._evicted.add(rec.name)
                     self.versions.clear_stale(rec.key, None)

@@ -572,3 +572,83 @@ def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single)
     os.utime(original, ns=(st.st_atime_ns, st.st_mtime_ns))  # upstream reverted: same as the copy on disk
     w.sync_once()
     assert w.status()["m"]["versions"]["1"]["error"] is None
+
+
+# -- a reload that changes the model roots ---------------------------------------------------------------------
+
+def reload_roots(env: Env, w: Watcher, predictor: dict, upstream_cls=LocalUpstream) -> Catalogue:
+    """What a SIGHUP that changes the model paths does: a catalogue over the new roots, listed once, that
+    replaces the watcher's."""
+    spec = {"name": "m", "predictor": {"type": "python", "path": "predictor.py", **predictor}}
+    (env.tmp / "api.yaml").write_text(yaml.safe_dump(spec))
+    pred = load_spec(env.tmp / "api.yaml").predictor
+    catalogue = Catalogue(pred, [(s, upstream_cls(s.url)) for s in pred.sources], previous=w.catalogue)
+    catalogue.refresh()
+    w.catalogue = catalogue
+    return catalogue
+
+
+def test_new_roots_failing_their_first_listing_keep_the_common_models(many):
+    w = many.watcher()
+    w.sync_once()
+    new = many.tmp / "up-new"  # the models move there; it is not readable yet
+    catalogue = reload_roots(many, w, {"models": {"dir": "up-new"}})
+    assert catalogue.root_errors and not catalogue.complete
+    assert sorted(catalogue.models) == ["alpha", "beta"]  # still declared: the new root may hold them
+    w.sync_once()
+    assert sorted(w.installed) == ["alpha", "beta"]
+    assert w.fetch_version("alpha", 1) is None  # not "not upstream"
+    assert all(v["upstream"] for m in w.status().values() for v in m["versions"].values())
+    # the new root lists: it holds alpha only, so beta really went
+    new.mkdir()
+    put(new / "alpha" / "1" / "w.bin", "alpha1")
+    w.sync_once()
+    assert w.catalogue.complete and sorted(w.catalogue.models) == ["alpha"]
+    assert sorted(w.installed) == ["alpha"]
+
+
+def test_only_an_unlisted_paths_root_keeps_its_own_model(tmp_path):
+    put(tmp_path / "up" / "a" / "1" / "w.bin", "a")
+    put(tmp_path / "up" / "b" / "1" / "w.bin", "b")
+    env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
+                                              {"name": "b", "model_path": "up/b"}]}})
+    w = env.watcher()
+    w.sync_once()
+    # b moves to a root that does not list yet; a stays where it is; c is new
+    put(tmp_path / "up" / "c" / "1" / "w.bin", "c")
+    catalogue = reload_roots(env, w, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
+                                                           {"name": "b", "model_path": "up/b-moved"},
+                                                           {"name": "c", "model_path": "up/c"}]}})
+    assert sorted(catalogue.models) == ["a", "b", "c"]
+    assert catalogue.models["a"].upstream.url.endswith("up/a")
+    w.sync_once()
+    assert sorted(w.installed) == ["a", "b", "c"]
+    # a spec that drops b, with every root listing: b goes at once
+    reload_roots(env, w, {"models": {"paths": [{"name": "a", "model_path": "up/a"}]}})
+    w.sync_once()
+    assert sorted(w.installed) == ["a"]
+
+
+def test_pass_under_way_keeps_its_catalogue_when_a_reload_replaces_it(many):
+    w = many.watcher()
+    w.sync_once()
+    swapped = []
+
+    class Swapping(LocalUpstream):
+        """Lists as usual, then a reload replaces the catalogue while the pass goes on."""
+
+        def list(self):
+            objects = super().list()
+            if not swapped:
+                swapped.append(reload_roots(many, w, {"models": {"paths": [
+                    {"name": "alpha", "model_path": "up/alpha"}]}}))
+            return objects
+
+    w.catalogue = Catalogue(w.catalogue.predictor, [(s, Swapping(s.url)) for s in many.predictor.sources],
+                            previous=w.catalogue)
+    w.sync_once()
+    assert w.synced_catalogue is not swapped[0]  # that pass reconciled with the catalogue it started with
+    assert sorted(w.installed) == ["alpha", "beta"]
+    w.sync_once()
+    assert w.synced_catalogue is swapped[0]
+    assert sorted(w.installed) == ["alpha"]
