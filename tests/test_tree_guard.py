@@ -164,3 +164,54 @@ def healthz_ok(r: ReplicaProcess) -> bool:
         return r.get("/healthz", timeout=5).status_code == 200
     except requests.RequestException:
         return False
+
+
+# -- the pieces, without a replica ------------------------------------------------------------------------------
+
+def test_owner_lock_notices_its_file_removed_and_a_newcomer_cannot_take_both(tmp_path):
+    from supervisor.tree_guard import OwnerLock
+
+    path = tmp_path / "state" / "replica.lock"
+    mine, other = OwnerLock(path), OwnerLock(path)
+    assert mine.acquire() and mine.intact()
+    assert not other.acquire()  # flock is per open file: a second descriptor is refused, even in this process
+    path.unlink()
+    assert not mine.intact(), "a lock on an unlinked file must not count as held"
+    assert other.acquire() and other.intact()  # the newcomer got a new file: what the outer lock is for
+    assert not mine.acquire()
+    assert other.holder() == str(os.getpid())
+
+
+def test_guard_reports_an_unwritable_state_dir_and_clears_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from supervisor import tree_guard
+
+    tree = DiskTree(tmp_path / "state", tmp_path / "run")
+    tree.prepare()
+    (tree.run / "feed.sqlite").touch()
+    published = []
+    watcher = SimpleNamespace(lock=threading.RLock(), installed={}, state_dir_error=None, failures=0,
+                              last_pass=None, poll_seconds=None, wake=lambda: None,
+                              publish=lambda: published.append(watcher.state_dir_error), reopen_feed=lambda: None)
+    guard = tree_guard.TreeGuard(tree, watcher)
+    guard.take()
+    guard.started()
+    guard.check()
+    assert watcher.state_dir_error is None and not published
+    monkeypatch.setattr(tree_guard, "_writable", lambda path: False)
+    guard.check()
+    assert "not writable" in watcher.state_dir_error and str(tree.root) in watcher.state_dir_error
+    monkeypatch.setattr(tree_guard, "_writable", lambda path: True)
+    guard.check()
+    assert watcher.state_dir_error is None
+    assert len(published) == 2
+
+    shutil.rmtree(tree.root)  # removed: made again, and the error waits for a pass that started after that
+    guard.check()
+    assert "was removed" in watcher.state_dir_error and tree.models.is_dir() and guard.inner.intact()
+    guard.check()
+    assert watcher.state_dir_error is not None
+    watcher.last_pass, watcher.poll_seconds = time.time() + 1, 0.5
+    guard.check()
+    assert watcher.state_dir_error is None
