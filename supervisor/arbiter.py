@@ -27,7 +27,7 @@ from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
 from supervisor.sdnotify import Notifier
 from supervisor.spec_reload import SpecReload
-from supervisor.tree_guard import InUse, TreeGuard, TreeLost
+from supervisor.tree_guard import InUse, LockUnavailable, TreeGuard, TreeLost
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -116,6 +116,8 @@ class Arbiter(SpecReload):
         except InUse as e:
             raise StateDirInUse(f"the state directory {root} is in use: {e}; give this one its own "
                                 "--state-dir") from None
+        except LockUnavailable as e:
+            raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"the state directory {root} is not writable ({e.strerror}); give --state-dir "
                                "(or REPLICA_STATE_DIR) a folder this user can write") from None

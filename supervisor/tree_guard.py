@@ -53,6 +53,10 @@ class InUse(Exception):
     """Another live supervisor holds the state directory (a start-up error)."""
 
 
+class LockUnavailable(Exception):
+    """The lock beside the runtime folder cannot be made (a start-up error that names the fix)."""
+
+
 class TreeLost(Exception):
     """The disk tree cannot be repaired or its ownership was lost: the supervisor stops (status 1)."""
 
@@ -139,13 +143,19 @@ class TreeGuard:
 
     # -- start ------------------------------------------------------------------------------------------------
     def take(self) -> None:
-        """Take both locks, the outer one first; raise InUse when another supervisor holds either, OSError
-        when the state directory cannot be made or written."""
+        """Take both locks, the outer one first (so a refused start touches nothing in the state directory);
+        raise InUse when another supervisor holds either, LockUnavailable when the outer one cannot be made,
+        OSError when the state directory cannot be made or written."""
+        try:
+            taken = self.outer.acquire()
+        except OSError as e:
+            raise LockUnavailable(f"cannot lock {self.outer.path} beside the runtime folder ({e.strerror}); set "
+                                  "RUNTIME_DIRECTORY or XDG_RUNTIME_DIR to a folder this user can write") from None
+        if not taken:
+            raise InUse(f"another replica (pid {self.outer.holder()}) holds it")
         self.tree.root.mkdir(parents=True, exist_ok=True)
-        if not self.outer.acquire():
-            raise InUse(f"another replica (pid {self.outer.holder()}) is using the state directory {self.tree.root}")
         if not self.inner.acquire():
-            raise InUse(f"another replica (pid {self.inner.holder()}) is using the state directory {self.tree.root}")
+            raise InUse(f"another replica (pid {self.inner.holder()}) holds it")
         self._root = _ident(self.tree.root)
 
     def started(self) -> None:

@@ -215,3 +215,29 @@ def test_guard_reports_an_unwritable_state_dir_and_clears_it(tmp_path, monkeypat
     watcher.last_pass, watcher.poll_seconds = time.time() + 1, 0.5
     guard.check()
     assert watcher.state_dir_error is None
+
+
+def test_removed_runtime_folder_with_caching_binds_the_control_socket_again(tmp_path, replica):
+    """With model caching a miss asks the supervisor over the control socket, which lives in the runtime
+    folder: once the folder is made again, a model not yet on disk is fetched and served."""
+    folder = tmp_path / "api"
+    for name in ("a", "b"):
+        write_python_linear(folder / "models" / name / "1", IRIS_WEIGHTS, IRIS_BIAS)
+    spec = write_api(folder, json_predictor("""
+def predict(self, payload, query_params):
+    model = self.client.get_model(query_params["model"])
+    return {"scores": (np.asarray(payload["x"]) @ model["weights"] + model["bias"]).tolist()}
+""", load=LINEAR), type="python", name="cached", models={
+        "paths": [{"name": n, "model_path": f"models/{n}"} for n in ("a", "b")], "cache_size": 1, "disk_cache_size": 1})
+    state = tmp_path / "state"
+    r = replica(spec, state_dir=state)
+    assert r.post("/?model=a", json={"x": X}).status_code == 200
+    run = DiskTree(state).run
+    shutil.rmtree(run)
+    wait_for(lambda: (run / "supervisor.sock").exists() and (run / "feed.sqlite").exists(), timeout=10,
+             interval=0.1, message="the runtime folder and its control socket made again")
+    wait_for(lambda: r.post("/?model=b", json={"x": X}, timeout=10).status_code == 200, timeout=20,
+             message="model b fetched through the control socket")
+    assert (state / "models" / "b" / "1" / "model.json").is_file()
+    assert r.post("/?model=a", json={"x": X}).status_code == 200
+    no_traceback(r)
