@@ -7,6 +7,7 @@ Layout::
     STATE/locks/NAME/VERSION.lock            a read-write lock per version (SQLite-backed, cross-process)
     STATE/tmp/                               downloads in progress (same filesystem, so renames are atomic)
     STATE/gunicorn.pid                       the process group a killed supervisor may have left running
+    STATE/replica.lock, RUNTIME.lock         the single-owner locks, checked every second (supervisor.tree_guard)
     RUNTIME/                                 heartbeat, worker readiness, metrics, the parsed spec, sockets
     RUNTIME/feed.sqlite                      what the supervisor knows: catalogue, disk state, errors (replica.feed)
 

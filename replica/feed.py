@@ -17,6 +17,7 @@ wait on a writer.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
@@ -145,13 +146,23 @@ class FeedReader:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        self._inode: int | None = None  # of the file the connection opened
         self.generation: str | None = None
         self.seq = -1
 
     def changes(self) -> Changes | None:
         """The rows changed since the last call, or None when nothing did (or the feed is not there yet)."""
         try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            inode = None
+        if self._conn is not None and inode != self._inode:
+            self.close()  # the file was removed or made anew (a runtime folder re-made): read the new one
+        if inode is None:
+            return None
+        try:
             conn = self._connect()
+            self._inode = inode
             with _transaction(conn):  # one snapshot for the top row and the rows it counts
                 row = conn.execute("SELECT generation, seq, facts FROM top").fetchone()
                 if row is None:

@@ -17,8 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from replica.disktree import DiskTree
 from supervisor.settings import Settings
 from replica.spec import ApiSpec
@@ -30,6 +28,7 @@ from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
 from supervisor.sdnotify import Notifier
 from supervisor.spec_reload import SpecReloader
+from supervisor.tree_guard import InUse, LockUnavailable, TreeGuard, TreeLost
 from supervisor.upstream import open_upstream
 from supervisor.watcher import Watcher
 
@@ -86,7 +85,9 @@ class Arbiter:
                                      lambda: self.gunicorn)
         self._last_watchdog = 0.0
         self._pipe_r, self._pipe_w = os.pipe()
-        self._state_lock = FileLock(str(self.tree.root / "replica.lock"))
+        # The single-owner locks, and the check that the disk tree is still there (supervisor/tree_guard.py).
+        self.guard = TreeGuard(self.tree, self.watcher, restore_runtime=self._restore_runtime,
+                               restore_state=self._restore_pidfile)
 
     @property
     def api(self) -> ApiSpec:
@@ -117,11 +118,12 @@ class Arbiter:
         Raises StartupError for what a restart cannot fix."""
         root = self.tree.root
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            self._state_lock.acquire(timeout=0)
-        except Timeout:
-            raise StateDirInUse(f"another replica is using the state directory {root}; give this one its own "
+            self.guard.take()
+        except InUse as e:
+            raise StateDirInUse(f"the state directory {root} is in use: {e}; give this one its own "
                                 "--state-dir") from None
+        except LockUnavailable as e:
+            raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"the state directory {root} is not writable ({e.strerror}); give --state-dir "
                                "(or REPLICA_STATE_DIR) a folder this user can write") from None
@@ -146,6 +148,7 @@ class Arbiter:
             self._control = serve_control(path, self.disk_cache)
             self.watcher.control_socket = str(path)
         self.watcher.publish()
+        self.guard.started()
         self._start_watcher()
         self._spawn_gunicorn()
         log.info("replica %s serving on http://%s:%d (state in %s)", self.api.name, self.settings.host,
@@ -166,10 +169,15 @@ class Arbiter:
                     return self._shutdown()
                 if sig == signal.SIGHUP:
                     self.reloader.request()
-            status = self._reap()
-            if status is not None:
-                return status
-            self._manage()
+            try:
+                self.guard.check()
+                status = self._reap()
+                if status is not None:
+                    return status
+                self._manage()
+            except TreeLost as e:
+                log.error("%s", e)
+                return self._shutdown(status=1)
 
     def _start_watcher(self) -> None:
         self._watcher_thread = threading.Thread(target=self.watcher.run, args=(self.stop_event,), name="watcher", daemon=True)
@@ -224,6 +232,7 @@ class Arbiter:
         api = self.api  # one spec throughout, even if a reload replaces it meanwhile
         pred = api.predictor
         s = self.settings
+        self.guard.check_runtime()  # gunicorn's workers need the runtime folder (their tmp dir) from the start
         for marker in self.tree.workers_dir.iterdir():
             marker.unlink(missing_ok=True)
         shutil.rmtree(self.tree.metrics_dir, ignore_errors=True)  # counters start again with the workers
@@ -243,7 +252,26 @@ class Arbiter:
         log.info("gunicorn started (pid %d): %d workers x %d threads", self.gunicorn.pid,
                  pred.processes_per_replica, pred.threads_per_process)
 
-    def _shutdown(self) -> int:
+    def _restore_runtime(self) -> None:
+        """The supervisor's part of re-making a removed runtime folder: the parsed spec the workers start
+        from, and the control socket they ask for versions on (model caching)."""
+        self.reloader.write_spec(self.api)
+        if self._control is not None:
+            self._control.shutdown()
+            self._control.server_close()
+            path = control_socket_path(self.tree.run)
+            self._control = serve_control(path, self.disk_cache)
+            self.watcher.control_socket = str(path)
+
+    def _restore_pidfile(self) -> None:
+        """Record gunicorn again in a re-made state directory, so a successor after a crash can stop it."""
+        if self.gunicorn is not None:
+            try:
+                write_pidfile(self.pid_file, self.gunicorn.pid)
+            except OSError as e:
+                log.warning("cannot write %s (%s)", self.pid_file, e.strerror)
+
+    def _shutdown(self, status: int = 0) -> int:
         self.notifier.notify("STOPPING=1")
         self.stop_event.set()
         if self.gunicorn is not None:
@@ -265,6 +293,7 @@ class Arbiter:
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()
-        shutil.rmtree(self.tree.run, ignore_errors=True)
+        if self.guard.owns_runtime():  # never the folder of another supervisor of this state directory
+            shutil.rmtree(self.tree.run, ignore_errors=True)
         log.info("replica stopped")
-        return 0
+        return status

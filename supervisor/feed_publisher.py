@@ -82,6 +82,7 @@ class FeedPublisher:
                     "bytes_downloaded": self.bytes_downloaded,
                     "disk_evictions": self.disk_evictions,
                     "poll_seconds": self.poll_seconds,
+                    "state_dir_error": self.state_dir_error,
                 }
             catalogue = self.catalogue.models
             live = None
@@ -97,15 +98,36 @@ class FeedPublisher:
                     rows = self._model_rows(name, installed, errors)
                     changed[name] = rows if rows is not None else (None, [])
                     sigs[name] = sig
-            if self.feed is None:
-                self.feed = FeedWriter(self.tree.feed_file)
-            self.feed.publish(facts, changed, live)
+            try:
+                if self.feed is None:
+                    self.feed = FeedWriter(self.tree.feed_file)
+                self.feed.publish(facts, changed, live)
+            except (OSError, sqlite3.Error):
+                if self.tree.run.is_dir():
+                    raise
+                # The runtime folder was removed: the supervisor makes it again and republishes everything
+                # (supervisor/tree_guard.py); a traceback per pass until then would say nothing more.
+                log.warning("the runtime folder %s is gone; the state feed is written again once it is back",
+                            self.tree.run)
+                return
             # Only once written: a publish that failed (a full runtime folder) is sent again by the next one.
             seen.update(sigs)
             if live is not None:
                 for name in [n for n in seen if n not in live]:
                     del seen[name]
-        self.tree.touch_heartbeat()
+        try:
+            self.tree.touch_heartbeat()
+        except FileNotFoundError:  # the runtime folder was removed; the supervisor makes it again
+            pass
+
+    def reopen_feed(self) -> None:
+        """Start a new feed file (the runtime folder was removed with the old one): the next publish writes every
+        model again, under a new generation, so readers start over from it."""
+        with self._publish_lock:
+            if self.feed is not None:
+                self.feed.close()
+            self.feed = None
+            self._published = {}
 
     def publish_soon(self, name: str, delay: float = 0.25) -> None:
         """Publish the rows of `name` (and of any version evicted meanwhile) within `delay` seconds, once for

@@ -80,6 +80,8 @@ class Watcher(TreeWrites, FeedPublisher):
         self.versions_upstream = 0  # counted at each full publish
         self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
         self._evicted: set[str] = set()  # models a version of which left the disk outside a pass (under `lock`)
+        self.state_dir_error: str | None = None  # the state directory is gone or unwritable (supervisor.tree_guard)
+        self._woken = threading.Event()
 
     @property
     def installed(self) -> dict[str, dict[int, str]]:
@@ -286,6 +288,10 @@ class Watcher(TreeWrites, FeedPublisher):
         self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
 
     # -- the loop -----------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Start the next pass now, not after the current wait (the disk tree was repaired: fetch again)."""
+        self._woken.set()
+
     def next_delay(self) -> float:
         if self._retry_soon:
             self._retry_soon = False
@@ -318,9 +324,10 @@ class Watcher(TreeWrites, FeedPublisher):
         end = time.monotonic() + delay
         while not stop.is_set():
             left = end - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._woken.is_set():
+                self._woken.clear()
                 return
-            if stop.wait(min(left, self.poll_interval, 5.0)):
+            if stop.wait(min(left, self.poll_interval, 1.0)):
                 return
             try:
                 self.tree.touch_heartbeat()

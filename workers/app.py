@@ -178,6 +178,9 @@ def readyz() -> Response:
     runtime = _runtime()
     runtime.registry.refresh_state()
     errors = runtime.upstream_errors()
+    tree_error = runtime.registry.feed.facts.get("state_dir_error")  # removed, replaced or unwritable
+    if tree_error:
+        raise Unavailable(tree_error, retry_after=2)
     if not runtime.registry.supervisor_ready:
         why = "; ".join(errors.values())
         raise Unavailable("the first sync of models to disk has not finished" + (f": {why}" if why else ""),

@@ -139,6 +139,15 @@ class Runtime:
         marker = self.tree.workers_dir / str(os.getpid())
         marker.write_text(str(time.time()))
         log.info("worker %d ready", os.getpid())
+        # A runtime folder removed under the replica is made again by the supervisor (supervisor/tree_guard.py);
+        # the marker is then written again, or /readyz would count this worker out for the rest of its life.
+        while True:
+            time.sleep(1.0)
+            if not marker.exists() and self.tree.workers_dir.is_dir():
+                try:
+                    marker.write_text(str(time.time()))
+                except OSError:
+                    pass
 
     # -- health ----------------------------------------------------------------------------------------------
     def supervisor_alive(self) -> tuple[bool, str]:
@@ -156,7 +165,11 @@ class Runtime:
 
     def ready_workers(self) -> list[int]:
         pids = []
-        for marker in self.tree.workers_dir.iterdir():
+        try:
+            markers = list(self.tree.workers_dir.iterdir())
+        except FileNotFoundError:  # the runtime folder was removed; the supervisor makes it again
+            return pids
+        for marker in markers:
             if marker.name.isdigit() and psutil.pid_exists(int(marker.name)):
                 pids.append(int(marker.name))
         return pids
