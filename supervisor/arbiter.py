@@ -223,7 +223,7 @@ class Arbiter(SpecReload):
         self.tree.metrics_dir.mkdir(parents=True)
         self._write_spec(self.api)
         cmd = gunicorn_command(self.api, s, self.listener.fileno(), self.tree.run)
-        env = gunicorn_env(self.api, s, self.tree, self.spec_pickle)
+        env = gunicorn_env(self.api, s, self.tree, self.spec_json)
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
         # process group is what the pid file records. The listening socket is the one fd it inherits.
         self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))

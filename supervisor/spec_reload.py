@@ -1,7 +1,8 @@
 """SIGHUP: check the spec file again and, when it is valid, serve it without a failed request.
 
 An invalid spec, or one that changes what only a restart can change, is logged and the running spec keeps
-serving. A valid one is pickled for the workers (they never read the spec file), the watcher follows its model
+serving. A valid one is written as JSON for the workers (they never read the spec file; replica/spec_codec.py),
+the watcher follows its model
 paths, and the workers are replaced one at a time (supervisor/rolling.py); an aborted roll goes back to the
 previous spec.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 import time
 from pathlib import Path
 
 from replica.spec import ApiSpec, SpecError
+from replica.spec_codec import spec_to_json
 from supervisor.catalogue import Catalogue
 from supervisor.preflight import load_checked
 from supervisor.rolling import RollAborted, restart_only_changes, roll_workers
@@ -31,14 +32,15 @@ class SpecReload:
     `notifier`, `stop_event` and `_reload_thread`."""
 
     @property
-    def spec_pickle(self) -> Path:
-        return self.tree.run / "spec.pickle"
+    def spec_json(self) -> Path:
+        return self.tree.run / "spec.json"
 
     def _write_spec(self, api: ApiSpec) -> None:
-        """The parsed spec every worker starts from: workers never read the spec file themselves."""
-        tmp = self.spec_pickle.with_name("spec.pickle.tmp")
-        tmp.write_bytes(pickle.dumps(api))
-        os.replace(tmp, self.spec_pickle)
+        """The parsed spec every worker starts from: workers never read the spec file themselves. JSON, not a
+        pickle, so the file can at worst describe another spec, never run code in a worker."""
+        tmp = self.spec_json.with_name("spec.json.tmp")
+        tmp.write_text(spec_to_json(api))
+        os.replace(tmp, self.spec_json)
 
     def _start_reload(self) -> None:
         if self._reload_thread is not None and self._reload_thread.is_alive():
