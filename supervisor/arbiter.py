@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from replica.disktree import DiskTree
+from replica.private_dir import UnsafeDirectory
 from supervisor.settings import Settings
 from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
@@ -45,6 +46,12 @@ class StartupError(Exception):
 
 class StateDirInUse(StartupError):
     pass
+
+
+def restrict_umask() -> None:
+    """Add 027 to the umask (as the shipped unit's UMask=0027): what the replica and its workers create, the
+    state directory's models included, is the group's to read at most and never other users'."""
+    os.umask(os.umask(0o027) | 0o027)
 
 
 def restart_delay(failures: int) -> float:
@@ -109,6 +116,7 @@ class Arbiter(SpecReload):
         """Take the state directory, stop what a killed predecessor left, listen, then serve until stopped.
 
         Raises StartupError for what a restart cannot fix."""
+        restrict_umask()
         root = self.tree.root
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +130,10 @@ class Arbiter(SpecReload):
         # The lock is never released here: it goes with the process (see replica serve), so no thread of this
         # one can still be writing into the state directory when the next supervisor takes it.
         stop_leftovers(self.pid_file, self.tree.root)
+        try:
+            self.tree.prepare_runtime()
+        except UnsafeDirectory as e:
+            raise StartupError(str(e)) from None
         try:
             self.listener = bind_listener(self.settings.host, self.settings.port)
         except PortInUse as e:
