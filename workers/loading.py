@@ -12,6 +12,7 @@ import threading
 import time
 
 from replica.cache_policy import backoff
+from replica.redact import known_places, public_message
 from workers import metrics
 from workers.records import Record, State
 
@@ -25,7 +26,9 @@ class VersionLoader:
     """The loading half of ModelRegistry (which provides the lock, the records and the tree)."""
 
     def _fail(self, rec: Record, error: str, fingerprint: str = "", base: float = LOAD_RETRY_SECONDS) -> None:
-        """Record a failed fetch or load on the version: retried after a backoff, served copy kept."""
+        """Record a failed fetch or load on the version: retried after a backoff, served copy kept. Clients see
+        the error without this machine's paths or endpoints; the log has it whole."""
+        error = public_message(error, known_places(str(self.tree.root), str(self.tree.run)))
         with self._cond:
             rec.attempts += 1
             rec.error = error
