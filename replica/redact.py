@@ -19,13 +19,14 @@ _PATH = re.compile(r"(?<![\w.:/~>-])/[^\s'\"(),;:<>]+")
 STATE_DIR, RUNTIME_DIR, ENDPOINT, PATH = "<state dir>", "<runtime dir>", "<endpoint>", "<path>"
 
 
-def public_message(text: str, known: Mapping[str, str] | None = None) -> str:
-    """`text` with every place in `known` (path -> label) replaced by its label, then any other URL and any
-    other absolute path by a placeholder."""
+def public_message(text: str, known: Mapping[str, str] | None = None, anywhere: bool = True) -> str:
+    """`text` with every place in `known` (path -> label) replaced by its label, then, when `anywhere`, any
+    other URL and any other absolute path by a placeholder. A layout error quotes upstream object keys, which
+    may look like absolute paths (`/tmp/evil.bin` is a key S3 allows): it is written with `anywhere=False`."""
     for place, label in sorted((known or {}).items(), key=lambda item: -len(item[0])):
         if place:
             text = text.replace(place, label)
-    return _PATH.sub(PATH, _URL.sub(ENDPOINT, text))
+    return _PATH.sub(PATH, _URL.sub(ENDPOINT, text)) if anywhere else text
 
 
 def known_places(state_dir: str, runtime_dir: str, sources: tuple[ModelSource, ...] = ()) -> dict[str, str]:

@@ -36,18 +36,20 @@ class FeedPublisher:
         for version in listed.keys() | on_disk.keys():
             listing = listed.get(version)
             fp = on_disk.get(version)
-            err = errs.get(version) or (listing.error if listing is not None else None)
+            err = errs.get(version)  # a download's error: anything may be in it
+            err = public(err) if err else (public(listing.error, False) if listing is not None and listing.error
+                                           else None)  # a layout's: upstream keys, the spec's paths
             if err:
-                err = public(err) + ("; serving the last good copy" if fp is not None else "")
+                err += "; serving the last good copy" if fp is not None else ""
             versions.append((name, version, listing is not None, fp is not None, fp, err))
         if error:
-            error = public(error) + ("; serving the last good copy" if on_disk else "")
+            error = public(error, False) + ("; serving the last good copy" if on_disk else "")
         return error, versions
 
-    def _public(self, text: str) -> str:
+    def _public(self, text: str, anywhere: bool = True) -> str:
         """An error as the feed carries it to clients: the log has the full text (replica/redact.py)."""
         places = known_places(str(self.tree.root), str(self.tree.run), self.catalogue.predictor.sources)
-        return public_message(text, places)
+        return public_message(text, places, anywhere)
 
     def status(self) -> dict:
         """Every model and version known upstream or on disk, with where it is and its last error, as one

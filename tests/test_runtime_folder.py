@@ -142,3 +142,42 @@ def test_a_replica_refuses_a_runtime_folder_another_user_planted(tmp_path, other
         assert not (planted / "spec.json").exists() and not list(planted.iterdir())
     finally:
         shutil.rmtree(planted, ignore_errors=True)
+
+
+# -- modes of what the replica writes under the state directory ----------------------------------------------------
+
+ECHO_WEIGHTS = """
+import json, os
+
+class PythonPredictor:
+    def __init__(self, config, python_client):
+        self.client = python_client
+
+    def load_model(self, model_path):
+        return json.load(open(os.path.join(model_path, "weights.json")))
+
+    def predict(self, payload):
+        return self.client.get_model("m")
+"""
+
+
+def test_a_download_leaves_0750_folders_and_0640_files_whatever_the_umask(tmp_path, replica):
+    models = tmp_path / "upstream"
+    (models / "m" / "1" / "sub").mkdir(parents=True)
+    (models / "m" / "1" / "weights.json").write_text('{"w": 1}')
+    (models / "m" / "1" / "sub" / "extra.bin").write_bytes(b"x")
+    os.chmod(models / "m" / "1" / "weights.json", 0o644)
+    spec = write_api(tmp_path / "project", ECHO_WEIGHTS, type="python", name="modes", models={"dir": str(models)})
+    state = tmp_path / "state"
+    old = os.umask(0o022)  # a login shell's umask, inherited by the replica
+    try:
+        r = replica(spec, state_dir=state)
+    finally:
+        os.umask(old)
+    assert r.post("/", json={}).json() == {"w": 1}
+    modes = {str(p.relative_to(state)): _mode(p) for p in [state, *state.rglob("*")]}
+    assert "models/m/1/sub/extra.bin" in modes and "models/m/1.manifest.json" in modes
+    # Lock files may be stricter (filelock makes its databases 0600); nothing is more open than 0750 / 0640.
+    wrong = {p: f"{m:04o}" for p, m in modes.items()
+             if m != (0o750 if (state / p).is_dir() else 0o600 if p.startswith("locks/") else 0o640)}
+    assert not wrong, wrong
