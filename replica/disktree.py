@@ -15,6 +15,12 @@ RUNTIME is a folder on a memory filesystem (see `runtime_dir`), not on the state
 memory-maps its files, and a worker whose metrics file cannot grow on a full disk dies of SIGBUS. A full
 state disk must never stop workers serving the models they have.
 
+RUNTIME is private to the replica's user: made fresh with mode 0700, or adopted only when it is already this user's
+own 0700 folder (replica/private_dir.py), since its name is predictable and its parent often world-writable.
+
+What the replica writes under STATE is 0750 for folders and 0640 for files (FOLDER_MODE, FILE_MODE; the supervisor
+also adds 027 to its umask): the weights are the model owner's, not every local user's.
+
 Only the supervisor writes `models/`, `tmp/` and the feed: a version appears with one atomic rename
 under its exclusive lock and disappears under the same lock, and workers load it under the shared lock, so a
 worker never sees a half-written or half-deleted version.
@@ -27,14 +33,18 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from filelock import ReadWriteLock, Timeout
 
+from replica.private_dir import make_private_dir
 from replica.spec import MODEL_NAME_RE
 
+FOLDER_MODE = 0o750  # what the replica makes under the state directory: its group may read, others nothing
+FILE_MODE = 0o640
 
 
 class UnsafeName(ValueError):
@@ -68,7 +78,9 @@ class DiskTree:
         self.models = self.root / "models"
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
-        self.run = Path(runtime) if runtime else runtime_dir(self.root)
+        run = Path(runtime) if runtime else runtime_dir(self.root)
+        # The real path: every folder above it is checked once (prepare), and no symlink on the way can move later.
+        self.run = Path(os.path.realpath(run.parent)) / run.name
         self.feed_file = self.run / "feed.sqlite"
         self.heartbeat_file = self.run / "heartbeat"
         self.workers_dir = self.run / "workers"
@@ -100,7 +112,7 @@ class DiskTree:
     # -- locks --------------------------------------------------------------------------------------------
     def _lock(self, name: str, version: int) -> ReadWriteLock:
         path = self.lock_file(name, version)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         # One instance per use: an instance coordinates processes, not threads.
         return ReadWriteLock(path, is_singleton=False)
 
@@ -156,10 +168,18 @@ class DiskTree:
         return found
 
     # -- writing (supervisor only) ------------------------------------------------------------------------
+    def prepare_runtime(self) -> None:
+        """Make the runtime folder, private to this user; raise UnsafeDirectory when it could be another user's
+        (the parsed spec, the control socket and the feed in it steer every worker)."""
+        make_private_dir(self.run)
+        self.workers_dir.mkdir(mode=0o700, exist_ok=True)
+
     def prepare(self) -> None:
-        for d in (self.models, self.locks, self.tmp, self.run, self.workers_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.run.chmod(0o700)  # the parsed spec and the control socket are this user's alone
+        """Make the tree's folders and clear what a crash left in tmp/ and the readiness markers."""
+        for d in (self.models, self.locks, self.tmp):
+            make_dirs(d)
+            _restrict(d)  # a tree from before these modes: others lose the way to the weights
+        self.prepare_runtime()
         for leftover in self.tmp.iterdir():  # downloads interrupted by a crash
             shutil.rmtree(leftover, ignore_errors=True)
         for marker in self.workers_dir.iterdir():
@@ -169,7 +189,7 @@ class DiskTree:
         """A fresh folder for a download; `install` moves it into place."""
         # The prefix only helps a person reading tmp/: cut, so that a long name fits the filesystem's limit.
         staging = Path(tempfile.mkdtemp(prefix=f"{name[:64]}-{str(version)[:20]}-", dir=self.tmp))
-        staging.chmod(0o755)
+        staging.chmod(FOLDER_MODE)
         return staging
 
     def install(self, staging: Path, name: str, version: int, manifest: dict[str, Any],
@@ -215,7 +235,8 @@ def _rename_into(src: Path, dest: Path, attempts: int = 5) -> None:
     rename. The folder is then made again; the rename itself is what makes the version appear."""
     for attempt in range(attempts):
         with contextlib.suppress(FileExistsError):  # not exist_ok: pathlib raises if it vanishes as it looks
-            dest.parent.mkdir(parents=True)
+            make_dirs(dest.parent.parent)
+            dest.parent.mkdir(mode=FOLDER_MODE)
         try:
             os.rename(src, dest)
             return
@@ -228,6 +249,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the new one, never a part."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600; the group may read what the tree holds
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
@@ -235,3 +257,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def make_dirs(path: Path, mode: int = FOLDER_MODE) -> None:
+    """`mkdir -p` with `mode` for every folder it makes (pathlib and os.makedirs give the parents 0777 & ~umask)."""
+    missing = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=mode)
+
+
+def _restrict(folder: Path) -> None:
+    """Take away group write and every right of others from a folder of the tree that has them."""
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if mode & 0o027:
+            folder.chmod(mode & ~0o027)

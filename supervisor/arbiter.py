@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from replica.disktree import DiskTree
+from replica.private_dir import UnsafeDirectory
 from supervisor.settings import Settings
 from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
@@ -45,6 +46,12 @@ class StartupError(Exception):
 
 class StateDirInUse(StartupError):
     pass
+
+
+def restrict_umask() -> None:
+    """Add 027 to the umask (as the shipped unit's UMask=0027): what the replica and its workers create, the
+    state directory's models included, is the group's to read at most and never other users'."""
+    os.umask(os.umask(0o027) | 0o027)
 
 
 def restart_delay(failures: int) -> float:
@@ -116,6 +123,7 @@ class Arbiter:
         """Take the state directory, stop what a killed predecessor left, listen, then serve until stopped.
 
         Raises StartupError for what a restart cannot fix."""
+        restrict_umask()
         root = self.tree.root
         try:
             self.guard.take()
@@ -130,6 +138,10 @@ class Arbiter:
         # The lock is never released here: it goes with the process (see replica serve), so no thread of this
         # one can still be writing into the state directory when the next supervisor takes it.
         stop_leftovers(self.pid_file, self.tree.root)
+        try:
+            self.tree.prepare_runtime()
+        except UnsafeDirectory as e:
+            raise StartupError(str(e)) from None
         try:
             self.listener = bind_listener(self.settings.host, self.settings.port)
         except PortInUse as e:
@@ -239,7 +251,7 @@ class Arbiter:
         self.tree.metrics_dir.mkdir(parents=True)
         self.reloader.write_spec(api)
         cmd = gunicorn_command(api, s, self.listener.fileno(), self.tree.run)
-        env = gunicorn_env(api, s, self.tree, self.reloader.spec_pickle)
+        env = gunicorn_env(api, s, self.tree, self.reloader.spec_json)
         # Its own session: a terminal's Ctrl-C reaches only the supervisor, which then drains gunicorn; its
         # process group is what the pid file records. The listening socket is the one fd it inherits.
         self.gunicorn = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(self.listener.fileno(),))

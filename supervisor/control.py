@@ -1,9 +1,13 @@
 """The supervisor's control socket: how a worker has versions held on disk (model caching).
 
-An HTTP server on a Unix socket in the state directory's run/ folder, reachable only from this machine's
-processes that can open that folder. Two routes, both idempotent: POST /ensure (put a version on disk and hold
-it for a worker, after applying the releases that came with it) and POST /release (versions the worker no
-longer needs). The supervisor stays the only writer of the disk tree.
+An HTTP server on a Unix socket in the private runtime folder (replica/private_dir.py), mode 0600. Two routes,
+both idempotent: POST /ensure (put a version on disk and hold it for a worker, after applying the releases that
+came with it) and POST /release (versions the worker no longer needs). The supervisor stays the only writer of
+the disk tree.
+
+Who asks is what the kernel says of the connecting process (SO_PEERCRED), never what the request claims: a
+hold belongs to the peer's pid, so it ends when that process dies, and a peer of another uid (root aside) is
+refused with 403. A gunicorn worker connects itself, so its pid is the worker's.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler
@@ -39,18 +44,32 @@ def control_socket_path(run_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="replica-")) / "supervisor.sock"
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a Unix socket, as the kernel recorded them when
+    it connected: what a request body says of itself proves nothing."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+def trusted_uid(uid: int) -> bool:
+    """Our own uid, or root's (which could take the supervisor over anyway)."""
+    return uid in (0, os.geteuid())
+
+
 def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
     """Start the control server in a thread, answering for `cache`."""
 
-    def release(body: dict) -> dict:
+    def release(pid: int, body: dict) -> dict:
         for name, version, seq, last_used in body.get("releases", []):
-            cache.release(int(body["pid"]), str(name), int(version), int(seq), float(last_used))
+            cache.release(pid, str(name), int(version), int(seq), float(last_used))
         return {"error": None}
 
-    def ensure(body: dict) -> dict:
-        release(body)
+    def ensure(pid: int, body: dict) -> dict:
+        release(pid, body)
         try:
-            fetched = cache.ensure(int(body["pid"]), str(body["name"]), int(body["version"]), int(body["seq"]))
+            fetched = cache.ensure(pid, str(body["name"]), int(body["version"]), int(body["seq"]))
             return {"error": fetched.error, "retry_after": fetched.retry_after}
         except DiskFull as e:
             return {"error": str(e), "full": True}
@@ -61,10 +80,15 @@ def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
         def do_POST(self):  # noqa: N802 - http.server's naming
             route = routes.get(self.path)
             try:
-                if route is None:
+                pid, uid, _ = peer_credentials(self.connection)
+                if not trusted_uid(uid):
+                    log.warning("control socket: refused a request from pid %d of uid %d", pid, uid)
+                    reply, status = {"error": "this process's user may not use the control socket"}, 403
+                elif route is None:
                     reply, status = {"error": f"no route {self.path}"}, 404
                 else:
-                    reply, status = route(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))), 200
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    reply, status = route(pid, body), 200
             except Exception as e:  # a bad request must not take the control server down
                 log.exception("control request failed")
                 reply, status = {"error": f"{type(e).__name__}: {e}"}, 500

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 
 from replica.feed import FeedWriter, VersionRow
+from replica.redact import known_places, public_message
 from supervisor.versions import State
 
 log = logging.getLogger(__name__)
@@ -32,15 +33,25 @@ class FeedPublisher:
         listed = entry.listing.versions if entry is not None else _NONE
         error = entry.listing.error if entry is not None else None
         errs = errors.get(name, _NONE)
+        public = self._public
         versions: list[VersionRow] = []
         for version in listed.keys() | on_disk.keys():
             listing = listed.get(version)
             fp = on_disk.get(version)
-            err, retry_at = errs.get(version) or (listing.error if listing is not None else None, None)
-            if err and fp is not None:
-                err += "; serving the last good copy"
+            err, retry_at = errs.get(version) or (None, None)  # a failed fetch: its reason names no place
+            err = public(err) if err else (public(listing.error, False) if listing is not None and listing.error
+                                           else None)  # a layout's: upstream keys, the spec's paths
+            if err:
+                err += "; serving the last good copy" if fp is not None else ""
             versions.append((name, version, listing is not None, fp is not None, fp, err, retry_at))
-        return (error + "; serving the last good copy" if error and on_disk else error), versions
+        if error:
+            error = public(error, False) + ("; serving the last good copy" if on_disk else "")
+        return error, versions
+
+    def _public(self, text: str, anywhere: bool = True) -> str:
+        """An error as the feed carries it to clients: the log has the full text (replica/redact.py)."""
+        places = known_places(str(self.tree.root), str(self.tree.run), self.catalogue.predictor.sources)
+        return public_message(text, places, anywhere)
 
     def status(self) -> dict:
         """Every model and version known upstream or on disk, with where it is and its last error, as one
@@ -75,7 +86,8 @@ class FeedPublisher:
                     "ready": self.ready,
                     "caching": not self.prefetch,
                     "control_socket": self.control_socket,
-                    "root_errors": dict(self.catalogue.root_errors),
+                    "root_errors": {self._public(url): self._public(why)
+                                    for url, why in self.catalogue.root_errors.items()},
                     "list_calls": self.catalogue.list_calls,
                     "last_poll": self.last_pass,
                     "last_success": self.catalogue.last_success,

@@ -21,6 +21,7 @@ SYSTEMD_PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # systemd 
 
 
 def gunicorn_command(api: ApiSpec, s: Settings, listen_fd: int, runtime_dir: Path) -> list[str]:
+    """gunicorn's command line: the inherited socket, the replica's worker class, sizes from the spec."""
     pred = api.predictor
     return [
         sys.executable, "-m", "gunicorn",
@@ -42,12 +43,13 @@ def gunicorn_command(api: ApiSpec, s: Settings, listen_fd: int, runtime_dir: Pat
     ]
 
 
-def gunicorn_env(api: ApiSpec, s: Settings, tree: DiskTree, spec_pickle: Path) -> dict[str, str]:
+def gunicorn_env(api: ApiSpec, s: Settings, tree: DiskTree, spec_file: Path) -> dict[str, str]:
+    """The workers' environment: the spec's env, the replica's settings, and where the parsed spec (JSON) is."""
     env = worker_env(api)
     for private in SYSTEMD_PRIVATE:
         env.pop(private, None)
     env.update({
-        "REPLICA_SPEC_PICKLE": str(spec_pickle),
+        "REPLICA_SPEC_FILE": str(spec_file),
         "REPLICA_STATE_DIR": str(tree.root),
         "REPLICA_RUNTIME_DIR": str(tree.run),
         "REPLICA_POLL_INTERVAL": str(s.poll_interval),

@@ -8,7 +8,6 @@ found before a worker boots, and heavy frameworks never load in the supervisor.
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from replica.interface import check_source
 from replica.project import ProjectError, project_environment
 from replica.spec import ApiSpec, SpecError, load_spec
+from replica.spec_codec import spec_to_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 IMPORT_TIMEOUT = 300.0  # TensorFlow alone can take a minute to import on a busy machine
@@ -48,7 +48,7 @@ def worker_env(api: ApiSpec) -> dict[str, str]:
 def import_predictor(api: ApiSpec) -> str | None:
     """Import the predictor in a fresh interpreter; None, or one line saying why it does not import."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "workers.import_check"], input=pickle.dumps(api),
+        proc = subprocess.run([sys.executable, "-m", "workers.import_check"], input=spec_to_json(api).encode(),
                               capture_output=True, env=worker_env(api), timeout=IMPORT_TIMEOUT)
     except subprocess.TimeoutExpired:
         return f"importing {api.predictor.path} did not finish within {IMPORT_TIMEOUT:.0f}s"

@@ -1,7 +1,8 @@
 """SIGHUP: check the spec file again and, when it is valid, serve it without a failed request.
 
 An invalid spec, or one that changes what only a restart can change, is logged and the running spec keeps
-serving. A valid one is pickled for the workers (they never read the spec file), the watcher follows its model
+serving. A valid one is written as JSON for the workers (they never read the spec file; replica/spec_codec.py),
+the watcher follows its model
 paths, and the workers are replaced one at a time (supervisor/rolling.py); an aborted roll goes back to the
 previous spec.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import pickle
 import subprocess
 import threading
 import time
@@ -24,6 +24,7 @@ from typing import Callable
 
 from replica.disktree import DiskTree
 from replica.spec import ApiSpec, SpecError
+from replica.spec_codec import spec_to_json
 from supervisor.catalogue import Catalogue
 from supervisor.preflight import load_checked
 from supervisor.rolling import RollAborted, restart_only_changes, roll_workers
@@ -90,7 +91,7 @@ class SpecReloader:
 
     The arbiter's main loop calls `request` for each SIGHUP; the reloads run in a thread of their own (a roll
     waits for workers to load their models), one at a time. `gunicorn` returns the running gunicorn, or None
-    between a death and its restart (the restarted one then starts from the spec pickled here)."""
+    between a death and its restart (the restarted one then starts from the spec written here)."""
 
     def __init__(self, api: ApiSpec, settings: Settings, tree: DiskTree, watcher: Watcher, notifier: Notifier,
                  stop_event: threading.Event, gunicorn: Callable[[], subprocess.Popen | None]):
@@ -105,14 +106,15 @@ class SpecReloader:
         self._thread: threading.Thread | None = None
 
     @property
-    def spec_pickle(self) -> Path:
-        return self.tree.run / "spec.pickle"
+    def spec_json(self) -> Path:
+        return self.tree.run / "spec.json"
 
     def write_spec(self, api: ApiSpec) -> None:
-        """The parsed spec every worker starts from: workers never read the spec file themselves."""
-        tmp = self.spec_pickle.with_name("spec.pickle.tmp")
-        tmp.write_bytes(pickle.dumps(api))
-        os.replace(tmp, self.spec_pickle)
+        """The parsed spec every worker starts from: workers never read the spec file themselves. JSON, not a
+        pickle, so the file can at worst describe another spec, never run code in a worker."""
+        tmp = self.spec_json.with_name("spec.json.tmp")
+        tmp.write_text(spec_to_json(api))
+        os.replace(tmp, self.spec_json)
 
     def request(self) -> None:
         """Handle one SIGHUP: start a reload, or have the running one followed by another (said once)."""

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Callable, Protocol
 
-from replica.disktree import safe_relpath
+from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
 from supervisor.s3_client import make_s3_client
 
@@ -63,7 +63,7 @@ def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
     """Write an iterable of byte chunks to `dest`, reporting each; a write error names the local disk."""
     total = 0
     try:
-        f = open(dest, "wb")
+        f = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE), "wb")
     except OSError as e:
         raise _disk_error(dest, e) from e
     with f:

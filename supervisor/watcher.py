@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
-from replica.disktree import DiskTree, safe_relpath
+from replica.disktree import DiskTree, make_dirs, safe_relpath
 from replica.feed import FeedWriter
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
@@ -201,7 +201,7 @@ class Watcher(TreeWrites, FeedPublisher):
             total = 0
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(dest.parent)
                 total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)

@@ -36,10 +36,11 @@ def test_env_carries_settings_and_the_spec_env_but_not_systemds_socket(tmp_path,
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     api = _api(tmp_path)
     tree = DiskTree(tmp_path / "state", runtime=tmp_path / "run")
-    env = gunicorn_env(api, Settings(state_dir=tree.root, header_timeout=3), tree, tmp_path / "run" / "spec.pickle")
+    env = gunicorn_env(api, Settings(state_dir=tree.root, header_timeout=3), tree, tmp_path / "run" / "spec.json")
     assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env  # only the supervisor talks to systemd
     assert env["GREETING"] == "hi"
-    assert env["REPLICA_SPEC_PICKLE"] == str(tmp_path / "run" / "spec.pickle")
+    assert env["REPLICA_SPEC_FILE"] == str(tmp_path / "run" / "spec.json")
+    assert "REPLICA_SPEC_PICKLE" not in env  # the workers are never handed a pickle
     assert env["REPLICA_HEADER_TIMEOUT"] == "3"
     assert env["REPLICA_MAX_REPLICA_CONCURRENCY"] == "1024"
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tree.metrics_dir)

@@ -141,7 +141,7 @@ def test_removed_runtime_folder_is_remade_and_gunicorn_restarts_into_it(tmp_path
     r = replica(spec, state_dir=state)
     run = DiskTree(state).run
     shutil.rmtree(run)
-    wait_for(lambda: (run / "feed.sqlite").exists() and (run / "spec.pickle").exists()
+    wait_for(lambda: (run / "feed.sqlite").exists() and (run / "spec.json").exists()
              and (run / "heartbeat").exists(), timeout=10, interval=0.1, message="the runtime folder made again")
     wait_for(lambda: readyz(r)[0] == 200, timeout=10, message="/readyz 200 with the re-made folder")
     old = r.worker_pids()

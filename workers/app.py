@@ -11,6 +11,7 @@ import time
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from replica.redact import known_places, public_message
 from workers import encoding, metrics
 from workers.board import stalled
 from workers.errors import Unavailable
@@ -117,7 +118,8 @@ def _predict(runtime: Runtime, scope) -> Response:
             raise
         except Exception as e:
             log.exception("predictor raised %s", type(e).__name__)
-            return _error(500, f"the predictor raised {type(e).__name__}: {e}; see the replica log")
+            why = public_message(f"{type(e).__name__}: {e}", known_places(str(runtime.tree.root), str(runtime.tree.run)))
+            return _error(500, f"the predictor raised {why}; see the replica log")
         try:
             response = to_response(result)
         except (TypeError, ValueError) as e:  # ValueError: a circular reference

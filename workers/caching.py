@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 
@@ -236,7 +235,7 @@ class CachingRegistry(ModelRegistry):
             self._unsent.pop(rec.key, None)
             releases, self._unsent = self._unsent, {}
         try:
-            return ensure(self.feed.control_socket, os.getpid(), rec.name, rec.version, seq, _listed(releases))
+            return ensure(self.feed.control_socket, rec.name, rec.version, seq, _listed(releases))
         except SupervisorUnreachable:
             self._requeue(releases)
             raise
@@ -261,7 +260,7 @@ class CachingRegistry(ModelRegistry):
         if not releases:
             return
         try:
-            release(self.feed.control_socket, os.getpid(), _listed(releases))
+            release(self.feed.control_socket, _listed(releases))
         except SupervisorUnreachable as e:
             log.warning("could not tell the supervisor that %d versions left memory (%s); retrying", len(releases), e)
             self._requeue(releases)

@@ -2,13 +2,12 @@
 
 The supervisor and `replica validate` run this before serving, so a predictor that does not import stops
 start-up with one line (exit status 2) instead of a worker boot loop, and TensorFlow or onnxruntime never
-load in the supervisor. It reads the parsed spec (a pickled ApiSpec) on stdin, and on failure prints one
+load in the supervisor. It reads the parsed spec (JSON, replica/spec_codec.py) on stdin, and on failure prints one
 line naming the problem and the place in the user's file.
 """
 
 from __future__ import annotations
 
-import pickle
 import sys
 import traceback
 
@@ -34,7 +33,9 @@ def check(api) -> str | None:
 
 
 def main() -> int:
-    api = pickle.load(sys.stdin.buffer)
+    from replica.spec_codec import spec_from_json
+
+    api = spec_from_json(sys.stdin.buffer.read())
     problem = check(api)
     if problem is not None:
         print(problem)

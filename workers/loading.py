@@ -12,6 +12,7 @@ import threading
 import time
 
 from replica.cache_policy import backoff
+from replica.redact import known_places, public_message
 from workers import metrics
 from workers.records import Record, State
 
@@ -27,7 +28,9 @@ class VersionLoader:
     def _fail(self, rec: Record, error: str, fingerprint: str = "", base: float = LOAD_RETRY_SECONDS,
               retry_after: float | None = None) -> None:
         """Record a failed fetch or load on the version: retried after `retry_after` seconds when given (the
-        supervisor's own retry time), else after a backoff; served copy kept."""
+        supervisor's own retry time), else after a backoff; served copy kept. Clients see the error without
+        this machine's paths or endpoints; the log has it whole."""
+        error = public_message(error, known_places(str(self.tree.root), str(self.tree.run)))
         with self._cond:
             rec.attempts += 1
             rec.error = error

@@ -178,9 +178,9 @@ class Runtime:
 def runtime_from_env() -> tuple[Runtime, int]:
     """Build the worker from the parsed spec and the settings the supervisor passes: the spec file itself is
     read only by the supervisor, so an edit saved into it changes nothing until a SIGHUP has checked it."""
-    import pickle
+    from replica.spec_codec import spec_from_json
 
-    api: ApiSpec = pickle.loads(Path(os.environ["REPLICA_SPEC_PICKLE"]).read_bytes())
+    api: ApiSpec = spec_from_json(Path(os.environ["REPLICA_SPEC_FILE"]).read_bytes())
     os.environ.update(api.predictor.env)  # a reload may have changed it since gunicorn started
     tree = DiskTree(Path(os.environ["REPLICA_STATE_DIR"]), os.environ.get("REPLICA_RUNTIME_DIR"))
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))

@@ -2,7 +2,9 @@
 
 `ensure` asks for a version to be on disk and held there for this worker; `release` says the worker no longer
 needs it, with when a request last used it (the disk tier's LRU order). Both are idempotent and carry a
-sequence number: the supervisor keeps, per worker and version, only the call with the highest one.
+sequence number: the supervisor keeps, per worker and version, only the call with the highest one. The worker
+is the process that connects: the supervisor learns its pid from the kernel (SO_PEERCRED), so nothing here
+names it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def _call(path: str | None, route: str, body: dict, timeout: float) -> dict:
     conn = _UnixConnection(path, timeout)
     try:
         conn.request("POST", route, body=json.dumps(body), headers={"Content-Type": "application/json"})
-        return json.loads(conn.getresponse().read())
+        response = conn.getresponse()
+        reply = json.loads(response.read())
+        if response.status == 403:
+            raise SupervisorUnreachable(f"the supervisor refused this process: {reply.get('error')}")
+        return reply
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise SupervisorUnreachable(f"the supervisor cannot be reached ({type(e).__name__}: {e})") from None
     finally:
@@ -47,14 +53,14 @@ class Ensured(NamedTuple):
     retry_after: int | None  # for a failed fetch: seconds until the supervisor tries it again
 
 
-def ensure(path: str | None, pid: int, name: str, version: int, seq: int, releases: list[list],
+def ensure(path: str | None, name: str, version: int, seq: int, releases: list[list],
            timeout: float = 600) -> Ensured:
-    """Apply `releases` (see `release`), then have a version put on disk and held for worker `pid`."""
-    reply = _call(path, "/ensure", {"pid": pid, "name": name, "version": version, "seq": seq, "releases": releases},
-                  timeout)
+    """Apply `releases` (see `release`), then have a version put on disk and held for this process (the
+    supervisor knows which from the socket itself)."""
+    reply = _call(path, "/ensure", {"name": name, "version": version, "seq": seq, "releases": releases}, timeout)
     return Ensured(reply["error"], bool(reply.get("full")), reply.get("retry_after"))
 
 
-def release(path: str | None, pid: int, releases: list[list], timeout: float = 10) -> None:
-    """Worker `pid` no longer needs these disk copies: [name, version, seq, last request time (wall clock)]."""
-    _call(path, "/release", {"pid": pid, "releases": releases}, timeout)
+def release(path: str | None, releases: list[list], timeout: float = 10) -> None:
+    """This process no longer needs these disk copies: [name, version, seq, last request time (wall clock)]."""
+    _call(path, "/release", {"releases": releases}, timeout)
