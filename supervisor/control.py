@@ -23,7 +23,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from supervisor.disk_cache import DiskCache
+from supervisor.disk_cache import DiskCache, LoadFailure
 from supervisor.tree_writes import DiskFull
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
     """Start the control server in a thread, answering for `cache`."""
 
     def release(pid: int, body: dict) -> dict:
-        for name, version, seq, last_used in body.get("releases", []):
-            cache.release(pid, str(name), int(version), int(seq), float(last_used))
+        for name, version, seq, last_used, *broken in body.get("releases", []):
+            failure = broken[0] if broken and isinstance(broken[0], dict) else None
+            cache.release(pid, str(name), int(version), int(seq), float(last_used),
+                          LoadFailure(str(failure.get("error") or "it failed to load"),
+                                      float(failure.get("retry_after") or 30.0)) if failure else None)
         return {"error": None}
 
     def ensure(pid: int, body: dict) -> dict:

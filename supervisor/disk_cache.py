@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from typing import NamedTuple
 
 from replica.cache_policy import Slot, victims
 from supervisor.tree_writes import DiskFull
@@ -36,6 +37,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class LoadFailure(NamedTuple):
+    """What a worker says of a copy that failed to load: the reason, and when to try it again."""
+
+    error: str
+    retry_after: float
+
+
 class DiskCache:
     def __init__(self, watcher: Watcher, capacity: int):
         self.watcher = watcher
@@ -43,6 +51,7 @@ class DiskCache:
         self.last_used: dict[Key, float] = {}  # last request, as workers report it (wall clock)
         self._holds: dict[Key, dict[int, tuple[int, bool]]] = {}  # key -> pid -> (latest seq, held)
         self._inflight: dict[Key, threading.Event] = {}
+        self._displaced: dict[Key, list[Key]] = {}  # evicted to make room for a version: theirs if it breaks
         self._lock = threading.Lock()
         watcher.make_room = self._make_room
 
@@ -92,12 +101,41 @@ class DiskCache:
                 del self._inflight[key]
             event.set()
 
-    def release(self, pid: int, name: str, version: int, seq: int, last_used: float) -> None:
-        """Worker `pid` no longer needs the version; it may leave the disk, least recently used first."""
+    def release(self, pid: int, name: str, version: int, seq: int, last_used: float,
+                broken: LoadFailure | None = None) -> None:
+        """Worker `pid` no longer needs the version; it may leave the disk, least recently used first. A copy
+        that failed to load (`broken`) is FAILED in the version's record (so every request learns why and
+        when it is tried again, and a new upload clears it), leaves the disk at once, and what was evicted for
+        it comes back: a broken model never costs a healthy one its disk slot."""
         key = (name, version)
         with self._lock:
-            if self._record(pid, key, seq, False):
-                self.last_used[key] = max(self.last_used.get(key, 0.0), last_used)
+            if not self._record(pid, key, seq, False):
+                return
+            self.last_used[key] = max(self.last_used.get(key, 0.0), last_used)
+            if broken is None or self.held(key) or key in self._inflight:
+                return
+            displaced = self._displaced.pop(key, [])
+        with self.watcher.lock:
+            rec = self.watcher.versions.get(key)
+            on_disk = rec is not None and rec.state is State.ON_DISK
+            if on_disk:
+                now = time.time()
+                self.watcher.versions.fail(key, rec.disk, f"failed to load: {broken.error}", now,
+                                           broken.retry_after, retry_after=broken.retry_after)
+        if on_disk:
+            self.watcher.evict([key], "it failed to load")
+            self.watcher.publish_soon(name)
+        for heir in displaced:
+            threading.Thread(target=self._restore, args=(heir, key), name="disk-restore", daemon=True).start()
+
+    def _restore(self, heir: Key, broken: Key) -> None:
+        """Fetch back a version evicted for one that then failed to load (if it is still upstream)."""
+        try:
+            fetched = self.watcher.fetch_version(*heir)
+        except DiskFull:
+            return  # the slot was taken meanwhile by a version a worker asked for: that one goes first
+        if fetched.error is None:
+            log.info("model %s version %s back on disk after %s version %s failed to load", *heir, *broken)
 
     def held(self, key: Key) -> bool:
         """Whether a live worker holds the version (the caller holds the lock); dead workers' holds go."""
@@ -118,6 +156,11 @@ class DiskCache:
             slots = [Slot(k, self.last_used.get(k, 0.0),
                           k not in installing and k not in self._inflight and not self.held(k)) for k in on_disk if k != key]
         choice = victims(slots, self.capacity, key)
+        if choice:
+            with self._lock:
+                self._displaced[key] = choice
+                for k in choice:
+                    self._displaced.pop(k, None)  # leaving the disk: nothing to give back for it any more
         if choice is None:
             raise DiskFull(f"the disk cache is full ({self.capacity} versions, all in use: "
                            f"{', '.join(f'{n} version {v}' for n, v in sorted(s.key for s in slots))})")

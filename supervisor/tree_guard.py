@@ -83,7 +83,7 @@ class OwnerLock:
     def acquire(self) -> bool:
         """Lock the file at the path (making it when missing); False when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -239,9 +239,7 @@ class TreeGuard:
         w = self.watcher
         on_disk = self.tree.installed()  # outside the lock: reading the manifests of a big tree takes a while
         with w.lock:
-            lost = sum(1 for name, vs in w.installed.items() for v, fp in vs.items()
-                       if on_disk.get(name, {}).get(v) != fp)
-            w.installed = on_disk
+            lost = w.versions.reconcile_disk(on_disk)
             w.failures = 0  # no backoff: the upstream was not the problem
         if lost:
             log.warning("%d model version(s) are no longer on disk; fetching them again", lost)

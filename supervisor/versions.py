@@ -126,15 +126,17 @@ class VersionTable:
             del self._records[key]
         return rec
 
-    def fail(self, key: Key, fingerprint: str, error: str, now: float, base: float) -> VersionRecord:
-        """The fetch of `fingerprint` failed: FAILED with the reason and the retry time (backoff per failure of
-        the same fingerprint; a new fingerprint starts again at `base`)."""
+    def fail(self, key: Key, fingerprint: str, error: str, now: float, base: float,
+             retry_after: float | None = None) -> VersionRecord:
+        """The fetch (or the load) of `fingerprint` failed: FAILED with the reason and the retry time, after
+        `retry_after` seconds when the caller knows it, else by the backoff policy per failure of the same
+        fingerprint (a new fingerprint starts again at `base`)."""
         rec = self._records.get(key)
         same = rec is not None and rec.failed_fingerprint == fingerprint
         failures = rec.failures + 1 if same else 1
         rec = self.transition(key, State.FAILED)
         rec.error, rec.failed_fingerprint, rec.failures = error, fingerprint, failures
-        rec.retry_at = now + backoff(failures, base, DOWNLOAD_RETRY_CEILING)
+        rec.retry_at = now + (retry_after if retry_after is not None else backoff(failures, base, DOWNLOAD_RETRY_CEILING))
         return rec
 
     def back_to_rest(self, key: Key) -> VersionRecord | None:
@@ -167,6 +169,23 @@ class VersionTable:
             self.transition(key, State.LISTED, disk=None)
         else:  # an update in flight: its install puts the new copy in place
             self._set_disk(rec, None)
+
+    def reconcile_disk(self, on_disk: dict[str, dict[int, str]]) -> int:
+        """Make the disk index what the disk really holds (after the state directory was lost and made
+        again): copies no longer there are forgotten, copies found are adopted. Return how many were lost."""
+        lost = 0
+        for rec in list(self._records.values()):
+            if rec.disk is not None and on_disk.get(rec.name, {}).get(rec.version) != rec.disk:
+                self.forget_disk(rec.key)
+                lost += 1
+        for name, versions in on_disk.items():
+            for version, fingerprint in versions.items():
+                rec = self._records.get((name, version))
+                if rec is None:
+                    self.adopt((name, version), fingerprint)
+                elif rec.disk is None:
+                    self._set_disk(rec, fingerprint)
+        return lost
 
     def adopt(self, key: Key, fingerprint: str) -> None:
         """A copy found on disk at start-up (a previous run's)."""

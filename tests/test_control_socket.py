@@ -15,6 +15,8 @@ import pytest
 
 from supervisor.control import serve_control
 from supervisor.disk_cache import DiskCache
+from supervisor.versions import VersionTable
+from supervisor.watcher import Fetched
 from workers import supervisor_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,13 +28,13 @@ class FakeWatcher:
     def __init__(self):
         self.lock = threading.RLock()
         self.installed: dict[str, dict[int, str]] = {}
-        self.version_errors: dict = {}
+        self.versions = VersionTable()
         self.make_room = None
 
-    def fetch_version(self, name: str, version: int) -> str | None:
+    def fetch_version(self, name: str, version: int) -> Fetched:
         with self.lock:
             self.installed.setdefault(name, {})[version] = "fp"
-        return None
+        return Fetched(None)
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def test_a_hold_belongs_to_the_connecting_process_and_ends_with_it(control):
     child = subprocess.Popen([sys.executable, "-c", CLAIMS_PID_1, str(path)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        assert child.stdout.readline().strip() == "{'error': None}"
+        assert child.stdout.readline().strip() == "{'error': None, 'retry_after': None}"
         with cache._lock:
             assert set(cache._holds[("m", 1)]) == {child.pid}  # the kernel's pid, not the body's 1
             assert cache.held(("m", 1))
@@ -74,7 +76,7 @@ def test_a_hold_belongs_to_the_connecting_process_and_ends_with_it(control):
 
 def test_the_client_api_needs_no_pid(control):
     path, cache = control
-    assert supervisor_client.ensure(str(path), "m", 2, 1, []) == (None, False)
+    assert supervisor_client.ensure(str(path), "m", 2, 1, []) == (None, False, None)
     with cache._lock:
         assert set(cache._holds[("m", 2)]) == {os.getpid()}
     supervisor_client.release(str(path), [["m", 2, 2, 123.0]])

@@ -186,12 +186,14 @@ def test_guard_reports_an_unwritable_state_dir_and_clears_it(tmp_path, monkeypat
     from types import SimpleNamespace
 
     from supervisor import tree_guard
+    from supervisor.versions import VersionTable
 
     tree = DiskTree(tmp_path / "state", tmp_path / "run")
     tree.prepare()
     (tree.run / "feed.sqlite").touch()
     published = []
-    watcher = SimpleNamespace(lock=threading.RLock(), installed={}, state_dir_error=None, failures=0,
+    watcher = SimpleNamespace(lock=threading.RLock(), installed={}, versions=VersionTable(), state_dir_error=None,
+                              failures=0,
                               last_pass=None, poll_seconds=None, wake=lambda: None,
                               publish=lambda: published.append(watcher.state_dir_error), reopen_feed=lambda: None)
     guard = tree_guard.TreeGuard(tree, watcher)

@@ -150,3 +150,41 @@ def test_a_name_too_long_and_a_version_too_big_are_refused_per_model(s3, s3_clie
     wait_for(lambda: check_answer(ask(r, "later"), "later", {"name": "later"}) is None, timeout=30,
              message="a model added after the odd ones served")
     assert "Traceback" not in r.log(), r.log()[-3000:]
+# -- 5. a broken version gives its disk slot back ---------------------------------------------------------------
+
+ONNX_PREDICTOR = """
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload, query_params):
+        name = query_params["model"]
+        self.client.predict({"input": [[0.0, 0.0, 0.0, 0.0]]}, name)
+        return {"name": name}
+"""
+
+
+def test_a_truncated_model_gives_its_disk_slot_back(s3, s3_client, bucket, replica, tmp_path):
+    from scripts.model_factory import IRIS_WEIGHTS, write_onnx_linear
+
+    files = {}
+    for name in ("good1", "good2", "bad"):
+        folder = tmp_path / "models" / name / "1"
+        write_onnx_linear(folder / "model.onnx", IRIS_WEIGHTS, [1.0, 0.0, 0.0])
+        data = (folder / "model.onnx").read_bytes()
+        files[f"models/{name}/1/model.onnx"] = data[: len(data) // 2] if name == "bad" else data
+    put_objects(s3_client, bucket, files)
+    spec = write_api(tmp_path / "api", ONNX_PREDICTOR, type="onnx",
+                     models={"dir": f"s3://{bucket}/models/", "cache_size": 1, "disk_cache_size": 2})
+    r = replica(spec, env=s3.env, poll_interval=1.0)
+    for name in ("good1", "good2"):
+        resp = ask(r, name)
+        assert resp.status_code == 200, resp.text
+    assert sorted(disk_versions(r.state_dir)) == ["good1/1", "good2/1"]
+    resp = ask(r, "bad")
+    assert resp.status_code == 503, resp.text
+    # The broken version leaves the disk and the healthy version evicted for it comes back.
+    wait_for(lambda: sorted(disk_versions(r.state_dir)) == ["good1/1", "good2/1"], timeout=30,
+             message=f"both healthy models back on disk (on disk: {disk_versions(r.state_dir)})")
+    for name in ("good1", "good2"):
+        assert ask(r, name).status_code == 200

@@ -597,7 +597,7 @@ def test_new_roots_failing_their_first_listing_keep_the_common_models(many):
     assert sorted(catalogue.models) == ["alpha", "beta"]  # still declared: the new root may hold them
     w.sync_once()
     assert sorted(w.installed) == ["alpha", "beta"]
-    assert w.fetch_version("alpha", 1) is None  # not "not upstream"
+    assert w.fetch_version("alpha", 1).error is None  # not "not upstream"
     assert all(v["upstream"] for m in w.status().values() for v in m["versions"].values())
     # the new root lists: it holds alpha only, so beta really went
     new.mkdir()

@@ -41,7 +41,8 @@ class CachingRegistry(ModelRegistry):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._hold_seq = 0
-        self._unsent: dict[tuple[str, int], tuple[int, float]] = {}  # releases the supervisor has not heard yet
+        # Releases the supervisor has not heard yet: key -> (sequence, last request time, its load failure)
+        self._unsent: dict[tuple[str, int], tuple[int, float, dict | None]] = {}
 
     # -- sync: updated copies leave, nothing loads without a request ----------------------------------------
     def _sync_disk(self, disk: dict[str, dict[int, str]]) -> None:
@@ -122,10 +123,10 @@ class CachingRegistry(ModelRegistry):
         """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""
         now = time.time()
         info = self.feed.version_info(*rec.key)
-        if rec.failed_fingerprint:  # a load failure: a different copy on disk (a half-upload replaced) goes at once
-            changed = info.get("fingerprint") not in (None, rec.failed_fingerprint)
-        elif rec.supervised:  # the supervisor's fetch failed: once its record shows no failure (a new upload)
+        if rec.supervised:  # the supervisor keeps this failure: once its record shows none (a new upload), go
             changed = not info.get("error")
+        elif rec.failed_fingerprint:  # a load failure: a different copy on disk (a half-upload replaced) goes at once
+            changed = info.get("fingerprint") not in (None, rec.failed_fingerprint)
         else:  # the supervisor could not be asked: the worker's own backoff
             changed = False
         if rec.retry_at <= now or changed:
@@ -161,7 +162,10 @@ class CachingRegistry(ModelRegistry):
 
     def _failed(self, rec: Record) -> None:
         """`rec` gave up its slot (the caller holds the lock): hand it back to the first version evicted for
-        it, in the same step, so no other admission can take it first; that version is loaded back."""
+        it, in the same step, so no other admission can take it first; that version is loaded back. Its disk
+        copy is released first, so the supervisor hears of the failure before the heir's own ensure (which
+        carries it) and gives the disk slot back too."""
+        self._release_hold(rec)
         displaced, rec.displaced = rec.displaced, []
         for key in displaced:
             if self._current(*key) is None:
@@ -246,13 +250,18 @@ class CachingRegistry(ModelRegistry):
     def _release_hold(self, rec: Record) -> None:
         """Queue word to the supervisor that this worker no longer needs the disk copy, unless a newer record of
         the version still does (decided under the lock, with the sequence number that orders it). It is sent
-        with the next ensure, or by the sync loop within a tick."""
+        with the next ensure, or by the sync loop within a tick. A copy that failed to load says so: the
+        supervisor then takes it off the disk at once and brings back what it evicted for it."""
         with self._cond:
             current = self._current(*rec.key)
             if current is not None and current is not rec and current.state in HOLDING:
                 return  # its own ensure (sent, or to be sent with a higher sequence) keeps the disk copy
             self._hold_seq += 1
-            self._unsent[rec.key] = (self._hold_seq, rec.last_used)
+            broken = None
+            if rec.state is State.FAILED and rec.failed_fingerprint:  # the copy on disk failed to load
+                broken = {"error": rec.error, "retry_after": max(1.0, rec.retry_at - time.time())}
+                rec.supervised = True  # the supervisor keeps the failure now: its record says when to retry
+            self._unsent[rec.key] = (self._hold_seq, rec.last_used, broken)
 
     def _flush_releases(self) -> None:
         with self._cond:
@@ -265,11 +274,11 @@ class CachingRegistry(ModelRegistry):
             log.warning("could not tell the supervisor that %d versions left memory (%s); retrying", len(releases), e)
             self._requeue(releases)
 
-    def _requeue(self, releases: dict[tuple[str, int], tuple[int, float]]) -> None:
+    def _requeue(self, releases: dict[tuple[str, int], tuple[int, float, dict | None]]) -> None:
         with self._cond:
-            for key, (seq, last_used) in releases.items():
-                if key not in self._unsent or self._unsent[key][0] < seq:
-                    self._unsent[key] = (seq, last_used)
+            for key, sent in releases.items():
+                if key not in self._unsent or self._unsent[key][0] < sent[0]:
+                    self._unsent[key] = sent
 
 
 def _failure(rec: Record) -> Unavailable:
@@ -279,5 +288,5 @@ def _failure(rec: Record) -> Unavailable:
                        f"tried again in {wait} s", retry_after=wait)
 
 
-def _listed(releases: dict[tuple[str, int], tuple[int, float]]) -> list[list]:
-    return [[name, version, seq, last_used] for (name, version), (seq, last_used) in releases.items()]
+def _listed(releases: dict[tuple[str, int], tuple[int, float, dict | None]]) -> list[list]:
+    return [[name, version, seq, last_used, broken] for (name, version), (seq, last_used, broken) in releases.items()]
