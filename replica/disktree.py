@@ -152,6 +152,25 @@ class DiskTree:
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             return None
 
+    def damaged(self, name: str, version: int) -> str | None:
+        """Why a disk copy is not what was downloaded (a file missing, resized, or holding other bytes than
+        the sha256 its manifest recorded as it was written), or None when it is whole. A copy installed
+        without digests is checked by size alone. Read it under the version's shared lock while workers run."""
+        manifest = self.manifest(name, version)
+        if manifest is None:
+            return "its manifest is missing"
+        root = self.version_dir(name, version)
+        for key, size, *rest in manifest.get("files", []):
+            path = root / safe_relpath(key)
+            try:
+                if path.stat().st_size != size:
+                    return f"{key} changed size on disk"
+                if len(rest) > 1 and rest[1] and _sha256(path) != rest[1]:
+                    return f"{key} holds other bytes than were downloaded"
+            except OSError as e:
+                return f"{key} cannot be read ({e.strerror})"
+        return None
+
     def installed(self) -> dict[str, dict[int, str]]:
         """Every version on disk with its fingerprint: what a restart can re-use without downloading."""
         found: dict[str, dict[int, str]] = {}
@@ -225,6 +244,14 @@ class DiskTree:
 
     def touch_heartbeat(self) -> None:
         self.heartbeat_file.touch()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _rename_into(src: Path, dest: Path, attempts: int = 5) -> None:

@@ -23,7 +23,8 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from supervisor.disk_cache import DiskCache, LoadFailure
+from replica import protocol
+from supervisor.disk_cache import DiskCache
 from supervisor.tree_writes import DiskFull
 
 log = logging.getLogger(__name__)
@@ -61,23 +62,25 @@ def trusted_uid(uid: int) -> bool:
 def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
     """Start the control server in a thread, answering for `cache`."""
 
+    def apply(pid: int, releases: tuple[protocol.Release, ...]) -> None:
+        for r in releases:
+            cache.release(pid, r.name, r.version, r.seq, r.last_used, r.failure)
+
     def release(pid: int, body: dict) -> dict:
-        for name, version, seq, last_used, *broken in body.get("releases", []):
-            failure = broken[0] if broken and isinstance(broken[0], dict) else None
-            cache.release(pid, str(name), int(version), int(seq), float(last_used),
-                          LoadFailure(str(failure.get("error") or "it failed to load"),
-                                      float(failure.get("retry_after") or 30.0)) if failure else None)
+        apply(pid, protocol.parse_releases(body))
         return {"error": None}
 
     def ensure(pid: int, body: dict) -> dict:
-        release(pid, body)
+        req = protocol.parse_ensure(body)
+        apply(pid, req.releases)
         try:
-            fetched = cache.ensure(pid, str(body["name"]), int(body["version"]), int(body["seq"]))
-            return {"error": fetched.error, "retry_after": fetched.retry_after}
+            fetched = cache.ensure(pid, req.name, req.version, req.seq)
+            reply = protocol.EnsureReply(fetched.error, False, fetched.retry_after)
         except DiskFull as e:
-            return {"error": str(e), "full": True}
+            reply = protocol.EnsureReply(str(e), True)
+        return protocol.reply_body(reply)
 
-    routes = {"/ensure": ensure, "/release": release}
+    routes = {protocol.ENSURE: ensure, protocol.RELEASE: release}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
@@ -92,6 +95,8 @@ def serve_control(path: Path, cache: DiskCache) -> socketserver.BaseServer:
                 else:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                     reply, status = route(pid, body), 200
+            except (protocol.ProtocolError, ValueError) as e:  # off the protocol (or not JSON at all)
+                reply, status = {"error": str(e)}, 400
             except Exception as e:  # a bad request must not take the control server down
                 log.exception("control request failed")
                 reply, status = {"error": f"{type(e).__name__}: {e}"}, 500

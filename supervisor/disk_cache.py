@@ -15,9 +15,9 @@ import logging
 import os
 import threading
 import time
-from typing import NamedTuple
 
 from replica.cache_policy import Slot, victims
+from replica.protocol import LoadFailure
 from supervisor.tree_writes import DiskFull
 from supervisor.versions import State, retry_in
 from supervisor.watcher import Fetched, Watcher
@@ -35,13 +35,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class LoadFailure(NamedTuple):
-    """What a worker says of a copy that failed to load: the reason, and when to try it again."""
-
-    error: str
-    retry_after: float
 
 
 class DiskCache:
@@ -115,14 +108,31 @@ class DiskCache:
             if broken is None or self.held(key) or key in self._inflight:
                 return
             displaced = self._displaced.pop(key, [])
+        damaged = None
+        with self.watcher.lock:
+            present = version in self.watcher.installed.get(name, {})
+        if present:
+            with self.watcher.tree.read_lock(name, version):
+                damaged = self.watcher.tree.damaged(name, version)
+        if damaged is not None:  # not the model's fault: fetched again at its next request, keeping its slot
+            log.warning("model %s version %s on disk is damaged (%s); fetching it again", name, version, damaged)
+            with self._lock:
+                self._displaced[key] = displaced
+            with self.watcher.lock:
+                rec = self.watcher.versions.get(key)
+                if rec is not None and rec.state is State.ON_DISK:  # due at once: the next request fetches it
+                    self.watcher.versions.fail(key, rec.disk, "the copy on disk was damaged; fetching it again",
+                                               time.time(), 0.0, retry_after=0.0)
+            self.watcher.evict([key], "damaged on disk")
+            self.watcher.publish_soon(name)
+            return
         with self.watcher.lock:
             rec = self.watcher.versions.get(key)
-            on_disk = rec is not None and rec.state is State.ON_DISK
-            if on_disk:
-                now = time.time()
-                self.watcher.versions.fail(key, rec.disk, f"failed to load: {broken.error}", now,
+            failed = rec is not None and rec.state is State.ON_DISK
+            if failed:
+                self.watcher.versions.fail(key, rec.disk, f"failed to load: {broken.error}", time.time(),
                                            broken.retry_after, retry_after=broken.retry_after)
-        if on_disk:
+        if failed:
             self.watcher.evict([key], "it failed to load")
             self.watcher.publish_soon(name)
         for heir in displaced:

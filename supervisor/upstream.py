@@ -8,11 +8,12 @@ being served mixed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
@@ -59,9 +60,19 @@ CHUNK = 1 << 20
 Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
 
 
-def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
-    """Write an iterable of byte chunks to `dest`, reporting each; a write error names the local disk."""
-    total = 0
+class Written(NamedTuple):
+    """A downloaded file: its size and the sha256 of its bytes, taken as they were written (no second read).
+    The digest is what the disk copy is checked against later: S3's ETag is an MD5 only for single-part
+    uploads, and a local file's tag is its modification time."""
+
+    size: int
+    sha256: str
+
+
+def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
+    """Write an iterable of byte chunks to `dest`, reporting each; return the sha256 of what was written. A
+    write error names the local disk."""
+    digest = hashlib.sha256()
     try:
         f = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE), "wb")
     except OSError as e:
@@ -72,10 +83,10 @@ def _write_chunks(chunks, dest: Path, progress: Progress | None) -> int:
                 f.write(chunk)
             except OSError as e:
                 raise _disk_error(dest, e) from e
-            total += len(chunk)
+            digest.update(chunk)
             if progress is not None:
                 progress(len(chunk))
-    return total
+    return digest.hexdigest()
 
 
 class Upstream(Protocol):
@@ -84,8 +95,8 @@ class Upstream(Protocol):
     def list(self) -> list[ObjectInfo]:
         """Every file under the root, keys relative to it."""
 
-    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
-        """Copy one listed file to `dest`, calling `progress` per chunk; return its size.
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
+        """Copy one listed file to `dest`, calling `progress` per chunk; return its size and digest.
 
         Raises ChangedDuringDownload, UpstreamError (reading), LocalDiskError (writing) or Stopped."""
 
@@ -149,7 +160,7 @@ class LocalUpstream:
             self._skipped.add((key, reason))
             log.warning("%s: skipping %s: %s", self.root, key, reason)
 
-    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
         src = self.root / safe_relpath(obj.key)
         real = os.path.realpath(src)
         root_real = os.path.realpath(self.root)
@@ -161,7 +172,7 @@ class LocalUpstream:
                 before = os.fstat(f.fileno())
                 if (before.st_size, str(before.st_mtime_ns)) != (obj.size, obj.tag):
                     raise ChangedDuringDownload(obj.key)
-                _write_chunks(iter(lambda: f.read(CHUNK), b""), dest, progress)
+                sha256 = _write_chunks(iter(lambda: f.read(CHUNK), b""), dest, progress)
             after = src.stat()
         except FileNotFoundError:
             raise ChangedDuringDownload(obj.key) from None
@@ -169,7 +180,7 @@ class LocalUpstream:
             raise UpstreamError(f"cannot read {src}: {e.strerror}", f"a file of the model cannot be read ({e.strerror})") from e
         if (after.st_size, str(after.st_mtime_ns)) != (obj.size, obj.tag):
             raise ChangedDuringDownload(obj.key)
-        return obj.size
+        return Written(obj.size, sha256)
 
 
 class S3Upstream:
@@ -204,7 +215,7 @@ class S3Upstream:
                                 f"listing S3 failed ({_public(e)})") from e
         return out
 
-    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
         from botocore.exceptions import BotoCoreError, ClientError
 
         key = self.prefix + safe_relpath(obj.key)
@@ -214,7 +225,7 @@ class S3Upstream:
             try:
                 if resp["ETag"].strip('"') != obj.tag:
                     raise ChangedDuringDownload(obj.key)
-                _write_chunks(body.iter_chunks(CHUNK), dest, progress)
+                sha256 = _write_chunks(body.iter_chunks(CHUNK), dest, progress)
             finally:
                 body.close()
         except ClientError as e:
@@ -225,7 +236,7 @@ class S3Upstream:
         except BotoCoreError as e:
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 could not be read ({_public(e)})") from e
-        return obj.size
+        return Written(obj.size, sha256)
 
 
 def _describe(e: Exception) -> str:

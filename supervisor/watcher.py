@@ -109,9 +109,14 @@ class Watcher(TreeWrites, FeedPublisher):
     def start(self) -> None:
         """Adopt what a previous run left on disk: versions whose fingerprint still matches are re-used."""
         self.tree.prepare()
-        with self.lock:
-            for name, versions in self.tree.installed().items():
-                for version, fingerprint in versions.items():
+        for name, versions in self.tree.installed().items():
+            for version, fingerprint in versions.items():
+                why = self.tree.damaged(name, version)  # no worker runs yet: every copy is checked before use
+                if why is not None:
+                    log.warning("model %s version %s on disk is damaged (%s); fetching it again", name, version, why)
+                    self.tree.remove(name, version)
+                    continue
+                with self.lock:
                     self.versions.adopt((name, version), fingerprint)
         self._had_disk_copies = any(self.installed.values())
         if self._had_disk_copies:
@@ -199,18 +204,21 @@ class Watcher(TreeWrites, FeedPublisher):
         try:
             staging = self.tree.new_staging_dir(name, version)
             total = 0
+            digests = []
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
                 make_dirs(dest.parent)
-                total += entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
+                written = entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)
+                total += written.size
+                digests.append(written.sha256)
             manifest = {
                 "name": name,
                 "version": version,
                 "fingerprint": listing.fingerprint,
                 "source": entry.upstream.url.rstrip("/") + "/" + entry.prefix + listing.prefix,  # local urls lack the "/"
-                "files": [[f.key, f.size, f.tag] for f in listing.files],
+                "files": [[f.key, f.size, f.tag, sha] for f, sha in zip(listing.files, digests)],
                 "installed_at": time.time(),
             }
             replaced = self._install(staging, name, version, manifest)

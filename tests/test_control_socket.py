@@ -17,6 +17,7 @@ from supervisor.control import serve_control
 from supervisor.disk_cache import DiskCache
 from supervisor.versions import VersionTable
 from supervisor.watcher import Fetched
+from replica.protocol import Release
 from workers import supervisor_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def test_a_hold_belongs_to_the_connecting_process_and_ends_with_it(control):
     child = subprocess.Popen([sys.executable, "-c", CLAIMS_PID_1, str(path)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        assert child.stdout.readline().strip() == "{'error': None, 'retry_after': None}"
+        assert child.stdout.readline().strip() == "{'error': None, 'full': False, 'retry_after': None}"
         with cache._lock:
             assert set(cache._holds[("m", 1)]) == {child.pid}  # the kernel's pid, not the body's 1
             assert cache.held(("m", 1))
@@ -79,7 +80,7 @@ def test_the_client_api_needs_no_pid(control):
     assert supervisor_client.ensure(str(path), "m", 2, 1, []) == (None, False, None)
     with cache._lock:
         assert set(cache._holds[("m", 2)]) == {os.getpid()}
-    supervisor_client.release(str(path), [["m", 2, 2, 123.0]])
+    supervisor_client.release(str(path), [Release("m", 2, 2, 123.0)])
     with cache._lock:
         assert not cache.held(("m", 2)) and cache.last_used[("m", 2)] >= 123.0
 

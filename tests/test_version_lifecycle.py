@@ -188,3 +188,39 @@ def test_a_truncated_model_gives_its_disk_slot_back(s3, s3_client, bucket, repli
              message=f"both healthy models back on disk (on disk: {disk_versions(r.state_dir)})")
     for name in ("good1", "good2"):
         assert ask(r, name).status_code == 200
+
+
+# -- 4. a damaged disk copy is fetched again ------------------------------------------------------------------
+
+def _flip(path: Path, old: bytes, new: bytes) -> None:
+    """Change bytes of a file in place, keeping its size (as a bit flip on the disk would)."""
+    data = path.read_bytes()
+    assert old in data and len(old) == len(new)
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def test_a_cached_file_with_flipped_bytes_is_fetched_again(s3, bucket, replica, tmp_path):
+    models = {"a": {"name": "a", "value": 1}, "b": {"name": "b", "value": 2}}
+    upload_models(s3, bucket, models)
+    r = replica(cached_spec(tmp_path / "api", bucket, 1, 2), env=s3.env, poll_interval=1.0)
+    for name in ("a", "b"):  # a leaves memory, stays on disk
+        assert check_answer(ask(r, name), name, models[name]) is None
+    _flip(r.state_dir / "models" / "a" / "1" / "model.json", b'{"name"', b'X"name"')  # no longer JSON
+    statuses = _answer_within(r, "a", models["a"], timeout=30)
+    assert 404 not in statuses and len(statuses) <= 1, statuses  # at most the request whose load failed
+    assert "a version 1 on disk is damaged" in r.log()
+
+
+def test_a_flip_that_still_parses_is_caught_at_restart(s3, bucket, replica, tmp_path):
+    models = {"a": {"name": "a", "value": 1}}
+    upload_models(s3, bucket, models)
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python", models={"dir": f"s3://{bucket}/models/"})
+    state = tmp_path / "state"
+    first = replica(spec, env=s3.env, state_dir=state, poll_interval=1.0)
+    assert check_answer(ask(first, "a"), "a", models["a"]) is None
+    first.stop()
+    _flip(state / "models" / "a" / "1" / "model.json", b'"value": 1', b'"value": 7')  # still valid JSON
+    again = replica(spec, env=s3.env, state_dir=state, poll_interval=1.0)
+    wait_for(lambda: check_answer(ask(again, "a"), "a", models["a"]) is None, timeout=30,
+             message="the good copy served after the restart")
+    assert "a version 1 on disk is damaged" in again.log()

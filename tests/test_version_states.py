@@ -27,7 +27,8 @@ from replica.disktree import DiskTree
 from replica.spec import load_spec
 from supervisor import versions as versions_module
 from supervisor.catalogue import Catalogue
-from supervisor.disk_cache import DiskCache, LoadFailure
+from replica.protocol import LoadFailure
+from supervisor.disk_cache import DiskCache
 from supervisor.tree_writes import DiskFull
 from supervisor.upstream import LocalDiskError, LocalUpstream, UpstreamError
 from supervisor.versions import LEGAL, IllegalTransition, State, VersionTable

@@ -29,7 +29,8 @@ from workers import metrics, model_status
 from workers.errors import ModelNotFound, Unavailable
 from workers.records import Record, State, memory_slots
 from workers.registry import ModelRegistry
-from workers.supervisor_client import Ensured, SupervisorUnreachable, ensure, release
+from replica.protocol import EnsureReply, LoadFailure, Release
+from workers.supervisor_client import SupervisorUnreachable, ensure, release
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,7 @@ class CachingRegistry(ModelRegistry):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._hold_seq = 0
-        # Releases the supervisor has not heard yet: key -> (sequence, last request time, its load failure)
-        self._unsent: dict[tuple[str, int], tuple[int, float, dict | None]] = {}
+        self._unsent: dict[tuple[str, int], Release] = {}  # releases the supervisor has not heard yet
 
     # -- sync: updated copies leave, nothing loads without a request ----------------------------------------
     def _sync_disk(self, disk: dict[str, dict[int, str]]) -> None:
@@ -123,8 +123,14 @@ class CachingRegistry(ModelRegistry):
         """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""
         now = time.time()
         info = self.feed.version_info(*rec.key)
-        if rec.supervised:  # the supervisor keeps this failure: once its record shows none (a new upload), go
-            changed = not info.get("error")
+        if rec.supervised:  # the supervisor keeps this failure: its record says when, and a new upload clears it
+            if info.get("error"):
+                rec.failure_seen = True
+                if info.get("retry_at") is not None:
+                    rec.retry_at = info["retry_at"]
+                changed = False
+            else:
+                changed = rec.failure_seen
         elif rec.failed_fingerprint:  # a load failure: a different copy on disk (a half-upload replaced) goes at once
             changed = info.get("fingerprint") not in (None, rec.failed_fingerprint)
         else:  # the supervisor could not be asked: the worker's own backoff
@@ -228,7 +234,7 @@ class CachingRegistry(ModelRegistry):
                 self._cond.wait(remaining)
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
-    def _ensure(self, rec: Record) -> Ensured:
+    def _ensure(self, rec: Record) -> EnsureReply:
         """Have the supervisor put the version on disk and keep it there.
 
         The releases decided since the last call travel with it, applied first: one round trip per miss, and
@@ -239,7 +245,7 @@ class CachingRegistry(ModelRegistry):
             self._unsent.pop(rec.key, None)
             releases, self._unsent = self._unsent, {}
         try:
-            return ensure(self.feed.control_socket, rec.name, rec.version, seq, _listed(releases))
+            return ensure(self.feed.control_socket, rec.name, rec.version, seq, list(releases.values()))
         except SupervisorUnreachable:
             self._requeue(releases)
             raise
@@ -259,9 +265,9 @@ class CachingRegistry(ModelRegistry):
             self._hold_seq += 1
             broken = None
             if rec.state is State.FAILED and rec.failed_fingerprint:  # the copy on disk failed to load
-                broken = {"error": rec.error, "retry_after": max(1.0, rec.retry_at - time.time())}
+                broken = LoadFailure(rec.error or "it failed to load", max(1.0, rec.retry_at - time.time()))
                 rec.supervised = True  # the supervisor keeps the failure now: its record says when to retry
-            self._unsent[rec.key] = (self._hold_seq, rec.last_used, broken)
+            self._unsent[rec.key] = Release(rec.name, rec.version, self._hold_seq, rec.last_used, broken)
 
     def _flush_releases(self) -> None:
         with self._cond:
@@ -269,15 +275,15 @@ class CachingRegistry(ModelRegistry):
         if not releases:
             return
         try:
-            release(self.feed.control_socket, _listed(releases))
+            release(self.feed.control_socket, list(releases.values()))
         except SupervisorUnreachable as e:
             log.warning("could not tell the supervisor that %d versions left memory (%s); retrying", len(releases), e)
             self._requeue(releases)
 
-    def _requeue(self, releases: dict[tuple[str, int], tuple[int, float, dict | None]]) -> None:
+    def _requeue(self, releases: dict[tuple[str, int], Release]) -> None:
         with self._cond:
             for key, sent in releases.items():
-                if key not in self._unsent or self._unsent[key][0] < sent[0]:
+                if key not in self._unsent or self._unsent[key].seq < sent.seq:
                     self._unsent[key] = sent
 
 
@@ -286,7 +292,3 @@ def _failure(rec: Record) -> Unavailable:
     wait = max(1, math.ceil(rec.retry_at - time.time()))
     return Unavailable(f"model '{rec.name}' version {rec.version} could not be loaded ({rec.error}); "
                        f"tried again in {wait} s", retry_after=wait)
-
-
-def _listed(releases: dict[tuple[str, int], tuple[int, float, dict | None]]) -> list[list]:
-    return [[name, version, seq, last_used, broken] for (name, version), (seq, last_used, broken) in releases.items()]

@@ -12,7 +12,10 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import NamedTuple
+from typing import Sequence
+
+from replica import protocol
+from replica.protocol import EnsureReply, EnsureRequest, Release
 
 
 class SupervisorUnreachable(Exception):
@@ -47,20 +50,18 @@ def _call(path: str | None, route: str, body: dict, timeout: float) -> dict:
         conn.close()
 
 
-class Ensured(NamedTuple):
-    error: str | None  # why the version could not be put on disk, or None
-    full: bool  # only because every version on disk is held, which says nothing about this one
-    retry_after: int | None  # for a failed fetch: seconds until the supervisor tries it again
-
-
-def ensure(path: str | None, name: str, version: int, seq: int, releases: list[list],
-           timeout: float = 600) -> Ensured:
+def ensure(path: str | None, name: str, version: int, seq: int, releases: Sequence[Release],
+           timeout: float = 600) -> EnsureReply:
     """Apply `releases` (see `release`), then have a version put on disk and held for this process (the
     supervisor knows which from the socket itself)."""
-    reply = _call(path, "/ensure", {"name": name, "version": version, "seq": seq, "releases": releases}, timeout)
-    return Ensured(reply["error"], bool(reply.get("full")), reply.get("retry_after"))
+    body = protocol.ensure_body(EnsureRequest(name, version, seq, tuple(releases)))
+    try:
+        return protocol.parse_reply(_call(path, protocol.ENSURE, body, timeout))
+    except protocol.ProtocolError as e:
+        raise SupervisorUnreachable(f"the supervisor answered off the protocol ({e})") from None
 
 
-def release(path: str | None, releases: list[list], timeout: float = 10) -> None:
-    """This process no longer needs these disk copies: [name, version, seq, last request time (wall clock)]."""
-    _call(path, "/release", {"releases": releases}, timeout)
+def release(path: str | None, releases: Sequence[Release], timeout: float = 10) -> None:
+    """This process no longer needs these disk copies (each with its last request time, and its load failure
+    when it failed to load)."""
+    _call(path, protocol.RELEASE, {"releases": [protocol.encode_release(r) for r in releases]}, timeout)
