@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
-from tests.helpers import BackgroundLoad, write_api
+from tests.helpers import BackgroundLoad, write_api, sync
 from tests.replica_proc import ReplicaProcess, wait_for
 from tests.predictors import json_predictor, LINEAR
 
@@ -527,12 +527,12 @@ def test_a_failing_download_backs_off_per_version(tmp_path):
     w = Watcher(DiskTree(tmp_path / "state"), Catalogue(predictor, upstreams), poll_interval=60)
     w.start()
     for _ in range(3):
-        w.sync_once()
+        sync(w)
     assert fetched.count("bad/1/model.json") == 1, "not downloaded again on every poll"
     assert "network down" in w.status()["bad"]["versions"]["1"]["error"]
     assert w.status()["good"]["versions"]["1"]["disk"] is True
     (tmp_path / "models" / "bad" / "1" / "model.json").write_text("{}")  # changed upstream: tried at once
-    w.sync_once()
+    sync(w)
     assert fetched.count("bad/1/model.json") == 2
 
 
