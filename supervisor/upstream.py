@@ -56,6 +56,7 @@ class Stopped(Exception):
 
 
 CHUNK = 1 << 20
+S3_CHUNK = 64 << 10  # a socket read: at a trickle of 20 KB/s a stopping replica still ends it within seconds
 Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
 
 
@@ -222,7 +223,7 @@ class S3Upstream:
             try:
                 if resp["ETag"].strip('"') != obj.tag:
                     raise ChangedDuringDownload(obj.key)
-                _write_chunks(body.iter_chunks(CHUNK), dest, progress)
+                _write_chunks(body.iter_chunks(S3_CHUNK), dest, progress)
             finally:
                 body.close()
         except ClientError as e:

@@ -404,8 +404,9 @@ def test_sigterm_during_a_large_download_exits_within_the_drain_timeout_holding_
 
 @pytest.mark.slow
 def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_path, replica):
-    """An S3 server that sends a large file slowly (paused most of the time): bytes keep arriving, so the
-    heartbeat stays fresh and /healthz says alive for longer than its timeout."""
+    """An S3 server that sends a large file slowly (paused most of the time): the watcher loop goes on while
+    the download runs on its own thread, so the heartbeat stays fresh and /healthz says alive for longer than
+    its timeout."""
     big = tmp_path / "model.bin"
     with open(big, "wb") as f:
         f.truncate(200 << 20)
