@@ -651,3 +651,120 @@ def test_pass_under_way_keeps_its_catalogue_when_a_reload_replaces_it(many):
     sync(w)
     assert w.synced_catalogue is swapped[0]
     assert sorted(w.installed) == ["alpha"]
+
+
+# -- downloads run beside the passes ---------------------------------------------------------------------------
+
+def _blocking_upstream(gate, started, prefix: str):
+    class Blocking(LocalUpstream):
+        def fetch(self, obj, dest, progress=None):
+            if obj.key.startswith(prefix):
+                started.set()
+                while not gate.wait(0.05):
+                    if progress is not None:
+                        progress(0)  # raises Stopped once the replica stops
+            return super().fetch(obj, dest, progress)
+    return Blocking
+
+
+def _pass_returns(w, timeout: float = 5.0) -> None:
+    """Run one pass on a thread: it must end without waiting for a held download (a pass that waited would
+    otherwise hang the test instead of failing it)."""
+    import threading
+
+    t = threading.Thread(target=w.sync_once, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the pass waited for a download"
+
+
+def test_a_slow_download_delays_no_pass_and_no_other_model(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)  # returns while alpha's download is held
+        assert started.wait(5)
+        assert w.wait_for_downloads(0.2) is False
+        wait_for(lambda: 1 in w.installed.get("beta", {}), timeout=5, interval=0.01, message="beta on disk")
+        assert "alpha" not in w.installed
+        put(many.up / "beta" / "model.bin", "beta, again")
+        _pass_returns(w)  # the next pass: beta's update lands, alpha's download is not started a second time
+        wait_for(lambda: (many.state / "models" / "beta" / "1" / "model.bin").read_text() == "beta, again",
+                 timeout=5, interval=0.01, message="beta's update on disk")
+        assert list(w._queued) == [("alpha", 1)]
+        assert w.versions.state(("alpha", 1)).value == "downloading"
+        assert read_state(many.state)["models"]["beta"]["versions"]["1"]["disk"] is True
+    finally:
+        gate.set()
+    assert w.wait_for_downloads(5)
+    assert (many.state / "models" / "alpha" / "1" / "w.bin").read_text() == "alpha1"
+    assert read_state(many.state)["models"]["alpha"]["versions"]["1"]["disk"] is True
+
+
+def test_not_ready_until_the_first_syncs_downloads_end(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)
+        assert started.wait(5)
+        assert w.ready is False and read_state(many.state)["ready"] is False
+    finally:
+        gate.set()
+    assert w.wait_for_downloads(5)
+    assert w.ready is True and read_state(many.state)["ready"] is True
+
+
+def test_stopping_ends_a_download_and_leaves_the_version_at_rest(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)
+        assert started.wait(5)
+    finally:
+        w.stop_event.set()
+    assert w.wait_for_downloads(5), "a stopping replica ends its downloads at their next chunk"
+    assert w.versions.get(("alpha", 1)) is None and "alpha" not in w.installed
+    assert many.tmp_leftovers() == []
+
+
+def test_the_heartbeat_is_the_loops_while_a_download_hangs(many):
+    import threading
+    import time
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    w.poll_interval = 60.0  # one pass, then a long wait
+    stop = threading.Event()
+    loop = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    loop.start()
+    heartbeat = DiskTree(many.state).heartbeat_file
+    try:
+        assert started.wait(5)
+        wait_for(heartbeat.exists, timeout=5, interval=0.01)
+        first = heartbeat.stat().st_mtime_ns
+        wait_for(lambda: heartbeat.stat().st_mtime_ns > first, timeout=3, interval=0.05,
+                 message="the heartbeat touched by the waiting loop while the download hangs")
+    finally:
+        stop.set()
+        gate.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_a_restart_with_versions_on_disk_is_ready_before_any_listing(many):
+    sync(many.watcher())
+
+    class Hanging(LocalUpstream):
+        def list(self):
+            raise AssertionError("ready must not wait for a listing")
+
+    w = many.watcher(Hanging)  # start() adopts the copies on disk
+    assert w.ready is True
+    w.publish()
+    assert read_state(many.state)["ready"] is True
