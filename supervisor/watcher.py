@@ -266,6 +266,12 @@ class Watcher(TreeWrites, FeedPublisher):
                 self._downloads_done.notify_all()
             self.publish_soon(name)
 
+    @property
+    def downloads_in_flight(self) -> int:
+        """Downloads the passes handed to the pool that have not ended yet (queued or running)."""
+        with self.lock:
+            return len(self._queued)
+
     def wait_for_downloads(self, timeout: float | None = None) -> bool:
         """Wait until no download the passes started is queued or running, then publish what they changed;
         False if some are still under way after `timeout` seconds. For tools and tests that need a pass's
