@@ -460,7 +460,7 @@ class Watcher(TreeWrites, FeedPublisher):
             if left <= 0 or self._woken.is_set():
                 self._woken.clear()
                 return
-            if stop.wait(min(left, 1.0)):
+            if stop.wait(min(left, self.poll_interval, 1.0)):
                 return
             self._beat()
 

@@ -655,13 +655,14 @@ def test_pass_under_way_keeps_its_catalogue_when_a_reload_replaces_it(many):
 
 # -- downloads run beside the passes ---------------------------------------------------------------------------
 
-def _blocking_upstream(gate, started, prefix: str):
+def _blocking_upstream(gate, started, prefix: str, report: bool = True):
+    """Downloads under `prefix` hold until `gate` is set; with `report`, they report a chunk meanwhile."""
     class Blocking(LocalUpstream):
         def fetch(self, obj, dest, progress=None):
             if obj.key.startswith(prefix):
                 started.set()
                 while not gate.wait(0.05):
-                    if progress is not None:
+                    if report and progress is not None:
                         progress(0)  # raises Stopped once the replica stops
             return super().fetch(obj, dest, progress)
     return Blocking
@@ -738,7 +739,7 @@ def test_the_heartbeat_is_the_loops_while_a_download_hangs(many):
     import time
 
     gate, started = threading.Event(), threading.Event()
-    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/", report=False))  # no byte arrives
     w.poll_interval = 60.0  # one pass, then a long wait
     stop = threading.Event()
     loop = threading.Thread(target=w.run, args=(stop,), daemon=True)
