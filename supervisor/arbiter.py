@@ -70,7 +70,8 @@ class Arbiter:
     def __init__(self, api: ApiSpec, settings: Settings):
         self.settings = settings
         self.tree = DiskTree(settings.state_dir)
-        upstreams = [(s, open_upstream(s.url, settings.s3_client_factory)) for s in api.predictor.sources]
+        upstreams = [(s, open_upstream(s.url, settings.s3_client_factory, settings.s3_download_client_factory))
+                     for s in api.predictor.sources]
         pred = api.predictor
         self.watcher = Watcher(self.tree, Catalogue(api.predictor, upstreams), poll_interval=settings.poll_interval,
                                prefetch=not pred.caching)

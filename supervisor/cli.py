@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=int, default=int(_env("keep-alive", 5)),
                        help="seconds an idle connection is kept open for its next request; 0 closes every "
                             "connection after its response (default 5)")
+    serve.add_argument("--download-stall-timeout", type=float, default=float(_env("download-stall-timeout", 30)),
+                       help="a download that receives no data for this many seconds fails and is retried with "
+                            "backoff; a slow one that keeps moving goes on (default 30)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(api, args.s3_endpoint)
     for flag, value, ok, bound in (("--header-timeout", args.header_timeout, args.header_timeout > 0, "> 0"),
                                    ("--body-timeout", args.body_timeout, args.body_timeout > 0, "> 0"),
-                                   ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0")):
+                                   ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0"),
+                                   ("--download-stall-timeout", args.download_stall_timeout,
+                                    args.download_stall_timeout > 0, "> 0")):
         if not ok:
             print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
             return 2
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive=args.keep_alive,
+        download_stall_timeout=args.download_stall_timeout,
     )
     from supervisor.arbiter import Arbiter, StartupError
 

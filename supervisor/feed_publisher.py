@@ -127,10 +127,6 @@ class FeedPublisher:
             if live is not None:
                 for name in [n for n in seen if n not in live]:
                     del seen[name]
-        try:
-            self.tree.touch_heartbeat()
-        except FileNotFoundError:  # the runtime folder was removed; the supervisor makes it again
-            pass
 
     def reopen_feed(self) -> None:
         """Start a new feed file (the runtime folder was removed with the old one): the next publish writes every
@@ -151,6 +147,15 @@ class FeedPublisher:
                 self._publish_timer = threading.Timer(delay, self._publish_pending)
                 self._publish_timer.daemon = True
                 self._publish_timer.start()
+
+    def flush_publish(self) -> None:
+        """Write what `publish_soon` has pending now rather than after its delay (for a caller that waits for
+        the feed to show a download's result)."""
+        with self._publish_timer_lock:
+            timer = self._publish_timer
+        if timer is not None:
+            timer.cancel()
+            self._publish_pending()
 
     def _publish_pending(self) -> None:
         with self._publish_timer_lock:

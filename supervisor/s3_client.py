@@ -69,11 +69,19 @@ def read_listing_page(operation_model, response_dict, customized_response_dict, 
         customized_response_dict["Contents"] = contents
 
 
-def make_s3_client(endpoint_url: str | None = None):
+LISTING_READ_TIMEOUT = 10.0  # seconds without a byte before a listing request is retried (3 attempts)
+CONNECT_TIMEOUT = 5.0
+
+
+def make_s3_client(endpoint_url: str | None = None, read_timeout: float = LISTING_READ_TIMEOUT):
     """A boto3 S3 client from the standard credential chain; unsigned when no credentials exist.
 
     With an endpoint (flag or AWS_ENDPOINT_URL) the client uses path-style addressing, which S3-compatible
     stores expect. Retries use botocore's adaptive mode, so throttling slows the watcher instead of failing it.
+    Every request is bounded: a connection gets CONNECT_TIMEOUT seconds, and `read_timeout` is the longest
+    wait for the next byte (the socket's timeout, per read), so a hanging S3 fails a listing in bounded time
+    and a download that receives nothing for that long fails as stalled, while a slow one that keeps moving
+    goes on. Downloads get their own client with the stall deadline (`--download-stall-timeout`).
     """
     import boto3
     import botocore.session
@@ -90,8 +98,8 @@ def make_s3_client(endpoint_url: str | None = None):
         config = Config(
             s3={"addressing_style": "path"} if endpoint_url else {},
             retries={"max_attempts": 3, "mode": "adaptive"},
-            connect_timeout=5,
-            read_timeout=10,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=read_timeout,
             max_pool_connections=32,
             **extra,
         )

@@ -32,7 +32,15 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive: int = 5
+    download_stall_timeout: float = 30.0  # a download that receives no byte for this long fails as stalled
 
     @property
     def s3_client_factory(self) -> Callable:
+        """The client listings use: bounded by the default connect and read timeouts."""
         return functools.partial(make_s3_client, self.s3_endpoint)
+
+    @property
+    def s3_download_client_factory(self) -> Callable:
+        """The client downloads use: its read timeout is the stall deadline, so "no byte for N s" fails the
+        download without making a hanging listing wait that long too."""
+        return functools.partial(make_s3_client, self.s3_endpoint, read_timeout=self.download_stall_timeout)

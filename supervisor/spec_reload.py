@@ -188,7 +188,9 @@ class SpecReloader:
         declared throughout (an empty catalogue would answer "not upstream" for them until the next pass);
         while one of its roots has never listed, it keeps declaring the old catalogue's models that root may
         hold, so an upstream error at that moment removes nothing either."""
-        upstreams = [(s, open_upstream(s.url, self.settings.s3_client_factory)) for s in new.predictor.sources]
+        settings = self.settings
+        upstreams = [(s, open_upstream(s.url, settings.s3_client_factory, settings.s3_download_client_factory))
+                     for s in new.predictor.sources]
         for _, upstream in upstreams:
             upstream.on_page = self.watcher.alive
         catalogue = Catalogue(new.predictor, upstreams, previous=self.watcher.catalogue)
@@ -198,3 +200,8 @@ class SpecReloader:
         while (self.watcher.synced_catalogue is not catalogue and time.monotonic() < deadline
                and not self.stop_event.is_set()):
             time.sleep(0.1)
+        # The pass only starts its downloads; give them what is left of the deadline, so that new workers
+        # mostly find the new models on disk (a slow one is picked up by the workers when it lands).
+        left = deadline - time.monotonic()
+        if left > 0 and not self.stop_event.is_set():
+            self.watcher.wait_for_downloads(left)

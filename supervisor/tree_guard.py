@@ -9,7 +9,8 @@ resolves in its head. So the supervisor checks, at every turn of its loop (about
   publishes `state_dir_error`, so `/readyz` answers 503 naming it (a load balancer sends traffic elsewhere;
   the models already in memory keep answering the requests that still come). The folder and its `models/`,
   `locks/` and `tmp/` are made again, the watcher forgets every version that is no longer on disk and is woken
-  to fetch them again; the error clears once a pass that started after the repair has finished.
+  to fetch them again; the error clears once a pass that started after the repair has finished and the
+  downloads in flight have ended.
 * **The runtime folder** removed: it is made again at once (heartbeat, readiness markers of the live workers,
   metrics folder, the parsed spec, the feed reopened and republished in full, the control socket bound again),
   before gunicorn could be started into it. Where it cannot be made, the supervisor stops with one log line
@@ -247,14 +248,15 @@ class TreeGuard:
         w.wake()
 
     def _settle(self) -> None:
-        """Clear the error once the tree is whole and, after a repair, a full pass has run since."""
+        """Clear the error once the tree is whole and, after a repair, a full pass has run since and the
+        downloads in flight have ended."""
         w = self.watcher
         if w.state_dir_error is None:
             return
         if self._repaired_at is not None:
             last, took = w.last_pass, w.poll_seconds
-            if last is None or took is None or last - took < self._repaired_at:
-                return
+            if last is None or took is None or last - took < self._repaired_at or w.downloads_in_flight:
+                return  # the pass only starts the downloads of what was lost: they must have ended too
             self._repaired_at = None
         log.info("the state directory %s is whole again", self.tree.root)
         self._set_error(None)

@@ -2,8 +2,8 @@
 
 The watcher's lock guards bookkeeping only (the version table). Installing or removing a version waits
 for that version's exclusive file lock, so for any worker loading it; that wait, the rename and the delete all
-happen outside the lock, touching the heartbeat every second meanwhile, so a slow load of one version delays no
-other version's fetch, no publish and no heartbeat.
+happen outside the lock (touching the heartbeat every second meanwhile when the watcher loop itself waits), so a
+slow load of one version delays no other version's fetch, no publish and no heartbeat.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class DiskFull(Exception):
 
 class TreeWrites:
     """The writing half of Watcher (which provides `tree`, `lock`, `versions`, `installed`, `make_room`,
-    `_evicted` and `disk_evictions`)."""
+    `_evicted`, `disk_evictions` and `_waiting`, the heartbeat's hook while a file lock is awaited)."""
 
     def _install(self, staging, name: str, version: int, manifest: dict) -> bool:
         """Move a download into place, first evicting what the disk cache names; whether it replaced a copy.
@@ -40,7 +40,7 @@ class TreeWrites:
                 self._forget(leaving)
             self.versions.transition(key, State.INSTALLING)  # counts against the bound from here on
         self.evict(leaving, f"least recently used; making room for {name} version {version}")
-        self.tree.install(staging, name, version, manifest, while_waiting=self.tree.touch_heartbeat)
+        self.tree.install(staging, name, version, manifest, while_waiting=self._waiting)
         with self.lock:
             self.versions.transition(key, State.ON_DISK, disk=manifest["fingerprint"])
         return replaced
@@ -62,5 +62,5 @@ class TreeWrites:
         with self.lock:
             self._forget(keys)
         for name, version in keys:
-            self.tree.remove(name, version, while_waiting=self.tree.touch_heartbeat)
+            self.tree.remove(name, version, while_waiting=self._waiting)
             done(name, version)

@@ -57,6 +57,7 @@ class Stopped(Exception):
 
 
 CHUNK = 1 << 20
+S3_CHUNK = 64 << 10  # a socket read: at a trickle of 20 KB/s a stopping replica still ends it within seconds
 Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
 
 
@@ -186,12 +187,15 @@ class LocalUpstream:
 class S3Upstream:
     """An S3 prefix. The client comes from the standard AWS chain; see `make_s3_client`."""
 
-    def __init__(self, url: str, client):
+    def __init__(self, url: str, client, download_client=None):
+        """`download_client` (default `client`) fetches files: its read timeout is the download's stall
+        deadline, longer than the listing's, which must stay short for a hanging S3 to fail a pass soon."""
         bucket, _, prefix = url[len("s3://"):].partition("/")
         self.url = url
         self.bucket = bucket
         self.prefix = prefix  # empty or ending in '/'
         self.client = client
+        self.download_client = download_client if download_client is not None else client
         self.list_calls = 0
         self.on_page: Callable[[], None] | None = None  # called per listing page: a long listing is alive
 
@@ -215,17 +219,22 @@ class S3Upstream:
                                 f"listing S3 failed ({_public(e)})") from e
         return out
 
+    @property
+    def stall_timeout(self) -> float:
+        """Seconds without a byte after which a download fails as stalled (the download client's read timeout)."""
+        return float(self.download_client.meta.config.read_timeout)
+
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         key = self.prefix + safe_relpath(obj.key)
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            resp = self.download_client.get_object(Bucket=self.bucket, Key=key)
             body = resp["Body"]
             try:
                 if resp["ETag"].strip('"') != obj.tag:
                     raise ChangedDuringDownload(obj.key)
-                sha256 = _write_chunks(body.iter_chunks(CHUNK), dest, progress)
+                sha256 = _write_chunks(body.iter_chunks(S3_CHUNK), dest, progress)
             finally:
                 body.close()
         except ClientError as e:
@@ -233,6 +242,10 @@ class S3Upstream:
                 raise ChangedDuringDownload(obj.key) from None
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 refused the download ({_public(e)})") from e
+        except ReadTimeoutError as e:  # the socket waited the whole read timeout for one byte
+            stalled = f"no data for {self.stall_timeout:g} s"
+            raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {stalled} ({_describe(e)})",
+                                f"the download stalled: {stalled}") from e
         except BotoCoreError as e:
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 could not be read ({_public(e)})") from e
@@ -262,8 +275,11 @@ def _public(e: Exception) -> str:
     return type(e).__name__
 
 
-def open_upstream(url: str, s3_client_factory=make_s3_client) -> Upstream:
-    """The upstream for a spec root: s3://... or an absolute local directory."""
+def open_upstream(url: str, s3_client_factory: Callable = make_s3_client,
+                  download_client_factory: Callable | None = None) -> Upstream:
+    """The upstream for a spec root: s3://... or an absolute local directory. `download_client_factory`
+    makes the client downloads use (the stall deadline as its read timeout); by default the listing's."""
     if url.startswith("s3://"):
-        return S3Upstream(url, s3_client_factory())
+        return S3Upstream(url, s3_client_factory(),
+                          download_client_factory() if download_client_factory is not None else None)
     return LocalUpstream(url)

@@ -1,19 +1,25 @@
 """The watcher: reconcile the disk tree with the catalogue, once at start and then every poll.
 
-One pass: refresh the catalogue (one listing per root), download every valid version whose fingerprint
-differs from the copy on disk, remove what upstream really removed, and publish the result in the state feed
-(replica.feed) for the workers. Every pass is guarded: an error is logged and retried with backoff, and never
-removes anything.
+One pass: refresh the catalogue (one listing per root), start a download of every valid version whose
+fingerprint differs from the copy on disk, remove what upstream really removed, and publish the result in the
+state feed (replica.feed) for the workers. A pass never waits for its downloads: they run on the watcher's own
+bounded pool of download threads, one per version at a time, and each publishes its model when it ends, so a
+slow download delays no other model's update and no later pass. Every pass is guarded: an error is logged and
+retried with backoff, and never removes anything.
+
+The heartbeat says "the watcher loop is running": the loop touches it around each pass and every second while
+it waits, never a download, so a download trickling for minutes neither keeps a stuck loop looking alive nor
+makes a running one look dead.
 """
 
 from __future__ import annotations
 
 import logging
+import collections
 import random
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 from replica.disktree import DiskTree, make_dirs, safe_relpath
@@ -42,6 +48,45 @@ class Fetched(NamedTuple):
     retry_after: int | None = None
 
 
+class DownloadPool:
+    """A bounded pool of daemon threads that run downloads off the watcher loop.
+
+    Daemon threads, because a download blocked on a silent upstream must never hold up the replica's exit
+    (the stall deadline ends it, the process exit ends it sooner). Threads are started on demand, up to
+    `size`, and end once the queue is empty, so an idle watcher keeps no thread."""
+
+    def __init__(self, size: int, name: str = "download"):
+        self.size = max(1, size)
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._running = 0
+        self._started = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue `job`; it runs as soon as one of the pool's threads is free."""
+        with self._lock:
+            self._queue.append(job)
+            if self._running >= self.size:
+                return
+            self._running += 1
+            self._started += 1
+            number = self._started
+        threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running -= 1
+                    return
+                job = self._queue.popleft()
+            try:
+                job()
+            except BaseException:  # a job answers for itself; this thread goes on with the next one
+                log.exception("a download job failed")
+
+
 class Watcher(TreeWrites, FeedPublisher):
     def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
                  prefetch: bool = True):
@@ -57,6 +102,11 @@ class Watcher(TreeWrites, FeedPublisher):
         # Every version with something local (a copy, a fetch under way, a failure), one record each.
         self.versions = VersionTable()
         self._fetches = SingleFlight()  # one download per version at a time, shared by whoever asks
+        self._pool = DownloadPool(download_threads)  # the pass's downloads, off the loop
+        self._queued: set[Key] = set()  # versions handed to the pool and not ended yet (under `lock`)
+        self._downloads_done = threading.Condition(self.lock)  # notified whenever `_queued` shrinks
+        self._first_sync: set[Key] | None = None  # what the first complete pass started; ready once all end
+        self._loop_thread: threading.Thread | None = None  # the thread running `run`, whose heartbeat it is
         self.catalogue = catalogue
         self.poll_interval = poll_interval
         self.download_threads = download_threads
@@ -89,21 +139,30 @@ class Watcher(TreeWrites, FeedPublisher):
         return self.versions.disk
 
     def progress(self, nbytes: int) -> None:
-        """Called per downloaded chunk and per listing page: a long download keeps the heartbeat fresh (so
-        /healthz fails only for a watcher that makes no progress), and a stopping replica ends it."""
+        """Called per downloaded chunk: a stopping replica ends the download there. It does not touch the
+        heartbeat, which says that the loop runs, not that bytes arrive (see the module's docstring)."""
         if self.stop_event.is_set():
             raise Stopped()
-        self.alive()
 
     def alive(self) -> None:
-        """Touch the heartbeat, at most once a second."""
+        """Touch the heartbeat, at most once a second: called per listing page, on the loop's own thread, so a
+        long listing of a large catalogue shows that the loop is running."""
         now = time.monotonic()
         if now - self._last_touch >= 1.0:
             self._last_touch = now
-            try:
-                self.tree.touch_heartbeat()
-            except OSError:
-                pass
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.tree.touch_heartbeat()
+        except OSError:  # the runtime folder was removed; the supervisor makes it again
+            pass
+
+    def _waiting(self) -> None:
+        """Called about every second while a file lock is awaited: the heartbeat is touched when the loop
+        itself waits (a removal in a pass), never for a download thread's install."""
+        if threading.current_thread() is self._loop_thread:
+            self._beat()
 
     # -- one pass ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,9 +180,15 @@ class Watcher(TreeWrites, FeedPublisher):
         self._had_disk_copies = any(self.installed.values())
         if self._had_disk_copies:
             count = sum(len(v) for v in self.installed.values())
-            log.info("found %d model versions on disk from a previous run; re-using those that still match", count)
+            log.info("found %d model versions on disk from a previous run; re-using those that still match "
+                     "and serving them now", count)
+            # Ready from what is on disk: a restart while S3 hangs serves these at once instead of waiting
+            # for a first listing (the watcher's first pass updates them as soon as upstream answers).
+            self.ready = True
 
     def sync_once(self) -> None:
+        """One pass: list, start the downloads it needs, remove what upstream removed, publish. It returns
+        without waiting for its downloads (see `wait_for_downloads`); each publishes its model when it ends."""
         start = time.monotonic()
         # One catalogue for the whole pass, even if a reload replaces it meanwhile (the next pass takes that one).
         catalogue = self.catalogue
@@ -146,21 +211,85 @@ class Watcher(TreeWrites, FeedPublisher):
                     continue
                 if (self.prefetch or version in on_disk) and table.backing_off(key, listing.fingerprint, now) is None:
                     jobs.append((name, entry, listing))
-        if jobs:
-            with ThreadPoolExecutor(max_workers=self.download_threads, thread_name_prefix="download") as pool:
-                list(pool.map(lambda job: self._download(*job), jobs))
+        for job in jobs:
+            self._start_download(*job)
         if self.stop_event.is_set():
             raise Stopped()
         self._remove_gone(catalogue)
         self.last_pass = time.time()
         self.synced_catalogue = catalogue
         self.poll_seconds = time.monotonic() - start
-        if catalogue.complete or self._had_disk_copies:
-            if not self.ready:
-                log.info("first sync done: %d models, %d versions on disk", len(self.installed),
-                         sum(len(v) for v in self.installed.values()))
-            self.ready = True
+        with self.lock:
+            if catalogue.complete and not self.ready and self._first_sync is None:
+                self._first_sync = set(self._queued)  # the first sync is on disk once these have ended
+            self._check_first_sync()
         self.publish()
+
+    def _check_first_sync(self) -> None:
+        """Ready once the first complete pass's downloads have all ended (the caller holds `lock`)."""
+        if self.ready or self._first_sync is None or self._first_sync:
+            return
+        self.ready = True
+        log.info("first sync done: %d models, %d versions on disk", len(self.installed),
+                 sum(len(v) for v in self.installed.values()))
+
+    def _start_download(self, name: str, entry: CatalogueEntry, listing: VersionListing) -> None:
+        """Hand a version's download to the pool, unless one of it is queued or running already (a pass, or
+        a worker's `fetch_version`): one download per version at a time."""
+        key = (name, listing.version)
+        with self.lock:
+            if key in self._queued or self._fetches.running(key) \
+                    or self.versions.state(key) in (State.DOWNLOADING, State.INSTALLING):
+                return
+            self._queued.add(key)
+        self._pool.submit(lambda: self._download_in_background(key, entry, listing))
+
+    def _download_in_background(self, key: Key, entry: CatalogueEntry, listing: VersionListing) -> None:
+        """A pool thread's job: download the version unless upstream moved on since the pass queued it (the
+        next pass then decides), and publish its model when done. Nothing it raises escapes: whatever a
+        download raises is that version's failure (`_fetch`), and anything else is logged here."""
+        name = key[0]
+        try:
+            if self.stop_event.is_set():
+                return
+            current = self.catalogue.models.get(name)  # the pass may have been queued behind slow downloads
+            now = current.listing.versions.get(key[1]) if current is not None and not current.listing.error else None
+            if now is None or now.error is not None or now.fingerprint != listing.fingerprint:
+                return
+            self._download(name, current, now)
+        except DiskFull:
+            log.warning("model %s version %s: the disk cache is full of versions in use; the next pass tries "
+                        "again", *key)
+        except Exception:
+            log.exception("model %s version %s: the download failed unexpectedly", *key)
+        finally:
+            with self.lock:
+                self._queued.discard(key)
+                if self._first_sync is not None:
+                    self._first_sync.discard(key)
+                    self._check_first_sync()
+                self._downloads_done.notify_all()
+            self.publish_soon(name)
+
+    @property
+    def downloads_in_flight(self) -> int:
+        """Downloads the passes handed to the pool that have not ended yet (queued or running)."""
+        with self.lock:
+            return len(self._queued)
+
+    def wait_for_downloads(self, timeout: float | None = None) -> bool:
+        """Wait until no download the passes started is queued or running, then publish what they changed;
+        False if some are still under way after `timeout` seconds. For tools and tests that need a pass's
+        result on disk: the watcher itself never waits for its downloads."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while self._queued:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._downloads_done.wait(left)
+        self.flush_publish()
+        return True
 
     def fetch_version(self, name: str, version: int) -> Fetched:
         """Have one catalogued version on disk now (for the disk cache): None when it is, else why not and,
@@ -309,9 +438,12 @@ class Watcher(TreeWrites, FeedPublisher):
         return self.poll_interval * random.uniform(0.9, 1.1)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set. Nothing escapes this loop: a dead watcher would silently freeze models."""
+        """Poll until `stop` is set. Nothing escapes this loop: a dead watcher would silently freeze models.
+        The heartbeat is this loop's: touched before and after each pass and every second between them."""
         self.stop_event = stop
+        self._loop_thread = threading.current_thread()
         while not stop.is_set():
+            self._beat()
             try:
                 self.sync_once()
                 self.failures = 0 if self.catalogue.complete else self.failures + 1
@@ -320,27 +452,25 @@ class Watcher(TreeWrites, FeedPublisher):
             except Exception:
                 self.failures += 1
                 log.exception("watcher pass failed; retrying with backoff")
-                try:
-                    self.tree.touch_heartbeat()
-                except OSError:
-                    pass
+            self._beat()
             self._wait(stop, self.next_delay())
 
     def _wait(self, stop: threading.Event, delay: float) -> None:
-        """Sleep until the next pass, touching the heartbeat at least every poll interval (5 s at most): a
-        backoff of up to MAX_BACKOFF during an upstream outage must not make /healthz call the replica dead."""
+        """Sleep until the next pass, touching the heartbeat every second: neither a backoff of up to
+        MAX_BACKOFF during an upstream outage nor a long download may make /healthz call the replica dead.
+        A download that saw its object change meanwhile (`_retry_soon`) shortens the wait to a second."""
         end = time.monotonic() + delay
         while not stop.is_set():
+            if self._retry_soon:
+                self._retry_soon = False
+                end = min(end, time.monotonic() + min(1.0, self.poll_interval))
             left = end - time.monotonic()
             if left <= 0 or self._woken.is_set():
                 self._woken.clear()
                 return
             if stop.wait(min(left, self.poll_interval, 1.0)):
                 return
-            try:
-                self.tree.touch_heartbeat()
-            except OSError:
-                pass
+            self._beat()
 
 
 def _prefixed(prefix: str, f: ObjectInfo) -> ObjectInfo:

@@ -134,3 +134,10 @@ def read_state(state_dir: Path) -> dict:
     from replica.feed import snapshot
 
     return snapshot(DiskTree(state_dir).feed_file) or {}
+
+
+def sync(watcher) -> None:
+    """One watcher pass and the downloads it started: the pass itself never waits for them (DESIGN.md 7a),
+    a test that checks the disk after a pass does."""
+    watcher.sync_once()
+    assert watcher.wait_for_downloads(30), "the pass's downloads did not end in 30 s"

@@ -33,7 +33,7 @@ from replica.layout import ObjectInfo
 from replica.spec import MODEL_NAME_RE
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear, \
     write_python_linear
-from tests.helpers import serving, write_api, write_spec
+from tests.helpers import serving, write_api, write_spec, sync
 from tests.predictors import LINEAR, json_predictor
 from tests.replica_proc import wait_for
 from tests.s3server import delete_bucket
@@ -821,8 +821,8 @@ def escape_sync(tmp_path_factory):
     watcher = Watcher(DiskTree(folder / "state" / "tree"), Catalogue(predictor, [(predictor.sources[0], stub)]),
                       poll_interval=0.01)
     watcher.start()
-    watcher.sync_once()
-    watcher.sync_once()  # a second pass: still nothing fetched, nothing written
+    sync(watcher)
+    sync(watcher)  # a second pass: still nothing fetched, nothing written
     registry = ModelRegistry(DiskTree(folder / "state" / "tree"), load=lambda *a: None)
     status = {m["name"]: m for m in registry.status()}
     return folder, folder / "state", status, stub

@@ -14,6 +14,7 @@ from supervisor.catalogue import Catalogue
 from supervisor.upstream import LocalUpstream
 from supervisor.watcher import Watcher
 from workers.state_feed import StateView
+from tests.helpers import sync
 
 
 def catalogue(n: int, disk: set[str] = frozenset(), error: dict | None = None) -> dict:
@@ -71,22 +72,22 @@ def _local_watcher(tmp_path: Path, models: int) -> tuple[Watcher, Path]:
 def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
     """The supervisor side: only models whose listing, disk copies or errors changed reach the feed."""
     watcher, up = _local_watcher(tmp_path, 50)
-    watcher.sync_once()
+    sync(watcher)
     reader = FeedReader(watcher.tree.feed_file)
     assert len(reader.changes().versions) == 50
-    watcher.sync_once()
+    sync(watcher)
     change = reader.changes()  # the facts moved (last poll), no row did
     assert change is not None and change.models == [] and change.versions == []
     (up / "m07" / "2").mkdir()
     (up / "m07" / "2" / "w.bin").write_text("new")
-    watcher.sync_once()
+    sync(watcher)
     rows = reader.changes().versions  # the rows of the model that changed, and only those
     assert {row[0] for row in rows} == {"m07"} and ("m07", 2) in {row[:2] for row in rows}
 
 
 def test_a_publish_that_failed_is_written_by_the_next(tmp_path):
     watcher, up = _local_watcher(tmp_path, 3)
-    watcher.sync_once()
+    sync(watcher)
     reader = FeedReader(watcher.tree.feed_file)
     reader.changes()
     (up / "new" / "1").mkdir(parents=True)
@@ -101,9 +102,9 @@ def test_a_publish_that_failed_is_written_by_the_next(tmp_path):
 
     watcher.feed.publish = full_once
     with pytest.raises(sqlite3.OperationalError):
-        watcher.sync_once()
+        sync(watcher)
     assert reader.changes() is None
-    watcher.sync_once()
+    sync(watcher)
     assert [row[:2] for row in reader.changes().versions] == [("new", 1)]
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from scripts.model_factory import IRIS_WEIGHTS, write_onnx_linear, write_python_linear
 from tests.replica_proc import wait_for
-from tests.helpers import paused, read_state
+from tests.helpers import paused, read_state, sync
 from tests.s3server import delete_prefix, list_keys, upload_dir
 
 POLL = 1.0
@@ -614,7 +614,7 @@ def test_version_changed_during_download_is_fetched_again(where, nth, s3_client,
     tree = DiskTree(tmp_path / "state")
     watcher = Watcher(tree, catalogue, poll_interval=10.0)
     watcher.start()
-    watcher.sync_once()
+    sync(watcher)
     installed = tree.model_path("m", 1)
     assert (installed / "a.txt").read_text() == "first file A\n"
     old_manifest = tree.manifest("m", 1)
@@ -622,7 +622,7 @@ def test_version_changed_during_download_is_fetched_again(where, nth, s3_client,
     # B is listed, and C replaces it while B downloads
     store.put("1", content("B"))
     upstream.armed = True
-    watcher.sync_once()
+    sync(watcher)
     assert upstream.fetches == nth
     err = read_state(tree.root)["models"]["m"]["versions"]["1"]["error"]
     assert "changed upstream during download" in err and "serving the last good copy" in err, err
@@ -632,7 +632,7 @@ def test_version_changed_during_download_is_fetched_again(where, nth, s3_client,
     assert list(tree.tmp.iterdir()) == []  # the aborted download is cleaned up
     assert watcher.next_delay() <= 1.0  # fetched again soon, not after a whole poll interval
 
-    watcher.sync_once()
+    sync(watcher)
     assert (installed / "a.txt").read_text() == "first file C\n"
     assert (installed / "b.txt").read_text() == "second file C, longer\n"
     listing = catalogue.models["m"].listing.versions[1]

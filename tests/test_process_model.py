@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_WEIGHTS, write_python_linear
-from tests.helpers import BackgroundLoad, write_api
+from tests.helpers import BackgroundLoad, write_api, sync
 from tests.replica_proc import ReplicaProcess, wait_for
 from tests.predictors import json_predictor, LINEAR
 
@@ -404,8 +404,9 @@ def test_sigterm_during_a_large_download_exits_within_the_drain_timeout_holding_
 
 @pytest.mark.slow
 def test_healthz_stays_up_through_a_slow_download(s3, s3_client, bucket, tmp_path, replica):
-    """An S3 server that sends a large file slowly (paused most of the time): bytes keep arriving, so the
-    heartbeat stays fresh and /healthz says alive for longer than its timeout."""
+    """An S3 server that sends a large file slowly (paused most of the time): the watcher loop goes on while
+    the download runs on its own thread, so the heartbeat stays fresh and /healthz says alive for longer than
+    its timeout."""
     big = tmp_path / "model.bin"
     with open(big, "wb") as f:
         f.truncate(200 << 20)
@@ -527,12 +528,12 @@ def test_a_failing_download_backs_off_per_version(tmp_path):
     w = Watcher(DiskTree(tmp_path / "state"), Catalogue(predictor, upstreams), poll_interval=60)
     w.start()
     for _ in range(3):
-        w.sync_once()
+        sync(w)
     assert fetched.count("bad/1/model.json") == 1, "not downloaded again on every poll"
     assert "network down" in w.status()["bad"]["versions"]["1"]["error"]
     assert w.status()["good"]["versions"]["1"]["disk"] is True
     (tmp_path / "models" / "bad" / "1" / "model.json").write_text("{}")  # changed upstream: tried at once
-    w.sync_once()
+    sync(w)
     assert fetched.count("bad/1/model.json") == 2
 
 

@@ -194,7 +194,7 @@ def test_guard_reports_an_unwritable_state_dir_and_clears_it(tmp_path, monkeypat
     published = []
     watcher = SimpleNamespace(lock=threading.RLock(), installed={}, versions=VersionTable(), state_dir_error=None,
                               failures=0,
-                              last_pass=None, poll_seconds=None, wake=lambda: None,
+                              last_pass=None, poll_seconds=None, wake=lambda: None, downloads_in_flight=0,
                               publish=lambda: published.append(watcher.state_dir_error), reopen_feed=lambda: None)
     guard = tree_guard.TreeGuard(tree, watcher)
     guard.take()

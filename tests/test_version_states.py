@@ -33,6 +33,7 @@ from supervisor.tree_writes import DiskFull
 from supervisor.upstream import LocalDiskError, LocalUpstream, UpstreamError
 from supervisor.versions import LEGAL, IllegalTransition, State, VersionTable
 from supervisor.watcher import Watcher
+from tests.helpers import sync
 
 # -- the state machine alone ---------------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(name=st.sampled_from(NAMES), version=st.integers(1, 2), data=st.binary(min_size=1, max_size=8))
     def upload_then_pass(self, name, version, data):
         self.upload(name, version, data)
-        self.watcher.sync_once()
+        sync(self.watcher)
 
     @rule(name=st.sampled_from(NAMES), version=st.integers(1, 2))
     def delete(self, name, version):
@@ -167,7 +168,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule()
     def watcher_pass(self):
-        self.watcher.sync_once()
+        sync(self.watcher)
 
     @rule()
     def time_passes(self):

@@ -14,7 +14,7 @@ from replica.spec import load_spec
 from supervisor.catalogue import Catalogue
 from supervisor.upstream import ChangedDuringDownload, LocalUpstream, UpstreamError
 from supervisor.watcher import Watcher
-from tests.helpers import read_state
+from tests.helpers import read_state, sync
 from tests.replica_proc import wait_for
 
 _MTIME = [1_600_000_000_000_000_000]
@@ -84,7 +84,7 @@ def many(tmp_path):
 def test_first_sync_installs_every_version_with_manifest(single):
     w = single.watcher()
     assert not w.ready
-    w.sync_once()
+    sync(w)
     assert w.ready
     assert single.installed_file("m", 1, "a.bin").read_text() == "one"
     assert single.installed_file("m", 2, "b.bin").read_text() == "two"
@@ -110,7 +110,7 @@ def test_first_sync_installs_every_version_with_manifest(single):
 
 def test_models_dir_installs_each_child(many):
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     assert many.installed_file("alpha", 1, "w.bin").read_text() == "alpha1"
     assert many.installed_file("beta", 1, "model.bin").read_text() == "beta"
     assert sorted(w.status()) == ["alpha", "beta"]
@@ -121,7 +121,7 @@ def test_one_listing_per_root_per_pass(many):
         put(many.up / f"extra{i}" / "1" / "f.bin", str(i))
     w = many.watcher()
     for passes in (1, 2, 3):
-        w.sync_once()
+        sync(w)
         (_, upstream), = w.catalogue.roots
         assert upstream.list_calls == passes
         assert w.catalogue.list_calls == passes
@@ -129,10 +129,10 @@ def test_one_listing_per_root_per_pass(many):
 
 def test_second_pass_without_changes_downloads_nothing(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     before = w.bytes_downloaded
     inode = single.installed_file("m", 1, "a.bin").stat().st_ino
-    w.sync_once()
+    sync(w)
     assert w.bytes_downloaded == before
     assert single.installed_file("m", 1, "a.bin").stat().st_ino == inode
 
@@ -141,11 +141,11 @@ def test_second_pass_without_changes_downloads_nothing(single):
 
 def test_changed_file_is_downloaded_again(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     old_fp = DiskTree(single.state).manifest("m", 1)["fingerprint"]
     before = w.bytes_downloaded
     put(single.up / "1" / "a.bin", "ONE")  # same size, new mtime
-    w.sync_once()
+    sync(w)
     assert single.installed_file("m", 1, "a.bin").read_text() == "ONE"
     assert DiskTree(single.state).manifest("m", 1)["fingerprint"] != old_fp
     assert w.bytes_downloaded == before + 3  # only the changed version
@@ -154,18 +154,18 @@ def test_changed_file_is_downloaded_again(single):
 
 def test_new_version_is_added(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     put(single.up / "3" / "new.bin", "new")
-    w.sync_once()
+    sync(w)
     assert single.installed_file("m", 3, "new.bin").read_text() == "new"
     assert sorted(w.installed["m"]) == [1, 2, 3]
 
 
 def test_removed_version_is_removed(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     shutil.rmtree(single.up / "2")
-    w.sync_once()
+    sync(w)
     assert not (single.state / "models" / "m" / "2").exists()
     assert single.installed_file("m", 1, "a.bin").exists()
     assert set(w.installed["m"]) == {1}
@@ -175,9 +175,9 @@ def test_removed_version_is_removed(single):
 
 def test_removed_model_in_models_dir_is_removed(many):
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     shutil.rmtree(many.up / "beta")
-    w.sync_once()
+    sync(w)
     assert not (many.state / "models" / "beta").exists()
     assert "beta" not in w.status()
     assert many.installed_file("alpha", 1, "w.bin").exists()
@@ -198,7 +198,7 @@ def test_invalid_new_version_is_not_installed(onnx):
     put(onnx.up / "2" / "a.onnx", "a")
     put(onnx.up / "2" / "b.onnx", "b")
     w = onnx.watcher()
-    w.sync_once()
+    sync(w)
     assert onnx.installed_file("m", 1, "model.onnx").exists()
     assert not (onnx.state / "models" / "m" / "2").exists()
     v2 = w.status()["m"]["versions"]["2"]
@@ -210,11 +210,11 @@ def test_invalid_new_version_is_not_installed(onnx):
 
 def test_version_turning_invalid_keeps_last_good_copy(onnx):
     w = onnx.watcher()
-    w.sync_once()
+    sync(w)
     good = onnx.installed_file("m", 1, "model.onnx")
     inode = good.stat().st_ino
     put(onnx.up / "1" / "second.onnx", "x")  # now two .onnx files: invalid
-    w.sync_once()
+    sync(w)
     assert good.read_text() == "onnx-v1" and good.stat().st_ino == inode
     assert not onnx.installed_file("m", 1, "second.onnx").exists()
     v1 = w.status()["m"]["versions"]["1"]
@@ -225,26 +225,26 @@ def test_version_turning_invalid_keeps_last_good_copy(onnx):
     # valid again -> the error goes away (the original file is unchanged, so nothing is downloaded)
     (onnx.up / "1" / "second.onnx").unlink()
     before = w.bytes_downloaded
-    w.sync_once()
+    sync(w)
     assert w.status()["m"]["versions"]["1"]["error"] is None
     assert w.bytes_downloaded == before
 
 
 def test_invalid_changed_version_is_not_half_replaced(onnx):
     w = onnx.watcher()
-    w.sync_once()
+    sync(w)
     (onnx.up / "1" / "model.onnx").unlink()
     put(onnx.up / "1" / "readme.txt", "no model here")
-    w.sync_once()
+    sync(w)
     assert onnx.installed_file("m", 1, "model.onnx").read_text() == "onnx-v1"
     assert not onnx.installed_file("m", 1, "readme.txt").exists()
 
 
 def test_mixed_layout_keeps_everything(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     put(single.up / "stray.bin", "restructure in progress")
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed["m"]) == [1, 2]
     assert single.installed_file("m", 2, "b.bin").exists()
     m = w.status()["m"]
@@ -253,10 +253,10 @@ def test_mixed_layout_keeps_everything(single):
 
 def test_empty_model_root_keeps_last_good_copy(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     shutil.rmtree(single.up)
     single.up.mkdir()
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed["m"]) == [1, 2]
     assert w.status()["m"]["error"].startswith("no model files upstream")
 
@@ -265,9 +265,9 @@ def test_empty_model_root_keeps_last_good_copy(single):
 
 def test_listing_error_removes_nothing(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     single.up.rename(single.up.with_name("moved"))
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed["m"]) == [1, 2]
     assert single.installed_file("m", 1, "a.bin").read_text() == "one"
     url = w.catalogue.predictor.sources[0].url
@@ -279,7 +279,7 @@ def test_listing_error_removes_nothing(single):
     # back again: the error clears and nothing is downloaded again
     single.up.with_name("moved").rename(single.up)
     before = w.bytes_downloaded
-    w.sync_once()
+    sync(w)
     assert w.catalogue.root_errors == {}
     assert read_state(single.state)["root_errors"] == {}
     assert w.bytes_downloaded == before
@@ -287,9 +287,9 @@ def test_listing_error_removes_nothing(single):
 
 def test_listing_error_of_models_dir_removes_nothing(many):
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     many.up.rename(many.tmp / "gone")
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed) == ["alpha", "beta"]
     assert many.installed_file("beta", 1, "model.bin").exists()
     assert w.catalogue.root_errors
@@ -298,7 +298,7 @@ def test_listing_error_of_models_dir_removes_nothing(many):
 def test_listing_error_on_first_pass_is_not_ready(single):
     single.up.rename(single.up.with_name("moved"))
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     assert not w.ready
     state = read_state(single.state)
     assert state["ready"] is False and state["root_errors"]
@@ -310,9 +310,9 @@ def test_unexpected_listing_exception_is_a_root_error(single):
             raise RuntimeError("boom")
 
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     w2 = single.watcher(Broken)
-    w2.sync_once()
+    sync(w2)
     assert "RuntimeError: boom" in next(iter(w2.catalogue.root_errors.values()))
     assert sorted(w2.installed["m"]) == [1, 2]
 
@@ -329,12 +329,12 @@ def test_download_error_is_reported_and_retried(single):
 
     w = single.watcher(Failing)
     w.download_threads = 1
-    w.sync_once()
+    sync(w)
     failed = [v for v, s in w.status()["m"]["versions"].items() if s["error"]]
     assert len(failed) == 1 and "network down" in w.status()["m"]["versions"][failed[0]]["error"]
     assert single.tmp_leftovers() == []
     # tried again once its backoff (one poll interval after a first failure) has passed
-    wait_for(lambda: (w.sync_once(), sorted(w.installed["m"]) == [1, 2])[1], timeout=5, interval=0.01,
+    wait_for(lambda: (sync(w), sorted(w.installed["m"]) == [1, 2])[1], timeout=5, interval=0.01,
              message="the failed version downloaded on a later pass")
     assert all(s["error"] is None for s in w.status()["m"]["versions"].values())
 
@@ -342,44 +342,44 @@ def test_download_error_is_reported_and_retried(single):
 # -- warm restart ------------------------------------------------------------------------------------------
 
 def test_warm_restart_reuses_matching_versions(single):
-    single.watcher().sync_once()
+    sync(single.watcher())
     inode = single.installed_file("m", 2, "b.bin").stat().st_ino
     w = single.watcher()
     assert w.installed.keys() == {"m"}
-    w.sync_once()
+    sync(w)
     assert w.bytes_downloaded == 0
     assert single.installed_file("m", 2, "b.bin").stat().st_ino == inode
     assert w.ready
 
 
 def test_warm_restart_downloads_only_what_changed_and_removes_what_went(single):
-    single.watcher().sync_once()
+    sync(single.watcher())
     put(single.up / "1" / "a.bin", "uno!")
     shutil.rmtree(single.up / "2")
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     assert w.bytes_downloaded == 4
     assert single.installed_file("m", 1, "a.bin").read_text() == "uno!"
     assert not (single.state / "models" / "m" / "2").exists()
 
 
 def test_warm_restart_with_unreachable_upstream_serves_disk(single):
-    single.watcher().sync_once()
+    sync(single.watcher())
     single.up.rename(single.up.with_name("moved"))
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     assert w.ready  # copies from the previous run are served
     assert sorted(w.installed["m"]) == [1, 2]
     assert read_state(single.state)["models"]["m"]["versions"]["1"]["disk"] is True
 
 
 def test_warm_restart_clears_interrupted_downloads(single):
-    single.watcher().sync_once()
+    sync(single.watcher())
     junk = single.state / "tmp" / "m-1-crashed"
     put(junk / "model" / "half.bin", "half")
     w = single.watcher()
     assert single.tmp_leftovers() == []
-    w.sync_once()
+    sync(w)
     assert w.bytes_downloaded == 0
 
 
@@ -389,7 +389,7 @@ def test_unsafe_child_name_is_skipped_with_error(many):
     put(many.up / "bad name" / "1" / "w.bin", "bad")
     put(many.up / "bad.dot" / "w.bin", "bad")
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     assert sorted(p.name for p in (many.state / "models").iterdir()) == ["alpha", "beta"]
     status = w.status()
     for bad in ("bad name", "bad.dot"):
@@ -404,7 +404,7 @@ def test_hidden_children_of_models_dir_are_ignored(many):
     put(many.up / ".git" / "config", "x")
     put(many.up / "loose-file.txt", "x")
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     assert sorted(w.status()) == ["alpha", "beta"]
 
 
@@ -421,7 +421,7 @@ def test_changed_during_download_installs_nothing_then_retries(single):
             return super().fetch(obj, dest, progress)
 
     w = single.watcher(FlakyOnce)
-    w.sync_once()
+    sync(w)
     assert raised
     assert not (single.state / "models" / "m" / "2").exists()  # no partial version
     assert single.installed_file("m", 1, "a.bin").exists()  # other versions are unaffected
@@ -429,7 +429,7 @@ def test_changed_during_download_installs_nothing_then_retries(single):
     v2 = w.status()["m"]["versions"]["2"]
     assert v2["disk"] is False and "changed upstream during download" in v2["error"]
     assert w.next_delay() <= 1.0  # retried soon, not after a full poll interval
-    w.sync_once()
+    sync(w)
     assert single.installed_file("m", 2, "sub/c.bin").read_text() == "three"
     assert w.status()["m"]["versions"]["2"]["error"] is None
 
@@ -445,9 +445,9 @@ def test_real_change_during_download_is_fetched_again_with_new_content(single):
             return super().fetch(obj, dest, progress)
 
     w = single.watcher(Racing)
-    w.sync_once()
+    sync(w)
     assert touched and not (single.state / "models" / "m" / "2").exists()
-    w.sync_once()
+    sync(w)
     assert single.installed_file("m", 2, "b.bin").read_text() == "TWO"
     manifest = DiskTree(single.state).manifest("m", 2)
     assert manifest["fingerprint"] == w.catalogue.models["m"].listing.versions[2].fingerprint
@@ -455,7 +455,7 @@ def test_real_change_during_download_is_fetched_again_with_new_content(single):
 
 def test_changed_during_download_keeps_previous_copy(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     put(single.up / "1" / "a.bin", "NEW")
 
     class AlwaysChanging(LocalUpstream):
@@ -463,7 +463,7 @@ def test_changed_during_download_keeps_previous_copy(single):
             raise ChangedDuringDownload(obj.key)
 
     w2 = single.watcher(AlwaysChanging)
-    w2.sync_once()
+    sync(w2)
     assert single.installed_file("m", 1, "a.bin").read_text() == "one"
     assert "serving the last good copy" in w2.status()["m"]["versions"]["1"]["error"]
 
@@ -476,7 +476,7 @@ def test_two_paths_entries_with_the_same_model_path(tmp_path):
     env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/shared"},
                                               {"name": "b", "model_path": "up/shared"}]}})
     w = env.watcher()
-    w.sync_once()
+    sync(w)
     assert sorted(w.status()) == ["a", "b"]
     assert env.installed_file("a", 1, "w.bin").exists() and env.installed_file("b", 1, "w.bin").exists()
     assert w.catalogue.complete and w.ready
@@ -488,11 +488,11 @@ def test_one_root_failing_keeps_the_other_roots_models(tmp_path):
     env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
                                               {"name": "b", "model_path": "up/b"}]}})
     w = env.watcher()
-    w.sync_once()
+    sync(w)
     (tmp_path / "up" / "a").rename(tmp_path / "a-moved")
     shutil.rmtree(tmp_path / "up" / "b" / "1")
     put(tmp_path / "up" / "b" / "2" / "w.bin", "b2")
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed) == ["a", "b"]
     assert sorted(w.installed["a"]) == [1]  # unlisted root: untouched
     assert sorted(w.installed["b"]) == [2]  # listed root: reconciled
@@ -504,7 +504,7 @@ def test_one_root_failing_keeps_the_other_roots_models(tmp_path):
 def test_publish_writes_the_state_feed(single):
     put(single.up / "3" / "x.bin", "x")
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     state = read_state(single.state)
     for key in ("ready", "models", "root_errors", "list_calls", "last_poll", "last_success", "bytes_downloaded"):
         assert key in state, key
@@ -521,7 +521,6 @@ def test_publish_writes_the_state_feed(single):
         assert {"upstream", "disk", "fingerprint", "error"} <= set(info)
         assert info == {**info, "upstream": True, "disk": True, "fingerprint": fps[int(v)].fingerprint,
                         "error": None}
-    assert DiskTree(single.state).heartbeat_file.exists()
 
 
 def test_publish_before_any_pass(single):
@@ -546,17 +545,17 @@ def test_invalid_version_shows_its_reason_not_an_old_download_error(onnx):
     put(onnx.up / "2" / "model.onnx", "v2")
     w = onnx.watcher(FailOnce)
     w.download_threads = 1
-    w.sync_once()
+    sync(w)
     failed = failing[0].split("/")[0]
     assert "network down" in w.status()["m"]["versions"][failed]["error"]
     put(onnx.up / failed / "extra.onnx", "x")  # that version becomes invalid upstream
-    w.sync_once()
+    sync(w)
     assert "exactly one .onnx" in w.status()["m"]["versions"][failed]["error"]
 
 
 def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single):
     w = single.watcher()
-    w.sync_once()
+    sync(w)
     original = single.up / "1" / "a.bin"
     st = original.stat()
     put(original, "NEW")
@@ -566,11 +565,11 @@ def test_download_error_clears_when_upstream_returns_to_the_copy_on_disk(single)
             raise UpstreamError("network down", "network down")
 
     w.catalogue.roots = [(s, Failing(u.url)) for s, u in w.catalogue.roots]
-    w.sync_once()
+    sync(w)
     assert "network down" in w.status()["m"]["versions"]["1"]["error"]
     original.write_text("one")
     os.utime(original, ns=(st.st_atime_ns, st.st_mtime_ns))  # upstream reverted: same as the copy on disk
-    w.sync_once()
+    sync(w)
     assert w.status()["m"]["versions"]["1"]["error"] is None
 
 
@@ -590,19 +589,19 @@ def reload_roots(env: Env, w: Watcher, predictor: dict, upstream_cls=LocalUpstre
 
 def test_new_roots_failing_their_first_listing_keep_the_common_models(many):
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     new = many.tmp / "up-new"  # the models move there; it is not readable yet
     catalogue = reload_roots(many, w, {"models": {"dir": "up-new"}})
     assert catalogue.root_errors and not catalogue.complete
     assert sorted(catalogue.models) == ["alpha", "beta"]  # still declared: the new root may hold them
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed) == ["alpha", "beta"]
     assert w.fetch_version("alpha", 1).error is None  # not "not upstream"
     assert all(v["upstream"] for m in w.status().values() for v in m["versions"].values())
     # the new root lists: it holds alpha only, so beta really went
     new.mkdir()
     put(new / "alpha" / "1" / "w.bin", "alpha1")
-    w.sync_once()
+    sync(w)
     assert w.catalogue.complete and sorted(w.catalogue.models) == ["alpha"]
     assert sorted(w.installed) == ["alpha"]
 
@@ -613,7 +612,7 @@ def test_only_an_unlisted_paths_root_keeps_its_own_model(tmp_path):
     env = Env(tmp_path, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
                                               {"name": "b", "model_path": "up/b"}]}})
     w = env.watcher()
-    w.sync_once()
+    sync(w)
     # b moves to a root that does not list yet; a stays where it is; c is new
     put(tmp_path / "up" / "c" / "1" / "w.bin", "c")
     catalogue = reload_roots(env, w, {"models": {"paths": [{"name": "a", "model_path": "up/a"},
@@ -621,17 +620,17 @@ def test_only_an_unlisted_paths_root_keeps_its_own_model(tmp_path):
                                                            {"name": "c", "model_path": "up/c"}]}})
     assert sorted(catalogue.models) == ["a", "b", "c"]
     assert catalogue.models["a"].upstream.url.endswith("up/a")
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed) == ["a", "b", "c"]
     # a spec that drops b, with every root listing: b goes at once
     reload_roots(env, w, {"models": {"paths": [{"name": "a", "model_path": "up/a"}]}})
-    w.sync_once()
+    sync(w)
     assert sorted(w.installed) == ["a"]
 
 
 def test_pass_under_way_keeps_its_catalogue_when_a_reload_replaces_it(many):
     w = many.watcher()
-    w.sync_once()
+    sync(w)
     swapped = []
 
     class Swapping(LocalUpstream):
@@ -646,9 +645,127 @@ def test_pass_under_way_keeps_its_catalogue_when_a_reload_replaces_it(many):
 
     w.catalogue = Catalogue(w.catalogue.predictor, [(s, Swapping(s.url)) for s in many.predictor.sources],
                             previous=w.catalogue)
-    w.sync_once()
+    sync(w)
     assert w.synced_catalogue is not swapped[0]  # that pass reconciled with the catalogue it started with
     assert sorted(w.installed) == ["alpha", "beta"]
-    w.sync_once()
+    sync(w)
     assert w.synced_catalogue is swapped[0]
     assert sorted(w.installed) == ["alpha"]
+
+
+# -- downloads run beside the passes ---------------------------------------------------------------------------
+
+def _blocking_upstream(gate, started, prefix: str, report: bool = True):
+    """Downloads under `prefix` hold until `gate` is set; with `report`, they report a chunk meanwhile."""
+    class Blocking(LocalUpstream):
+        def fetch(self, obj, dest, progress=None):
+            if obj.key.startswith(prefix):
+                started.set()
+                while not gate.wait(0.05):
+                    if report and progress is not None:
+                        progress(0)  # raises Stopped once the replica stops
+            return super().fetch(obj, dest, progress)
+    return Blocking
+
+
+def _pass_returns(w, timeout: float = 5.0) -> None:
+    """Run one pass on a thread: it must end without waiting for a held download (a pass that waited would
+    otherwise hang the test instead of failing it)."""
+    import threading
+
+    t = threading.Thread(target=w.sync_once, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the pass waited for a download"
+
+
+def test_a_slow_download_delays_no_pass_and_no_other_model(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)  # returns while alpha's download is held
+        assert started.wait(5)
+        assert w.wait_for_downloads(0.2) is False
+        wait_for(lambda: 1 in w.installed.get("beta", {}), timeout=5, interval=0.01, message="beta on disk")
+        assert "alpha" not in w.installed
+        put(many.up / "beta" / "model.bin", "beta, again")
+        _pass_returns(w)  # the next pass: beta's update lands, alpha's download is not started a second time
+        wait_for(lambda: (many.state / "models" / "beta" / "1" / "model.bin").read_text() == "beta, again",
+                 timeout=5, interval=0.01, message="beta's update on disk")
+        assert list(w._queued) == [("alpha", 1)]
+        assert w.versions.state(("alpha", 1)).value == "downloading"
+        assert read_state(many.state)["models"]["beta"]["versions"]["1"]["disk"] is True
+    finally:
+        gate.set()
+    assert w.wait_for_downloads(5)
+    assert (many.state / "models" / "alpha" / "1" / "w.bin").read_text() == "alpha1"
+    assert read_state(many.state)["models"]["alpha"]["versions"]["1"]["disk"] is True
+
+
+def test_not_ready_until_the_first_syncs_downloads_end(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)
+        assert started.wait(5)
+        assert w.ready is False and read_state(many.state)["ready"] is False
+    finally:
+        gate.set()
+    assert w.wait_for_downloads(5)
+    assert w.ready is True and read_state(many.state)["ready"] is True
+
+
+def test_stopping_ends_a_download_and_leaves_the_version_at_rest(many):
+    import threading
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    try:
+        _pass_returns(w)
+        assert started.wait(5)
+    finally:
+        w.stop_event.set()
+    assert w.wait_for_downloads(5), "a stopping replica ends its downloads at their next chunk"
+    assert w.versions.get(("alpha", 1)) is None and "alpha" not in w.installed
+    assert many.tmp_leftovers() == []
+
+
+def test_the_heartbeat_is_the_loops_while_a_download_hangs(many):
+    import threading
+    import time
+
+    gate, started = threading.Event(), threading.Event()
+    w = many.watcher(_blocking_upstream(gate, started, "alpha/", report=False))  # no byte arrives
+    w.poll_interval = 60.0  # one pass, then a long wait
+    stop = threading.Event()
+    loop = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    loop.start()
+    heartbeat = DiskTree(many.state).heartbeat_file
+    try:
+        assert started.wait(5)
+        wait_for(heartbeat.exists, timeout=5, interval=0.01)
+        first = heartbeat.stat().st_mtime_ns
+        wait_for(lambda: heartbeat.stat().st_mtime_ns > first, timeout=3, interval=0.05,
+                 message="the heartbeat touched by the waiting loop while the download hangs")
+    finally:
+        stop.set()
+        gate.set()
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_a_restart_with_versions_on_disk_is_ready_before_any_listing(many):
+    sync(many.watcher())
+
+    class Hanging(LocalUpstream):
+        def list(self):
+            raise AssertionError("ready must not wait for a listing")
+
+    w = many.watcher(Hanging)  # start() adopts the copies on disk
+    assert w.ready is True
+    w.publish()
+    assert read_state(many.state)["ready"] is True
