@@ -41,8 +41,3 @@ def victims(slots: Iterable[Slot], capacity: int, key: Key) -> list[Key] | None:
     if len(idle) < excess:
         return None
     return [s.key for s in heapq.nsmallest(excess, idle, key=lambda s: s.last_used)]
-
-
-def backoff(attempts: int, base: float, ceiling: float) -> float:
-    """Seconds before a version that failed `attempts` times in a row is tried again: doubling, capped."""
-    return min(ceiling, base * 2 ** max(0, attempts - 1))

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from replica.backoff import backoff
 from replica.disktree import DiskTree
 from replica.private_dir import UnsafeDirectory
 from supervisor.settings import Settings
@@ -59,9 +60,7 @@ def restart_delay(failures: int) -> float:
 
     The first restart is immediate: the listening socket stays open, so a quick restart costs no refused
     connection. Deaths in quick succession then back off exponentially up to MAX_RESTART_DELAY."""
-    if failures <= 1:
-        return 0.0
-    return min(MAX_RESTART_DELAY, 2.0 ** (failures - 2))
+    return backoff(failures - 1, 1.0, MAX_RESTART_DELAY)
 
 
 class Arbiter:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from typing import TYPE_CHECKING
 
 from replica.feed import FeedWriter, VersionRow
 from replica.redact import known_places, public_message
 from supervisor.versions import State
+
+if TYPE_CHECKING:
+    from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +22,27 @@ _NONE: dict = {}  # shared and never changed: a model with nothing on disk or no
 
 
 class FeedPublisher:
-    """The publishing half of Watcher (which provides `tree`, `lock`, `catalogue`, `installed`, `versions`,
-    the facts it publishes, `feed`, `_published`, `_dirty`, `_evicted` and the publish locks and timer)."""
+    """Writes what a watcher knows to the state feed. It only reads the watcher (its catalogue, version table
+    and facts, under the watcher's lock); what it keeps is its own: the feed, what it last published per
+    model, and the models waiting for a publish."""
+
+    def __init__(self, watcher: "Watcher"):
+        self.watcher = watcher
+        self.feed: FeedWriter | None = None  # created at the first publish, when the runtime folder exists
+        self._published: dict[str, tuple] = {}  # name -> (catalogue entry, disk copies, errors) last published
+        self.versions_upstream = 0  # counted at each full publish
+        self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
+        self._timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
+        self._lock = threading.Lock()  # publishes take turns
 
     def _model_rows(self, name: str, installed: dict[str, dict[int, str]],
                     errors: dict[str, dict[int, tuple[str, float]]]) -> tuple[str | None, list[VersionRow]] | None:
         """The feed's rows for one model (its error, and every version known upstream or on disk with its last
         error and, for a failed fetch, when it is tried again), or None when it is neither upstream nor on
         disk."""
-        entry = self.catalogue.models.get(name)
+        w = self.watcher
+        entry = w.catalogue.models.get(name)
         on_disk = installed.get(name, _NONE)
         if entry is None and not on_disk:
             return None
@@ -50,15 +66,17 @@ class FeedPublisher:
 
     def _public(self, text: str, anywhere: bool = True) -> str:
         """An error as the feed carries it to clients: the log has the full text (replica/redact.py)."""
-        places = known_places(str(self.tree.root), str(self.tree.run), self.catalogue.predictor.sources)
+        w = self.watcher
+        places = known_places(str(w.tree.root), str(w.tree.run), w.catalogue.predictor.sources)
         return public_message(text, places, anywhere)
 
     def status(self) -> dict:
         """Every model and version known upstream or on disk, with where it is and its last error, as one
         document (what the feed holds after the next publish; for tools and tests)."""
+        w = self.watcher
         installed, errors = self._snapshot()
         out: dict[str, dict] = {}
-        for name in self.catalogue.models.keys() | installed.keys():
+        for name in w.catalogue.models.keys() | installed.keys():
             error, versions = self._model_rows(name, installed, errors)
             out[name] = {"error": error, "versions": {str(v): {"upstream": up, "disk": disk, "fingerprint": fp,
                                                                 "error": err, "retry_at": retry_at}
@@ -67,10 +85,11 @@ class FeedPublisher:
 
     def _snapshot(self) -> tuple[dict[str, dict[int, str]], dict[str, dict[int, tuple[str, float]]]]:
         """What is on disk and the failed fetches (reason, retry time), by model (taken under `lock`)."""
-        with self.lock:
-            installed = {n: dict(vs) for n, vs in self.installed.items()}
+        w = self.watcher
+        with w.lock:
+            installed = {n: dict(vs) for n, vs in w.installed.items()}
             errors: dict[str, dict[int, tuple[str, float]]] = {}
-            for rec in self.versions.in_state(State.FAILED):
+            for rec in w.versions.in_state(State.FAILED):
                 errors.setdefault(rec.name, {})[rec.version] = (rec.error or "the fetch failed", rec.retry_at)
         return installed, errors
 
@@ -79,24 +98,25 @@ class FeedPublisher:
         errors changed since the last publish (which also marks what left). Publishes take turns, and each
         builds its rows only once it has its turn, so a newer state is never overwritten by an older one; the
         rows are built and written outside `lock`."""
-        with self._publish_lock:
+        w = self.watcher
+        with self._lock:
             installed, errors = self._snapshot()
-            with self.lock:
+            with w.lock:
                 facts = {
-                    "ready": self.ready,
-                    "caching": not self.prefetch,
-                    "control_socket": self.control_socket,
+                    "ready": w.ready,
+                    "caching": not w.prefetch,
+                    "control_socket": w.control_socket,
                     "root_errors": {self._public(url): self._public(why)
-                                    for url, why in self.catalogue.root_errors.items()},
-                    "list_calls": self.catalogue.list_calls,
-                    "last_poll": self.last_pass,
-                    "last_success": self.catalogue.last_success,
-                    "bytes_downloaded": self.bytes_downloaded,
-                    "disk_evictions": self.disk_evictions,
-                    "poll_seconds": self.poll_seconds,
-                    "state_dir_error": self.state_dir_error,
+                                    for url, why in w.catalogue.root_errors.items()},
+                    "list_calls": w.catalogue.list_calls,
+                    "last_poll": w.last_pass,
+                    "last_success": w.catalogue.last_success,
+                    "bytes_downloaded": w.bytes_downloaded,
+                    "disk_evictions": w.writes.disk_evictions,
+                    "poll_seconds": w.poll_seconds,
+                    "state_dir_error": w.state_dir_error,
                 }
-            catalogue = self.catalogue.models
+            catalogue = w.catalogue.models
             live = None
             if names is None:
                 self.versions_upstream = sum(len(e.listing.all_versions) for e in catalogue.values())
@@ -112,15 +132,15 @@ class FeedPublisher:
                     sigs[name] = sig
             try:
                 if self.feed is None:
-                    self.feed = FeedWriter(self.tree.feed_file)
+                    self.feed = FeedWriter(w.tree.feed_file)
                 self.feed.publish(facts, changed, live)
             except (OSError, sqlite3.Error):
-                if self.tree.run.is_dir():
+                if w.tree.run.is_dir():
                     raise
                 # The runtime folder was removed: the supervisor makes it again and republishes everything
                 # (supervisor/tree_guard.py); a traceback per pass until then would say nothing more.
                 log.warning("the runtime folder %s is gone; the state feed is written again once it is back",
-                            self.tree.run)
+                            w.tree.run)
                 return
             # Only once written: a publish that failed (a full runtime folder) is sent again by the next one.
             seen.update(sigs)
@@ -131,7 +151,7 @@ class FeedPublisher:
     def reopen_feed(self) -> None:
         """Start a new feed file (the runtime folder was removed with the old one): the next publish writes every
         model again, under a new generation, so readers start over from it."""
-        with self._publish_lock:
+        with self._lock:
             if self.feed is not None:
                 self.feed.close()
             self.feed = None
@@ -141,34 +161,35 @@ class FeedPublisher:
         """Publish the rows of `name` (and of any version evicted meanwhile) within `delay` seconds, once for
         every call made meanwhile: with model caching each fetch changes what is on disk. Workers load from
         the version's manifest, so they never wait for this write."""
-        with self._publish_timer_lock:
+        with self._timer_lock:
             self._dirty.add(name)
-            if self._publish_timer is None:
-                self._publish_timer = threading.Timer(delay, self._publish_pending)
-                self._publish_timer.daemon = True
-                self._publish_timer.start()
+            if self._timer is None:
+                self._timer = threading.Timer(delay, self._publish_pending)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def mark(self, name: str) -> None:
+        """A model's rows changed outside a pass (a version left the disk): published with the next publish."""
+        with self._timer_lock:
+            self._dirty.add(name)
 
     def flush_publish(self) -> None:
         """Write what `publish_soon` has pending now rather than after its delay (for a caller that waits for
         the feed to show a download's result)."""
-        with self._publish_timer_lock:
-            timer = self._publish_timer
+        with self._timer_lock:
+            timer = self._timer
         if timer is not None:
             timer.cancel()
             self._publish_pending()
 
     def _publish_pending(self) -> None:
-        with self._publish_timer_lock:
-            self._publish_timer = None
+        with self._timer_lock:
+            self._timer = None
             names, self._dirty = self._dirty, set()
-        with self.lock:
-            names |= self._evicted
-            self._evicted = set()
         try:
             self.publish(names)
         except (OSError, sqlite3.Error):
             log.exception("could not write the state feed; the next pass writes it again")
-
 
 
 def _signature(entry, on_disk: dict, errors: dict):

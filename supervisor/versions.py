@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-from replica.cache_policy import backoff
+from replica.backoff import backoff
 
 Key = tuple[str, int]
 

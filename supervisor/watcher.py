@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Callable, NamedTuple
 
+from replica.backoff import backoff
 from replica.disktree import DiskTree, make_dirs, safe_relpath
 from replica.feed import FeedWriter
 from replica.layout import ObjectInfo, VersionListing
@@ -87,7 +88,7 @@ class DownloadPool:
                 log.exception("a download job failed")
 
 
-class Watcher(TreeWrites, FeedPublisher):
+class Watcher:
     def __init__(self, tree: DiskTree, catalogue: Catalogue, poll_interval: float = 10.0, download_threads: int = 8,
                  prefetch: bool = True):
         """`prefetch=False` (model caching) keeps the catalogue and refreshes what is on disk, but downloads
@@ -97,10 +98,11 @@ class Watcher(TreeWrites, FeedPublisher):
         # Guards `versions` and the counters, and is held only for bookkeeping: never across a file lock, a
         # download or a delete, so a worker's slow load of one version delays no other fetch, publish or heartbeat.
         self.lock = threading.RLock()
-        # The disk cache's admission: (name, version, on disk, installing) -> the versions that must leave first.
-        self.make_room: Callable[[str, int, list, set], list] | None = None
         # Every version with something local (a copy, a fetch under way, a failure), one record each.
         self.versions = VersionTable()
+        self.writes = TreeWrites(tree, self.lock, self.versions, self._waiting)  # installs and removals
+        self.publisher = FeedPublisher(self)  # the state feed, written from what this watcher knows
+        self.writes.left = self.publisher.mark
         self._fetches = SingleFlight()  # one download per version at a time, shared by whoever asks
         self._pool = DownloadPool(download_threads)  # the pass's downloads, off the loop
         self._queued: set[Key] = set()  # versions handed to the pool and not ended yet (under `lock`)
@@ -115,23 +117,50 @@ class Watcher(TreeWrites, FeedPublisher):
         self.last_pass: float | None = None
         self.synced_catalogue: Catalogue | None = None  # the catalogue the last complete pass reconciled with
         self.bytes_downloaded = 0
-        self.disk_evictions = 0  # versions the disk cache removed to make room
         self.poll_seconds: float | None = None  # how long the last pass took
         self._retry_soon = False
         self._had_disk_copies = False
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
-        self._publish_timer: threading.Timer | None = None
-        self._publish_timer_lock = threading.Lock()
         self.stop_event = threading.Event()  # set when the replica stops: downloads end at their next chunk
         self._last_touch = 0.0
-        self._publish_lock = threading.Lock()
-        self.feed: FeedWriter | None = None  # created at the first publish, when the runtime folder exists
-        self._published: dict[str, tuple] = {}  # name -> (catalogue entry, disk copies, errors) last published
-        self.versions_upstream = 0  # counted at each full publish
-        self._dirty: set[str] = set()  # models whose rows changed since the last publish (publish_soon)
-        self._evicted: set[str] = set()  # models a version of which left the disk outside a pass (under `lock`)
         self.state_dir_error: str | None = None  # the state directory is gone or unwritable (supervisor.tree_guard)
         self._woken = threading.Event()
+
+    # -- what others use: the disk cache's admission hook, evictions, publishing ------------------------------
+    @property
+    def make_room(self) -> Callable[[str, int, list, set], list] | None:
+        """The disk cache's admission: (name, version, on disk, installing) -> the versions that must leave."""
+        return self.writes.make_room
+
+    @make_room.setter
+    def make_room(self, policy: Callable[[str, int, list, set], list] | None) -> None:
+        self.writes.make_room = policy
+
+    def evict(self, keys: list, why: str) -> None:
+        self.writes.evict(keys, why)
+
+    @property
+    def disk_evictions(self) -> int:
+        return self.writes.disk_evictions
+
+    @property
+    def feed(self) -> FeedWriter | None:
+        return self.publisher.feed
+
+    def publish(self, names: set[str] | None = None) -> None:
+        self.publisher.publish(names)
+
+    def publish_soon(self, name: str) -> None:
+        self.publisher.publish_soon(name)
+
+    def flush_publish(self) -> None:
+        self.publisher.flush_publish()
+
+    def reopen_feed(self) -> None:
+        self.publisher.reopen_feed()
+
+    def status(self) -> dict:
+        return self.publisher.status()
 
     @property
     def installed(self) -> dict[str, dict[int, str]]:
@@ -206,7 +235,7 @@ class Watcher(TreeWrites, FeedPublisher):
                 if table.get(key) is not None:
                     with self.lock:  # a failure of another fingerprint (a new upload) or of an invalid layout goes
                         if table.clear_stale(key, None if listing.error else listing.fingerprint):
-                            self._evicted.add(name)
+                            self.publisher.mark(name)
                 if listing.error is not None or on_disk.get(version) == listing.fingerprint:
                     continue
                 if (self.prefetch or version in on_disk) and table.backing_off(key, listing.fingerprint, now) is None:
@@ -350,7 +379,7 @@ class Watcher(TreeWrites, FeedPublisher):
                 "files": [[f.key, f.size, f.tag, sha] for f, sha in zip(listing.files, digests)],
                 "installed_at": time.time(),
             }
-            replaced = self._install(staging, name, version, manifest)
+            replaced = self.writes.install(staging, name, version, manifest)
             with self.lock:
                 self.bytes_downloaded += total
             log.info("model %s version %s %s (%d files, %d bytes)", name, version,
@@ -420,9 +449,9 @@ class Watcher(TreeWrites, FeedPublisher):
                 entry = catalogue.models.get(rec.name)
                 if (entry is None and catalogue.complete) or (
                         entry is not None and not entry.listing.error and rec.version not in entry.listing.versions):
-                    self._evicted.add(rec.name)
+                    self.publisher.mark(rec.name)
                     self.versions.clear_stale(rec.key, None)
-        self._remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
+        self.writes.remove(gone, lambda name, version: log.info("model %s version %s removed (gone upstream)", name, version))
 
     # -- the loop -----------------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -434,7 +463,7 @@ class Watcher(TreeWrites, FeedPublisher):
             self._retry_soon = False
             return min(1.0, self.poll_interval)
         if self.failures:
-            return min(MAX_BACKOFF, self.poll_interval * 2 ** min(self.failures, 8)) * random.uniform(0.8, 1.0)
+            return backoff(min(self.failures, 8) + 1, self.poll_interval, MAX_BACKOFF) * random.uniform(0.8, 1.0)
         return self.poll_interval * random.uniform(0.9, 1.1)
 
     def run(self, stop: threading.Event) -> None:

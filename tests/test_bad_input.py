@@ -31,6 +31,7 @@ import yaml
 
 from replica.layout import ObjectInfo
 from replica.spec import MODEL_NAME_RE
+from supervisor.upstream import Written
 from scripts.model_factory import IRIS_BIAS, IRIS_BIAS_V2, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear, \
     write_python_linear
 from tests.helpers import serving, write_api, write_spec, sync
@@ -770,10 +771,11 @@ class StubUpstream:
     def list(self) -> list[ObjectInfo]:
         return [ObjectInfo(k, len(v), hashlib.md5(v).hexdigest()) for k, v in self.objects.items()]
 
-    def fetch(self, obj: ObjectInfo, dest: Path, progress=None) -> int:
+    def fetch(self, obj: ObjectInfo, dest: Path, progress=None) -> Written:
         self.fetched.append(obj.key)
-        dest.write_bytes(self.objects[obj.key])
-        return len(self.objects[obj.key])
+        data = self.objects[obj.key]
+        dest.write_bytes(data)
+        return Written(len(data), hashlib.sha256(data).hexdigest())
 
 
 ESCAPE_OBJECTS = {

@@ -13,7 +13,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replica.cache_policy import Slot, backoff, victims
+from replica.backoff import backoff
+from replica.cache_policy import Slot, victims
 from workers.records import IN_MEMORY, InFlight, Record, State, memory_slots, pinned
 
 CACHE, DISK = 3, 4
@@ -27,10 +28,6 @@ def test_victims_evicts_only_what_is_needed_least_recently_used_first():
     assert victims(slots, 2, ("d", 1)) == [("b", 1), ("a", 1)]
     assert victims(slots, 1, ("d", 1)) is None  # c is busy: it cannot fit
     assert victims(slots, 3, ("c", 1)) == []  # already holds a slot: shared
-
-
-def test_backoff_doubles_up_to_its_ceiling():
-    assert [backoff(n, 5, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
 
 
 class Replica:

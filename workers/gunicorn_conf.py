@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from replica.backoff import backoff
 from replica.disktree import DiskTree
 
 
@@ -58,9 +59,7 @@ _young_deaths = 0  # in a row, in this gunicorn master
 def respawn_delay(young_deaths: int) -> float:
     """Seconds to wait before starting a worker after `young_deaths` workers in a row died young: gunicorn
     itself respawns at once, which turns a worker that crashes at start into thousands of deaths a minute."""
-    if young_deaths <= 0:
-        return 0.0
-    return min(MAX_RESPAWN_DELAY, 0.5 * 2 ** (young_deaths - 1))
+    return backoff(young_deaths, 0.5, MAX_RESPAWN_DELAY)
 
 
 def pre_fork(server, worker) -> None:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from replica.cache_policy import backoff
+from replica.backoff import backoff
 from replica.redact import known_places, public_message
 from workers import metrics
 from workers.records import Record, State
