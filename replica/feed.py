@@ -135,8 +135,8 @@ class Changes:
     reset: bool
     facts: dict
     models: list[tuple[str, str | None, bool]] = field(default_factory=list)  # name, error, gone
-    # name, version, upstream, disk, fingerprint, error, retry_at, gone
-    versions: list[tuple[str, int, bool, bool, str | None, str | None, float | None, bool]] = field(
+    # name, version, upstream, disk, fingerprint, error, retry_at, gone, seq (the change that wrote the row)
+    versions: list[tuple[str, int, bool, bool, str | None, str | None, float | None, bool, int]] = field(
         default_factory=list)
 
 
@@ -173,15 +173,15 @@ class FeedReader:
                     return None
                 since = -1 if reset else self.seq
                 models = conn.execute("SELECT name, error, gone FROM models WHERE seq > ?", (since,)).fetchall()
-                versions = conn.execute("SELECT name, version, upstream, disk, fingerprint, error, retry_at, gone "
-                                        "FROM versions "
+                versions = conn.execute("SELECT name, version, upstream, disk, fingerprint, error, retry_at, gone, "
+                                        "seq FROM versions "
                                         "WHERE seq > ?", (since,)).fetchall()
         except sqlite3.Error:
             self.close()  # not created yet, or replaced by a restarted supervisor: reconnect next time
             return None
         self.generation, self.seq = generation, seq
         return Changes(reset, json.loads(facts), [(n, e, bool(g)) for n, e, g in models],
-                       [(n, v, bool(u), bool(d), fp, e, r, bool(g)) for n, v, u, d, fp, e, r, g in versions])
+                       [(n, v, bool(u), bool(d), fp, e, r, bool(g), s) for n, v, u, d, fp, e, r, g, s in versions])
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -231,7 +231,7 @@ def snapshot(path: Path) -> dict | None:
     if changes is None:
         return None
     models: dict[str, dict] = {n: {"error": e, "versions": {}} for n, e, gone in changes.models if not gone}
-    for n, v, up, disk, fp, err, retry_at, gone in changes.versions:
+    for n, v, up, disk, fp, err, retry_at, gone, _ in changes.versions:
         if not gone:
             models.setdefault(n, {"error": None, "versions": {}})["versions"][str(v)] = {
                 "upstream": up, "disk": disk, "fingerprint": fp, "error": err, "retry_at": retry_at}

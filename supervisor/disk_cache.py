@@ -134,7 +134,7 @@ class DiskCache:
                                            broken.retry_after, retry_after=broken.retry_after)
         if failed:
             self.watcher.evict([key], "it failed to load")
-            self.watcher.publish_soon(name)
+            self.watcher.publish({name})  # before the answer: the worker's next look finds the failure
         for heir in displaced:
             threading.Thread(target=self._restore, args=(heir, key), name="disk-restore", daemon=True).start()
 

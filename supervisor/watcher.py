@@ -338,7 +338,10 @@ class Watcher:
             if failed is not None:
                 return Fetched(failed.error, retry_in(failed, time.time()))
         error = self._download(name, entry, listing)
-        self.publish_soon(name)  # the disk changed (or the version has an error): /v1/models shows it shortly
+        if error is None:
+            self.publish_soon(name)  # the disk changed: /v1/models shows it shortly (workers load from the manifest)
+        else:
+            self.publish({name})  # before the answer: the worker's next look at the feed finds the failure
         with self.lock:
             rec = self.versions.get(key)
             if error is not None and rec is not None and rec.state is State.FAILED:

@@ -24,6 +24,11 @@ def catalogue(n: int, disk: set[str] = frozenset(), error: dict | None = None) -
                               error.get(f"m{i}"), None)]) for i in range(n)}
 
 
+def rows(versions: list[tuple]) -> list[tuple]:
+    """Version rows as read, without the change number that wrote them."""
+    return [v[:-1] for v in versions]
+
+
 def publish(writer: FeedWriter, facts: dict, models: dict) -> int:
     return writer.publish(facts, models, live=set(models))
 
@@ -42,14 +47,15 @@ def test_a_publish_writes_and_a_reader_reads_only_the_rows_that_changed(tmp_path
     assert writer.publish({"ready": True}, {"m7": catalogue(1000, disk={"m7"})["m7"]}, live=set(everything)) == 1
     change = reader.changes()
     assert not change.reset and change.models == []
-    assert change.versions == [("m7", 1, True, True, "fp", None, None, False)]
+    assert rows(change.versions) == [("m7", 1, True, True, "fp", None, None, False)]
+    assert change.versions[0][-1] == writer.seq  # each row says which change wrote it
 
     # only the models given, as after a fetch: no other model is marked gone
     assert writer.publish({"ready": True}, {"m3": (None, [("m3", 1, True, False, None, "boom", None)])}) == 1
-    assert reader.changes().versions == [("m3", 1, True, False, None, "boom", None, False)]
+    assert rows(reader.changes().versions) == [("m3", 1, True, False, None, "boom", None, False)]
     # a model's rows are all its rows: a version left out has left
     assert writer.publish({"ready": True}, {"m3": (None, [("m3", 2, True, False, None, None, None)])}) == 2
-    assert sorted(reader.changes().versions) == [("m3", 1, True, False, None, "boom", None, True),
+    assert sorted(rows(reader.changes().versions)) == [("m3", 1, True, False, None, "boom", None, True),
                                                  ("m3", 2, True, False, None, None, None, False)]
 
 
@@ -81,8 +87,8 @@ def test_a_watcher_pass_over_an_unchanged_catalogue_writes_no_rows(tmp_path):
     (up / "m07" / "2").mkdir()
     (up / "m07" / "2" / "w.bin").write_text("new")
     sync(watcher)
-    rows = reader.changes().versions  # the rows of the model that changed, and only those
-    assert {row[0] for row in rows} == {"m07"} and ("m07", 2) in {row[:2] for row in rows}
+    written = reader.changes().versions  # the rows of the model that changed, and only those
+    assert {row[0] for row in written} == {"m07"} and ("m07", 2) in {row[:2] for row in written}
 
 
 def test_a_publish_that_failed_is_written_by_the_next(tmp_path):
@@ -115,10 +121,10 @@ def test_what_left_becomes_a_tombstone_and_comes_back(tmp_path):
     reader.changes()
     writer.publish({}, {}, live=set(catalogue(2)))  # m2 left
     change = reader.changes()
-    assert change.models == [] and change.versions == [("m2", 1, True, False, None, None, None, True)]
+    assert change.models == [] and rows(change.versions) == [("m2", 1, True, False, None, None, None, True)]
     assert sorted(snapshot(tmp_path / "feed.sqlite")["models"]) == ["m0", "m1"]
     writer.publish({}, {"m2": catalogue(3)["m2"]}, live=set(catalogue(3)))
-    assert reader.changes().versions == [("m2", 1, True, False, None, None, None, False)]
+    assert rows(reader.changes().versions) == [("m2", 1, True, False, None, None, None, False)]
 
 
 def test_a_model_error_comes_and_goes(tmp_path):

@@ -125,12 +125,11 @@ class CachingRegistry(ModelRegistry):
         info = self.feed.version_info(*rec.key)
         if rec.supervised:  # the supervisor keeps this failure: its record says when, and a new upload clears it
             if info.get("error"):
-                rec.failure_seen = True
                 if info.get("retry_at") is not None:
                     rec.retry_at = info["retry_at"]
                 changed = False
-            else:
-                changed = rec.failure_seen
+            else:  # a row written after the failure, without it: cleared (a new upload)
+                changed = info.get("seq", -1) > rec.failed_seq
         elif rec.failed_fingerprint:  # a load failure: a different copy on disk (a half-upload replaced) goes at once
             changed = info.get("fingerprint") not in (None, rec.failed_fingerprint)
         else:  # the supervisor could not be asked: the worker's own backoff
@@ -165,6 +164,8 @@ class CachingRegistry(ModelRegistry):
                         self._failed(rec)
                     self._cond.notify_all()
                 self._release_hold(rec)
+                if rec.state is State.FAILED and rec.supervised:
+                    self._flush_releases()  # before the 503: the supervisor records the failure first
 
     def _failed(self, rec: Record) -> None:
         """`rec` gave up its slot (the caller holds the lock): hand it back to the first version evicted for
@@ -267,6 +268,7 @@ class CachingRegistry(ModelRegistry):
             if rec.state is State.FAILED and rec.failed_fingerprint:  # the copy on disk failed to load
                 broken = LoadFailure(rec.error or "it failed to load", max(1.0, rec.retry_at - time.time()))
                 rec.supervised = True  # the supervisor keeps the failure now: its record says when to retry
+                rec.failed_seq = self.feed.seq
             self._unsent[rec.key] = Release(rec.name, rec.version, self._hold_seq, rec.last_used, broken)
 
     def _flush_releases(self) -> None:

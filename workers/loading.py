@@ -37,7 +37,8 @@ class VersionLoader:
             rec.failed_fingerprint = fingerprint
             delay = retry_after if retry_after is not None else backoff(rec.attempts, base, LOAD_RETRY_CEILING)
             rec.retry_at = time.time() + delay
-            rec.supervised, rec.failure_seen = retry_after is not None, False
+            rec.supervised = retry_after is not None
+            rec.failed_seq = self.feed.seq
             if rec.state is not State.READY:
                 rec.state = State.FAILED
                 self._failed(rec)

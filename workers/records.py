@@ -46,7 +46,7 @@ class Record:
     failed_fingerprint: str = ""  # the copy the last failure was about ("" for a failed fetch)
     retry_at: float = 0.0
     supervised: bool = False  # the supervisor keeps this failure: its record, in the feed, says when to retry
-    failure_seen: bool = False  # the feed has shown that record (so a feed without it means it was cleared)
+    failed_seq: int = -1  # the feed's change number when it failed: a row written after it is newer news
     attempts: int = 0  # failures in a row, for the backoff
     flight: threading.Event | None = field(default=None, repr=False)
     displaced: list = field(default_factory=list)  # evicted to make room for it: their slot if it fails

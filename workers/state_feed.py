@@ -24,6 +24,11 @@ class StateView:
         self._models: dict[str, dict] = {}  # name -> {"error", "versions": {"N": {upstream, disk, fingerprint, error}}}
         self._disk: dict[str, dict[int, str]] = {}  # name -> version -> fingerprint on disk
 
+    @property
+    def seq(self) -> int:
+        """The change number this view has applied up to (-1 before the first look)."""
+        return self._reader.seq
+
     def refresh(self) -> bool:
         """Apply what changed since the last look; return whether anything did."""
         with self._lock:
@@ -34,6 +39,8 @@ class StateView:
             return True
 
     def _apply(self, changes: Changes) -> None:
+        """Each version keeps the change number that wrote its row (`seq`): a worker compares it with the
+        change number its view had when a version failed, to tell news written after that failure."""
         models = {} if changes.reset else dict(self._models)
         disk = {} if changes.reset else dict(self._disk)
         touched: dict[str, dict] = {}  # fresh copies of the models this change touches
@@ -46,11 +53,11 @@ class StateView:
 
         for name, error, gone in changes.models:  # a model row carries its error; a tombstone, none
             fresh(name)["error"] = None if gone else error
-        for name, version, upstream, on_disk, fingerprint, error, retry_at, gone in changes.versions:
+        for name, version, upstream, on_disk, fingerprint, error, retry_at, gone, seq in changes.versions:
             if not gone:
                 fresh(name)["versions"][str(version)] = {"upstream": upstream, "disk": on_disk,
                                                          "fingerprint": fingerprint, "error": error,
-                                                         "retry_at": retry_at}
+                                                         "retry_at": retry_at, "seq": seq}
             elif name in models:
                 fresh(name)["versions"].pop(str(version), None)
             fps = dict(disk.get(name, {}))
