@@ -16,6 +16,8 @@ import os
 import threading
 import time
 
+import psutil
+
 from replica.cache_policy import Slot, victims
 from replica.protocol import LoadFailure
 from supervisor.tree_writes import DiskFull
@@ -25,16 +27,6 @@ from supervisor.watcher import Fetched, Watcher
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DiskCache:
@@ -152,7 +144,7 @@ class DiskCache:
         holders = self._holds.get(key)
         if not holders:
             return False
-        for pid in [p for p in holders if not _alive(p)]:
+        for pid in [p for p in holders if not psutil.pid_exists(p)]:
             del holders[pid]
         return any(h for _, h in holders.values())
 

@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from replica.disktree import DiskTree
 from supervisor.watcher import Watcher
 
@@ -195,7 +197,7 @@ class TreeGuard:
             tree.metrics_dir.mkdir(exist_ok=True)
             tree.touch_heartbeat()
             for name in self._markers:  # the workers still alive were ready; a new marker says so again
-                if name.isdigit() and _alive(int(name)) and not (tree.workers_dir / name).exists():
+                if name.isdigit() and psutil.pid_exists(int(name)) and not (tree.workers_dir / name).exists():
                     (tree.workers_dir / name).write_text(str(time.time()))
             self.restore_runtime()
             self.watcher.reopen_feed()
@@ -295,16 +297,6 @@ class TreeGuard:
         if not any(held):
             raise TreeLost(f"another replica (pid {self.inner.holder()}) took the state directory "
                            f"{self.tree.root}; stopping this one")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _writable(path: Path) -> bool:

@@ -83,6 +83,19 @@ def replica(tmp_path):
         r.stop()
 
 
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 16 MiB tmpfs (a state disk that fills up), unmounted at the end."""
+    import os
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.system(f"mount -t tmpfs -o size=16m tmpfs {mnt} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    os.system(f"umount -l {mnt}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory):
     """Runtime folders (heartbeat, readiness markers, metrics) of the replicas the tests start, in one place that

@@ -300,17 +300,6 @@ def test_predictor_that_does_not_import_exits_2_before_serving(tmp_path, replica
 
 # -- a full state disk -------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 16 MiB tmpfs, unmounted at the end."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.system(f"mount -t tmpfs -o size=16m tmpfs {mnt} 2>/dev/null") != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    os.system(f"umount -l {mnt}")
-
-
 def fill(folder) -> None:
     """Write until the filesystem says ENOSPC."""
     with open(folder / "filler", "wb") as f:

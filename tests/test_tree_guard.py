@@ -20,21 +20,7 @@ from scripts.model_factory import IRIS_BIAS, IRIS_WEIGHTS, write_python_linear
 from tests.helpers import BackgroundLoad, write_api
 from tests.predictors import LINEAR, json_predictor
 from tests.replica_proc import ReplicaProcess, wait_for
-
-PREDICTOR = json_predictor("""
-def predict(self, payload):
-    model = self.client.get_model("iris")
-    return {"scores": (np.asarray(payload["x"]) @ model["weights"] + model["bias"]).tolist()}
-""", load=LINEAR)
-
-X = [5.1, 3.5, 1.4, 0.2]
-
-
-def iris_spec(folder, **keys):
-    write_python_linear(folder / "models" / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS)
-    return write_api(folder, PREDICTOR, type="python", name="iris",
-                     models={"paths": [{"name": "iris", "model_path": "models/iris"}]}, **keys)
-
+from tests.test_process_model import X, iris_spec
 
 def answers(r: ReplicaProcess) -> bool:
     try:

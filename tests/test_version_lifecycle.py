@@ -69,17 +69,6 @@ def test_a_miss_during_an_s3_outage_is_503_then_served_once_s3_is_back(s3, bucke
     wait_for(lambda: b_status()["error"] is None, timeout=10, message="the old error gone from /v1/models")
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 16 MiB tmpfs, unmounted at the end."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.system(f"mount -t tmpfs -o size=16m tmpfs {mnt} 2>/dev/null") != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    os.system(f"umount -l {mnt}")
-
-
 def test_a_miss_on_a_full_state_disk_is_503_then_served_once_space_is_freed(s3, bucket, replica, tmp_path,
                                                                              small_fs):
     models = {"a": {"name": "a"}, "big": {"name": "big", "pad": "x" * (2 << 20)}}

@@ -679,14 +679,21 @@ def _pass_returns(w, timeout: float = 5.0) -> None:
     assert not t.is_alive(), "the pass waited for a download"
 
 
-def test_a_slow_download_delays_no_pass_and_no_other_model(many):
+def _held_download(many) -> tuple:
+    """A watcher over `many` whose first pass has returned with alpha's download held open: (watcher, gate);
+    setting the gate lets the download go on."""
     import threading
 
     gate, started = threading.Event(), threading.Event()
     w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    _pass_returns(w)  # returns while alpha's download is held
+    assert started.wait(5)
+    return w, gate
+
+
+def test_a_slow_download_delays_no_pass_and_no_other_model(many):
+    w, gate = _held_download(many)
     try:
-        _pass_returns(w)  # returns while alpha's download is held
-        assert started.wait(5)
         assert w.wait_for_downloads(0.2) is False
         wait_for(lambda: 1 in w.installed.get("beta", {}), timeout=5, interval=0.01, message="beta on disk")
         assert "alpha" not in w.installed
@@ -706,13 +713,8 @@ def test_a_slow_download_delays_no_pass_and_no_other_model(many):
 
 
 def test_not_ready_until_the_first_syncs_downloads_end(many):
-    import threading
-
-    gate, started = threading.Event(), threading.Event()
-    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
+    w, gate = _held_download(many)
     try:
-        _pass_returns(w)
-        assert started.wait(5)
         assert w.ready is False and read_state(many.state)["ready"] is False
     finally:
         gate.set()
@@ -721,15 +723,8 @@ def test_not_ready_until_the_first_syncs_downloads_end(many):
 
 
 def test_stopping_ends_a_download_and_leaves_the_version_at_rest(many):
-    import threading
-
-    gate, started = threading.Event(), threading.Event()
-    w = many.watcher(_blocking_upstream(gate, started, "alpha/"))
-    try:
-        _pass_returns(w)
-        assert started.wait(5)
-    finally:
-        w.stop_event.set()
+    w, _ = _held_download(many)
+    w.stop_event.set()
     assert w.wait_for_downloads(5), "a stopping replica ends its downloads at their next chunk"
     assert w.versions.get(("alpha", 1)) is None and "alpha" not in w.installed
     assert many.tmp_leftovers() == []
