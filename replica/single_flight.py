@@ -26,19 +26,15 @@ class SingleFlight(Generic[T]):
         self._lock = threading.Lock()
         self._flights: dict[Hashable, _Flight[T]] = {}
 
-    def run(self, key: Hashable, work: Callable[[], T], timeout: float | None = None) -> T:
-        """Run `work` for `key`, or wait for the run already under way and return (or raise) what it did.
-
-        A waiter gives up after `timeout` seconds with TimeoutError; the run itself goes on for whoever
-        asks next."""
+    def run(self, key: Hashable, work: Callable[[], T]) -> T:
+        """Run `work` for `key`, or wait for the run already under way and return (or raise) what it did."""
         with self._lock:
             flight = self._flights.get(key)
             owner = flight is None
             if owner:
                 flight = self._flights[key] = _Flight()
         if not owner:
-            if not flight.done.wait(timeout):
-                raise TimeoutError(f"still running for {key!r}")
+            flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.result  # type: ignore[return-value]

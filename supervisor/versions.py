@@ -92,9 +92,6 @@ class VersionTable:
     def in_state(self, *states: State) -> list[VersionRecord]:
         return [r for r in self._records.values() if r.state in states]
 
-    def failures(self) -> dict[Key, VersionRecord]:
-        return {k: r for k, r in self._records.items() if r.state is State.FAILED}
-
     def backing_off(self, key: Key, fingerprint: str, now: float) -> VersionRecord | None:
         """The failure that keeps `fingerprint` from being fetched again before its retry time, or None."""
         rec = self._records.get(key)
