@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=int, default=int(_env("keep-alive", 5)),
                        help="seconds an idle connection is kept open for its next request; 0 closes every "
                             "connection after its response (default 5)")
+    serve.add_argument("--worker-connections", type=int, default=int(_env("worker-connections", 1000)),
+                       help="connections one worker process holds; at the limit the longest-idle one is closed "
+                            "to take a new one (default 1000)")
+    serve.add_argument("--max-buffered-bytes", type=int, default=int(_env("max-buffered-bytes", 256 << 20)),
+                       help="request body bytes one worker process holds in memory, all connections together; "
+                            "past it the worker reads no more bodies until requests are served (default 256 MiB, "
+                            "at least --max-request-size)")
     serve.add_argument("--download-stall-timeout", type=float, default=float(_env("download-stall-timeout", 30)),
                        help="a download that receives no data for this many seconds fails and is retried with "
                             "backoff; a slow one that keeps moving goes on (default 30)")
@@ -104,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
             return 2
+    if args.worker_connections < 1:
+        print(f"error: --worker-connections must be >= 1, got {args.worker_connections}", file=sys.stderr)
+        return 2
+    if args.max_buffered_bytes < args.max_request_size:
+        print(f"error: --max-buffered-bytes ({args.max_buffered_bytes}) must be at least --max-request-size "
+              f"({args.max_request_size}): one request's body must fit", file=sys.stderr)
+        return 2
     settings = Settings(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(api.name),
         host=args.host,
@@ -119,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
         keep_alive=args.keep_alive,
+        worker_connections=args.worker_connections,
+        max_buffered_bytes=args.max_buffered_bytes,
         download_stall_timeout=args.download_stall_timeout,
     )
     from supervisor.arbiter import Arbiter, StartupError

@@ -32,6 +32,8 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive: int = 5
+    worker_connections: int = 1000
+    max_buffered_bytes: int = 256 << 20
     download_stall_timeout: float = 30.0  # a download that receives no byte for this long fails as stalled
 
     @property

@@ -101,10 +101,30 @@ def predict() -> Response:
                                 time.perf_counter() - started)
 
 
+def _not_ready_reason(runtime: Runtime) -> str | None:
+    """Why the supervisor cannot give this replica its models yet (the state directory is gone or unwritable,
+    or the first sync to disk has not finished, with the upstream errors), or None: what /readyz and a
+    prediction answer alike."""
+    runtime.registry.refresh_state()
+    tree_error = runtime.registry.feed.facts.get("state_dir_error")  # removed, replaced or unwritable
+    if tree_error:
+        return tree_error
+    if not runtime.registry.supervisor_ready:
+        why = "; ".join(runtime.upstream_errors().values())
+        return "the first sync of models to disk has not finished" + (f": {why}" if why else "")
+    return None
+
+
 def _predict(runtime: Runtime, scope) -> Response:
     loaded = runtime.registry.initial_sync_done
-    if not loaded.is_set() and not loaded.wait(STARTUP_WAIT_SECONDS):
-        raise Unavailable("the replica is still loading its models", retry_after=2)
+    if not loaded.is_set():
+        why = _not_ready_reason(runtime)
+        if why:  # nothing to wait for: answer now, with the reason
+            raise Unavailable(why, retry_after=2)
+        # The models are on disk and this worker (one replacing a crashed worker) is loading them: a short
+        # wait is a slower answer instead of a failed one.
+        if not loaded.wait(STARTUP_WAIT_SECONDS):
+            raise Unavailable("this worker is still loading the models on disk", retry_after=2)
     # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
     wanted = runtime.wanted_args
     req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
@@ -178,15 +198,10 @@ def healthz() -> Response:
 @bp.route("/readyz")
 def readyz() -> Response:
     runtime = _runtime()
-    runtime.registry.refresh_state()
+    why = _not_ready_reason(runtime)
+    if why:
+        raise Unavailable(why, retry_after=2)
     errors = runtime.upstream_errors()
-    tree_error = runtime.registry.feed.facts.get("state_dir_error")  # removed, replaced or unwritable
-    if tree_error:
-        raise Unavailable(tree_error, retry_after=2)
-    if not runtime.registry.supervisor_ready:
-        why = "; ".join(errors.values())
-        raise Unavailable("the first sync of models to disk has not finished" + (f": {why}" if why else ""),
-                          retry_after=2)
     ready = len(runtime.ready_workers())
     wanted = runtime.api.predictor.processes_per_replica
     if ready < wanted or not runtime.registry.initial_sync_done.is_set():
@@ -227,12 +242,35 @@ def model(name: str, version: str | None = None) -> Response:
     return Response(encoding.dumps(status), mimetype="application/json")
 
 
+def _prediction_route(app: Flask):
+    """Whether a request (method, PATH_INFO) reaches the predict view, as Flask itself routes it, so that no
+    spelling of the path (percent-encoding, doubled slashes) escapes autoscaling.max_replica_concurrency."""
+    adapter = app.url_map.bind("")
+    seen: dict[tuple[str, str], bool] = {}
+
+    def is_prediction(method: str, path: str) -> bool:
+        key = (method, path)
+        known = seen.get(key)
+        if known is None:
+            try:
+                known = adapter.match(path, method)[0] == "replica.predict"
+            except HTTPException:  # no route, a redirect, a wrong method: not a prediction
+                known = False
+            if len(seen) >= 1024:  # any path can be sent: remember a bounded few
+                seen.clear()
+            seen[key] = known
+        return known
+
+    return is_prediction
+
+
 def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     app = Flask("replica")
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
     app.extensions["replica"] = runtime
     app.register_blueprint(bp)
     app.replica_ready = runtime.registry.initial_sync_done.is_set  # read by workers.front before it accepts
+    app.replica_is_prediction = _prediction_route(app)  # what workers.front sheds over max_replica_concurrency
     return app
 
 

@@ -1,82 +1,33 @@
-"""What the front worker's event loop keeps per client connection, and how responses leave it.
+"""What the front worker's event loop keeps per client connection.
 
-A connection is IDLE (waiting for a request), reading its HEAD or BODY, BUSY while a thread serves it, or
-LINGERing on its way out. A response is written through `CoalescedSocket`, so it leaves in one send.
+A connection is IDLE (no request bytes yet: a fresh connection, or keep-alive between requests), reading a
+request's HEAD or BODY, BUSY while its request is served, or LINGERing on its way out (half-closed, waiting a
+moment for the peer's FIN so unread bytes do not turn into a reset that cuts the last answer short). The loop
+owns it in every state; while BUSY the socket is out of the poller and only the request's writer touches it.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 
-from workers import framing
+from workers.http_exchange import ServerInfo
+from workers.http_parse import BadRequest, Limits, RequestParser
 
-IDLE, HEAD, BODY, BUSY, LINGER = range(5)
+IDLE, HEAD, BODY, BUSY, LINGER = "idle", "head", "body", "busy", "linger"
 
 
 class Conn:
-    """One client connection, owned by the event loop except while a thread serves its request (BUSY)."""
+    __slots__ = ("sock", "fd", "client", "server", "parser", "state", "deadline", "registered", "paused",
+                 "error", "eof", "counted", "fresh")
 
-    __slots__ = ("sock", "fd", "client", "server", "buf", "state", "deadline", "head", "body_end", "scan",
-                 "sent_continue", "registered")
-
-    def __init__(self, sock: socket.socket, client, server):
+    def __init__(self, sock: socket.socket, client, server: ServerInfo, limits: Limits):
         self.sock, self.fd, self.client, self.server = sock, sock.fileno(), client, server
-        self.buf = bytearray()
+        self.parser = RequestParser(limits)
         self.state = IDLE
         self.deadline = 0.0
-        self.head: framing.Head | None = None
-        self.body_end = -1
-        self.scan = 0
-        self.sent_continue = False
         self.registered = False
-
-
-class CoalescedSocket:
-    """The socket a response is written through: what gunicorn sends in several writes (the head, then each
-    body chunk) leaves in one, up to `limit` bytes at a time, when the response is complete (`flush`).
-
-    A worker killed mid-response has then sent either nothing, which a load balancer retries (HAProxy's
-    `retry-on empty-response`), or the whole answer: never a head whose body never comes. One send instead of
-    two is also cheaper. Anything else (timeouts, `fileno`, ...) is the real socket's."""
-
-    __slots__ = ("sock", "limit", "_parts", "_size")
-
-    def __init__(self, sock: socket.socket, limit: int = 256 * 1024):
-        self.sock = sock
-        self.limit = limit
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def sendall(self, data) -> None:
-        self._parts.append(bytes(data))
-        self._size += len(data)
-        if self._size >= self.limit:
-            self.flush()
-
-    def send(self, data) -> int:
-        self.flush()
-        return self.sock.send(data)
-
-    def sendfile(self, *args, **kwargs):
-        self.flush()
-        return self.sock.sendfile(*args, **kwargs)
-
-    def flush(self) -> None:
-        if self._parts:
-            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self._parts.clear()
-            self._size = 0
-            self.sock.sendall(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.sock, name)
-
-
-def answer(status: int, reason: str, message: str, *, close: bool, retry_after: int | None = None) -> bytes:
-    body = json.dumps({"error": message}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}",
-             "Connection: close" if close else "Connection: keep-alive"]
-    if retry_after is not None:
-        lines.append(f"Retry-After: {retry_after}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        self.paused = False  # out of the poller while the worker's body budget is spent
+        self.error: BadRequest | None = None  # answered (and the connection closed) after the requests before it
+        self.eof = False  # the peer sent all it will: answer what is complete, then close
+        self.counted = False  # this connection's request in flight is in the replica-wide count
+        self.fresh = True  # accepted, no request yet: its first one may be on its way

@@ -1,29 +1,34 @@
-"""The replica's gunicorn worker class: one event loop reads every request whole, with deadlines, before a
-thread runs it.
+"""The replica's gunicorn worker class: one event loop owns every connection, parses each request once (llhttp,
+`workers.http_parse`) with deadlines and bounds, and runs the WSGI app on it.
 
-gunicorn's gthread worker hands a fresh connection to a worker thread, which waits up to 5 s for its first
-bytes and then reads headers and body with blocking calls and no deadline; its event loop closes connections
-gracefully with a blocking linger. At `threads_per_process: 1`, one client that sends a body shorter than its
-Content-Length, or headers a byte a second, holds the only thread for as long as it likes. Here the event loop
-owns every connection until its request is complete (head and body in memory), so a slow or idle peer costs a
-file descriptor and a few bytes, never a thread:
+A slow or idle peer costs a file descriptor and a few bytes, never a thread:
 
-- a connection waiting for a request is closed after `--keep-alive` seconds;
+- a fresh connection must send its request head within `--header-timeout` seconds, a keep-alive connection
+  waiting for its next request is closed after `--keep-alive` seconds;
 - a request's head must arrive within `--header-timeout` seconds of its first byte, its body within
   `--body-timeout` seconds of the end of its head; past either, 408 and the connection is closed;
-- a response that the peer does not read within `--body-timeout` seconds is abandoned (the thread's socket
-  sends time out after that long);
-- closing lingers in the loop (half-close, drain until the peer closes or two seconds pass), never blocking it.
+- a response the peer does not read within `--body-timeout` seconds is abandoned (socket sends time out);
+- at `--worker-connections`, the longest-idle connection is closed to take a new one (as nginx does), so held
+  connections never lock new clients out;
+- request bodies in memory are bounded per worker (`--max-buffered-bytes`): past it the loop stops reading
+  bodies (back-pressure on the peers) except the oldest one still arriving, until requests are served;
+- every malformed request answers 400 (413, 414, 417, 431 where they fit) in JSON and the connection is closed.
+
+With `threads_per_process: 1` and nothing to shed, the request runs on the loop's own thread (no hand-off; a
+heartbeat thread keeps the worker's liveness while a predictor runs); otherwise it goes to `--threads`
+request threads and the loop goes on reading, shedding and timing out the other connections.
 
 Keep-alive connections spread over the worker processes through the shared board (`workers.board`): a worker
-accepts only while it holds no more connections than the least loaded live worker. A complete prediction
-request is admitted only while fewer than `autoscaling.max_replica_concurrency` requests are in flight in the
-whole replica; above it the loop itself answers 503 with Retry-After, without waiting for a thread.
+accepts only while it holds no more connections than the least loaded live worker. A prediction (the app's
+predict route, as the app itself routes the parsed path) is admitted only while fewer than
+`autoscaling.max_replica_concurrency` requests are in flight in the whole replica; above it the loop answers
+503 with Retry-After at once.
 
 Settings come from the environment the supervisor gives gunicorn (REPLICA_HEADER_TIMEOUT, REPLICA_BODY_TIMEOUT,
-REPLICA_MAX_REQUEST_SIZE, REPLICA_MAX_REPLICA_CONCURRENCY), gunicorn's own flags for the rest (`--keep-alive`,
-`--threads`, `--worker-connections`, `--graceful-timeout`). HTTP/1.x only, without TLS (a TLS-terminating
-proxy or load balancer sits in front when one is needed).
+REPLICA_MAX_REQUEST_SIZE, REPLICA_MAX_BUFFERED_BYTES, REPLICA_MAX_REPLICA_CONCURRENCY, REPLICA_ACCESS_LOG,
+REPLICA_LOG_FORMAT), gunicorn's own flags for the rest (`--keep-alive`, `--threads`, `--worker-connections`,
+`--graceful-timeout`, `--limit-request-*`). HTTP/1.x only, without TLS (a TLS-terminating proxy or load
+balancer sits in front when one is needed).
 """
 
 from __future__ import annotations
@@ -38,25 +43,28 @@ import threading
 import time
 from collections import deque
 
-from gunicorn import util
 from gunicorn.workers import base
 
-from workers.board import Board, may_accept
+from workers import http_exchange
+from workers.access_log import AccessLog
+from workers.board import Board, may_accept, over_limit
 from workers.connections import BODY, BUSY, HEAD, IDLE, LINGER, Conn
-from workers.request_reading import STOP_KEEPALIVE_SECONDS, RequestReading
-from workers.request_threads import RequestThreads
+from workers.http_parse import BadRequest, Limits, Request
 
+READ_SIZE = 256 * 1024
 LINGER_SECONDS = 2.0  # how long a closing connection may take to send its FIN after ours
 SWEEP_SECONDS = 0.1  # deadline resolution
 BALANCE_SECONDS = 0.01  # how often the other workers' counts are read while nothing else changes
 BEAT_SECONDS = 0.25
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+STOP_GRACE_SECONDS = 1.0  # a stopping worker still answers the first request of a connection it accepted
 
 
 def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name) or default)
 
 
-class FrontWorker(RequestReading, RequestThreads, base.Worker):
+class FrontWorker(base.Worker):
     board: Board | None = None  # created in the master, before any fork; every worker maps the same file
 
     @classmethod
@@ -70,48 +78,63 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
     def init_process(self) -> None:
         self.header_timeout = _env_float("REPLICA_HEADER_TIMEOUT", 10.0)
         self.body_timeout = _env_float("REPLICA_BODY_TIMEOUT", 30.0)
-        self.max_body = int(os.environ.get("REPLICA_MAX_REQUEST_SIZE") or 64 << 20)
+        max_body = int(os.environ.get("REPLICA_MAX_REQUEST_SIZE") or 64 << 20)
+        self.body_budget = int(os.environ.get("REPLICA_MAX_BUFFERED_BYTES") or 256 << 20)
         self.max_in_flight = int(os.environ.get("REPLICA_MAX_REPLICA_CONCURRENCY") or 1024)
-        self.max_head = self.cfg.limit_request_line + self.cfg.limit_request_fields * (
-            self.cfg.limit_request_field_size + 2) + 4
+        self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
+                             self.cfg.limit_request_field_size, max_body)
         if type(self).board is None:  # run without check_config (a bare worker in a test)
             type(self).board = Board.create(self.cfg.worker_tmp_dir)
         self.board.claim()
         self.poller = selectors.DefaultSelector()
         self.conns: dict[int, Conn] = {}
+        self.idle: dict[int, Conn] = {}  # IDLE connections, longest idle first: the first to give way
+        self.paused: dict[int, Conn] = {}  # BODY connections waiting for the body budget
+        self.body_leader: Conn | None = None  # the one body that keeps arriving while the budget is spent
+        self.buffered = 0  # request body bytes in memory, all connections together
         self.n_open = 0  # connections not lingering: what the board compares between workers
         self.in_flight = 0
+        self.flight_lock = threading.Lock()  # the loop and request threads both change this worker's count
         self.accepting = False
+        self.inline = self.cfg.threads == 1 and self.max_in_flight > self.cfg.workers  # nothing to shed
+        self.inline_since: float | None = None
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.done: deque = deque()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.listener_names = {}
+        self.servers = {}
         for listener in self.sockets:
             listener.setblocking(False)
-            self.listener_names[listener.fileno()] = listener.getsockname()
+            self.servers[listener.fileno()] = http_exchange.ServerInfo(listener.getsockname(), self.cfg.workers > 1)
         from workers import metrics  # after fork: prometheus' multiprocess files are per process
 
         self.metrics = metrics
+        self.access = AccessLog(os.environ.get("REPLICA_LOG_FORMAT", "text"),
+                                os.environ.get("REPLICA_ACCESS_LOG") != "0")
         super().init_process()
 
     def run(self) -> None:
         # The application may say when it can serve (the replica's: once its models are loaded), so that a
-        # worker still starting leaves new connections to its ready siblings.
+        # worker still starting leaves new connections to its ready siblings, and which requests are
+        # predictions (the ones max_replica_concurrency counts).
         self.app_ready = getattr(self.wsgi, "replica_ready", None)
+        self.is_prediction = getattr(self.wsgi, "replica_is_prediction",
+                                     lambda method, path: method == "POST" and path in ("/", "/predict"))
         self.wsgi.replica_board = self.board  # /healthz reads every worker's heartbeat from it
         self.poller.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, (self._on_signal_pipe, None))
-        for _ in range(self.cfg.threads):
-            threading.Thread(target=self._serve_jobs, name="request", daemon=True).start()
+        if self.inline:
+            threading.Thread(target=self._beat_while_serving, name="heartbeat", daemon=True).start()
+        else:
+            for _ in range(self.cfg.threads):
+                threading.Thread(target=self._serve_jobs, name="request", daemon=True).start()
         now = time.monotonic()
         next_beat = next_sweep = next_balance = now
         while self.alive:
             now = time.monotonic()
             if now >= next_beat:
-                self.notify()
-                self.board.beat(int(now * 1000))
+                self._beat(now)
                 next_beat = now + BEAT_SECONDS
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
@@ -125,6 +148,18 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
             # While not accepting, wake every BALANCE_SECONDS to see whether the other workers caught up.
             self._dispatch_events((next_sweep if self.accepting else min(next_sweep, next_balance)) - now)
         self._stop()
+
+    def _beat(self, now: float) -> None:
+        self.notify()
+        self.board.beat(int(now * 1000))
+
+    def _beat_while_serving(self) -> None:
+        """The loop beats by itself, except while it runs a request: then this thread does, so a slow predictor
+        is not taken for a hung worker (a loop stuck anywhere else stops beating and the worker is replaced)."""
+        while True:
+            time.sleep(BEAT_SECONDS)
+            if self.inline_since is not None:
+                self._beat(time.monotonic())
 
     def _dispatch_events(self, timeout: float) -> None:
         try:
@@ -140,8 +175,8 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
         """Listen while this worker may take a connection (fewest connections among ready live workers)."""
         ready = self.app_ready is None or self.app_ready()
         self.board.set_counts(self.n_open, self.in_flight, ready)
-        want = (self.alive and len(self.conns) < self.cfg.worker_connections
-                and may_accept(self.n_open, ready, self.board.others(int(now * 1000))))
+        room = self.n_open < self.cfg.worker_connections or bool(self.idle)
+        want = self.alive and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
         if want == self.accepting:
             return
         for listener in self.sockets:
@@ -161,19 +196,21 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
                 self.log.warning("cannot accept a connection: %s", e)
                 return
             raise
-        # A blocking socket whose sends time out in the kernel (SO_SNDTIMEO): a thread's writes wait at most the
-        # body timeout for a peer that does not read its response, without the poll() before every send that a
-        # Python-level timeout costs. The loop never blocks on it: it reads only what select() said is there
-        # and writes with MSG_DONTWAIT.
+        if self.n_open >= self.cfg.worker_connections and self.idle:
+            self._close(next(iter(self.idle.values())))  # the longest idle gives way
+        # A blocking socket whose sends time out in the kernel (SO_SNDTIMEO): a request's answer waits at most
+        # the body timeout for a peer that does not read it. The loop itself only reads what select() said is
+        # there and writes its own short answers with MSG_DONTWAIT.
         sock.setblocking(True)
         seconds = int(self.body_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         struct.pack("ll", seconds, int((self.body_timeout - seconds) * 1e6)))
-        conn = Conn(sock, client, self.listener_names[listener.fileno()])
+        conn = Conn(sock, client, self.servers[listener.fileno()], self.limits)
         self.conns[conn.fd] = conn
         self.n_open += 1
-        self._wait_request(conn, time.monotonic())
-        self._balance(time.monotonic())
+        now = time.monotonic()
+        self._to_idle(conn, now + self.header_timeout)
+        self._balance(now)
 
     # -- the connection's place in the loop ----------------------------------------------------------------------
     def _register(self, conn: Conn) -> None:
@@ -186,23 +223,189 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
             self.poller.unregister(conn.fd)
             conn.registered = False
 
-    # -- after a thread -----------------------------------------------------------------------------------------
+    def _to_idle(self, conn: Conn, deadline: float) -> None:
+        conn.state, conn.deadline = IDLE, deadline
+        self.idle[conn.fd] = conn
+        self._register(conn)
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def _on_readable(self, _fileobj, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if conn.state == LINGER:
+            if not data:
+                self._close(conn)  # the peer's FIN: done
+            return  # drained and dropped
+        if not data:  # the peer sent all it will: a request still incomplete never will be
+            conn.eof = True
+            self._unregister(conn)
+            if conn.parser.ready or conn.error:
+                self._next_request(conn, time.monotonic())
+            else:
+                self._close(conn)
+            return
+        now = time.monotonic()
+        if conn.state == IDLE:
+            del self.idle[conn.fd]
+            conn.state, conn.deadline = HEAD, now + self.header_timeout
+        parser = conn.parser
+        before = parser.buffered
+        try:
+            parser.feed(data)
+        except BadRequest as e:
+            conn.error = e
+        self.buffered += parser.buffered - before
+        if conn.error is None and not parser.ready:
+            if parser.in_body:
+                if conn.state == HEAD:
+                    conn.state, conn.deadline = BODY, now + self.body_timeout
+                if parser.continue_wanted:
+                    parser.continue_wanted = False
+                    self._write_now(conn, CONTINUE)
+                self._hold_back(conn)
+            return
+        self._unregister(conn)
+        self._next_request(conn, now)
+
+    def _hold_back(self, conn: Conn) -> None:
+        """Back-pressure: past the body budget, bodies wait in the peers' send buffers, not in this worker; one
+        (the oldest still arriving) goes on, so a request always completes and frees its share."""
+        if self.buffered < self.body_budget:
+            return
+        leader = self.body_leader
+        if leader is None or leader.state != BODY or leader.fd not in self.conns:
+            self.body_leader = conn
+            return
+        if conn is not leader:
+            self._unregister(conn)
+            conn.paused, conn.deadline = True, float("inf")  # the wait is ours, not the peer's
+            self.paused[conn.fd] = conn
+
+    def _release(self, conn: Conn, n: int) -> None:
+        """`n` of the connection's body bytes are out of memory (served, shed or dropped)."""
+        n = min(n, conn.parser.buffered)
+        conn.parser.buffered -= n
+        self.buffered -= n
+        if self.paused and self.buffered < self.body_budget:
+            now = time.monotonic()
+            for conn in self.paused.values():
+                conn.paused, conn.deadline = False, now + self.body_timeout
+                self._register(conn)
+            self.paused.clear()
+
+    def _next_request(self, conn: Conn, now: float) -> None:
+        """Serve the connection's next complete request, or answer its parse error, or wait for more."""
+        parser = conn.parser
+        if parser.ready:
+            self._start(conn, parser.ready.popleft(), now)
+        elif conn.error is not None:
+            e = conn.error
+            self._refuse(conn, e.status, e.message)
+        elif conn.eof or not self.alive:
+            self._linger(conn)
+        elif parser.started:  # the next request's first bytes came with the last one
+            conn.state = BODY if parser.in_body else HEAD
+            conn.deadline = now + (self.body_timeout if parser.in_body else self.header_timeout)
+            self._register(conn)
+        else:
+            self._to_idle(conn, now + self.cfg.keepalive)
+
+    def _start(self, conn: Conn, req: Request, now: float) -> None:
+        conn.state, conn.fresh = BUSY, False
+        path = http_exchange.path_info(req.path)
+        if self.is_prediction(req.method, path) and over_limit(
+                self.board.total_in_flight(int(now * 1000)), self.max_in_flight):
+            self._release(conn, req.body_size)
+            self._shed(conn, req)
+            return
+        self._count(conn, 1)
+        if self.inline:
+            self.inline_since = now
+            try:
+                keep = self._serve(conn, req)
+            finally:
+                self.inline_since = None
+            self._finish(conn, req, keep)
+        else:
+            self.jobs.put((conn, req))
+
+    def _count(self, conn: Conn, delta: int) -> None:
+        """This worker's requests in flight, on the shared board: +1 when one starts, -1 just before its answer
+        leaves, so a client that has its answer never finds it still counted."""
+        if conn.counted == (delta > 0):
+            return
+        conn.counted = delta > 0
+        with self.flight_lock:
+            self.in_flight += delta
+            self.board.add_in_flight(delta)
+
+    def _finish(self, conn: Conn, req: Request, keep: bool) -> None:
+        """After a request, on the loop: the connection goes on to its next request, or out."""
+        self._count(conn, -1)
+        self._release(conn, req.body_size)
+        if conn.fd not in self.conns:
+            return
+        now = time.monotonic()
+        if keep and (self.alive or conn.parser.ready):
+            self._next_request(conn, now)  # a request already sent to a stopping worker is answered
+        elif keep:
+            self._linger(conn)
+        else:
+            self._close(conn)
+
+    # -- serving ---------------------------------------------------------------------------------------------------
+    def _serve(self, conn: Conn, req: Request) -> bool:
+        """Run the app on one request; True when the connection may carry another."""
+        started = time.perf_counter()
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        may_keep = bool(self.cfg.keepalive) and self.alive and not conn.eof and conn.error is None
+        try:
+            ex = http_exchange.run(self.wsgi, req, conn.server, conn.client, conn.sock, may_keep,
+                                   before_send=lambda: self._count(conn, -1))
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.ETIMEDOUT, None):
+                self.log.warning("cannot answer %s: %s", conn.client, e)
+            return False
+        except Exception:  # noqa: BLE001 - the app itself answers its errors; this is the front's own failure
+            self.log.exception("Error handling request %s", req.request_line)
+            self._write_now(conn, http_exchange.refusal(500, "internal error in the replica's front; see its log",
+                                                        close=True))
+            return False
+        self.access.line(conn.client, req.request_line, ex.status, ex.sent, time.perf_counter() - started)
+        return ex.keep_alive
+
+    def _serve_jobs(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            conn, req = job
+            keep = False
+            try:
+                keep = self._serve(conn, req)
+            except BaseException:  # noqa: BLE001 - the loop must hear back about every connection
+                self.log.exception("Error serving a request")
+            self.done.append((conn, req, keep))
+            try:
+                os.write(self.wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
     def _on_wake(self, _fileobj, _conn) -> None:
         try:
             os.read(self.wake_r, 4096)
         except BlockingIOError:
             pass
-        now = time.monotonic()
         while self.done:
-            conn, keep = self.done.popleft()
-            self.in_flight -= 1
-            self.board.add_in_flight(-1)
-            if keep and self.alive:
-                self._wait_request(conn, now)
-            elif keep and conn.buf:
-                self._wait_request(conn, now)  # a request already sent to a stopping worker is answered
-            else:
-                self._linger(conn)
+            self._finish(*self.done.popleft())
 
     def _on_signal_pipe(self, fileobj, _conn) -> None:
         try:
@@ -210,62 +413,101 @@ class FrontWorker(RequestReading, RequestThreads, base.Worker):
         except BlockingIOError:
             pass
 
-    # -- closing -------------------------------------------------------------------------------------------------
+    # -- the loop's own answers ------------------------------------------------------------------------------------
+    def _write_now(self, conn: Conn, data: bytes) -> bool:
+        """Write from the loop without waiting; False when the peer's window could not take it all."""
+        try:
+            return conn.sock.send(data, socket.MSG_DONTWAIT) == len(data)
+        except OSError:
+            return False
+
+    def _refuse(self, conn: Conn, status: int, message: str) -> None:
+        self._write_now(conn, http_exchange.refusal(status, message, close=True))
+        self.access.line(conn.client, "-", status, 0, 0.0)
+        self._linger(conn)
+
+    def _shed(self, conn: Conn, req: Request) -> None:
+        message = (f"{self.max_in_flight} requests already in flight on this replica "
+                   "(autoscaling.max_replica_concurrency); retry shortly")
+        self.metrics.count_shed()
+        keep = req.keep_alive and self.alive and not conn.eof
+        sent = self._write_now(conn, http_exchange.refusal(503, message, close=not keep, retry_after=1))
+        self.access.line(conn.client, req.request_line, 503, 0, 0.0)
+        if sent and keep:
+            self._next_request(conn, time.monotonic())
+        else:
+            self._linger(conn)
+
+    # -- closing: one way out from every state ---------------------------------------------------------------------
+    def _leave_state(self, conn: Conn) -> None:
+        self.idle.pop(conn.fd, None)
+        if self.paused.pop(conn.fd, None) is not None:
+            conn.paused = False
+        if conn.state != LINGER:
+            self.n_open -= 1
+
     def _linger(self, conn: Conn) -> None:
         """Half-close and let the peer's FIN (or the linger deadline) finish it, so unread request bytes do
         not turn the close into a reset that cuts the last response short."""
-        if conn.state == LINGER:
+        if conn.state == LINGER or conn.fd not in self.conns:
             return
         try:
-            conn.sock.setblocking(False)
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close(conn)
             return
-        if conn.state != LINGER:
-            self.n_open -= 1
-        conn.state, conn.deadline, conn.buf = LINGER, time.monotonic() + LINGER_SECONDS, bytearray()
+        self._leave_state(conn)
+        self._release(conn, conn.parser.buffered)
+        conn.parser.ready.clear()
+        conn.state, conn.deadline = LINGER, time.monotonic() + LINGER_SECONDS
         self._register(conn)
         self._balance(time.monotonic())
 
     def _close(self, conn: Conn) -> None:
-        if conn.state == BUSY:
-            return  # the thread finishes with it; its completion closes it
+        if self.conns.pop(conn.fd, None) is None:
+            return
         self._unregister(conn)
-        if self.conns.pop(conn.fd, None) is not None and conn.state != LINGER:
-            self.n_open -= 1
-        util.close(conn.sock)
+        self._leave_state(conn)
+        self._release(conn, conn.parser.buffered)
+        conn.parser.ready.clear()
         conn.state = LINGER
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
 
     def _sweep(self, now: float) -> None:
         for conn in [c for c in self.conns.values() if c.state != BUSY and c.deadline <= now]:
             if conn.state == HEAD:
-                self._refuse(conn, 408, "Request Timeout",
-                             f"the request head did not arrive within {self.header_timeout:g}s (--header-timeout)")
+                self._refuse(conn, 408, f"the request head did not arrive within {self.header_timeout:g}s "
+                                        "(--header-timeout)")
             elif conn.state == BODY:
-                self._refuse(conn, 408, "Request Timeout",
-                             f"the request body did not arrive within {self.body_timeout:g}s (--body-timeout)")
-            else:  # idle past --keep-alive, or done lingering
+                self._refuse(conn, 408, f"the request body did not arrive within {self.body_timeout:g}s "
+                                        "(--body-timeout)")
+            else:  # idle past its deadline, or done lingering
                 self._close(conn)
 
     def _stop(self) -> None:
-        """Graceful stop: no new connections; requests read or in flight are answered (with Connection: close),
-        idle connections get a moment for a request already on its way."""
+        """Graceful stop: no new connections; keep-alive connections between requests are closed at once, a
+        connection accepted without its request yet gets a moment for it; requests being read or served are
+        answered (with Connection: close) until `--graceful-timeout`."""
         for listener in self.sockets:
             if self.accepting:
                 self.poller.unregister(listener)
         self.accepting = False
         now = time.monotonic()
-        for conn in self.conns.values():
-            if conn.state == IDLE:
-                conn.deadline = min(conn.deadline, now + STOP_KEEPALIVE_SECONDS)
+        for conn in list(self.idle.values()):
+            if conn.fresh:
+                conn.deadline = min(conn.deadline, now + STOP_GRACE_SECONDS)
+            else:
+                self._close(conn)
         limit = now + self.cfg.graceful_timeout
-        while self.conns and time.monotonic() < limit:
-            self.notify()
-            self.board.beat(int(time.monotonic() * 1000))  # draining is not hanging
+        while time.monotonic() < limit and any(c.state in (HEAD, BODY, BUSY) or (c.state == IDLE and c.fresh)
+                                               for c in self.conns.values()):
+            self._beat(time.monotonic())  # draining is not hanging
             self._dispatch_events(SWEEP_SECONDS)
             self._sweep(time.monotonic())
         for conn in list(self.conns.values()):
-            util.close(conn.sock)
+            conn.sock.close()
         for _ in range(self.cfg.threads):
             self.jobs.put(None)

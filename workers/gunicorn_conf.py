@@ -85,31 +85,25 @@ def child_exit(server, worker) -> None:
         (DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir / str(worker.pid)).unlink(missing_ok=True)
 
 
-def _logconfig(fmt: str, access: bool) -> dict:
-    """gunicorn's own lines (a worker killed, a timeout) and one access line per request, in the replica's
-    format on stderr. Neither logger propagates to the root logger, which has a handler of its own in every
-    worker: a line goes out once."""
+def _logconfig(fmt: str) -> dict:
+    """gunicorn's own lines (a worker killed, a timeout) in the replica's format on stderr; the access lines
+    are the front worker's own (workers/access_log.py). The logger does not propagate to the root logger, which
+    has a handler of its own in every worker: a line goes out once."""
     if fmt == "json":
-        formatters = {"gunicorn": {"()": "replica.logs.JsonFormatter", "process_name": "gunicorn"},
-                      "access": {"()": "replica.logs.JsonFormatter", "process_name": "access"}}
+        formatter = {"()": "replica.logs.JsonFormatter", "process_name": "gunicorn"}
     else:
-        text = "%(asctime)s %(levelname)s [{} %(process)d] %(name)s: %(message)s"
-        formatters = {"gunicorn": {"format": text.format("gunicorn")}, "access": {"format": text.format("access")}}
-    handlers = {name: {"class": "logging.StreamHandler", "formatter": name, "stream": "ext://sys.stderr"}
-                for name in formatters}
+        formatter = {"format": "%(asctime)s %(levelname)s [gunicorn %(process)d] %(name)s: %(message)s"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "root": {"level": "WARNING", "handlers": []},
-        "formatters": formatters,
-        "handlers": handlers,
+        "formatters": {"gunicorn": formatter},
+        "handlers": {"gunicorn": {"class": "logging.StreamHandler", "formatter": "gunicorn", "stream": "ext://sys.stderr"}},
         "loggers": {
             "gunicorn.error": {"level": "WARNING", "handlers": ["gunicorn"], "propagate": False},
-            "gunicorn.access": {"level": "INFO" if access else "WARNING", "handlers": ["access"],
-                                "propagate": False},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
         },
     }
 
 
-logconfig_dict = _logconfig(os.environ.get("REPLICA_LOG_FORMAT", "text"), os.environ.get("REPLICA_ACCESS_LOG") != "0")
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s bytes %(M)sms'
+logconfig_dict = _logconfig(os.environ.get("REPLICA_LOG_FORMAT", "text"))
