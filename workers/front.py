@@ -344,36 +344,42 @@ class FrontWorker(base.Worker):
             self.in_flight += delta
             self.board.add_in_flight(delta)
 
-    def _finish(self, conn: Conn, req: Request, keep: bool) -> None:
+    def _finish(self, conn: Conn, req: Request, keep: bool | None) -> None:
         """After a request, on the loop: the connection goes on to its next request, or out."""
         self._count(conn, -1)
         self._release(conn, req.body_size)
         if conn.fd not in self.conns:
             return
         now = time.monotonic()
-        if keep and (self.alive or conn.parser.ready):
+        if keep is None:
+            self._close(conn)  # the peer is gone
+        elif keep and (self.alive or conn.parser.ready):
             self._next_request(conn, now)  # a request already sent to a stopping worker is answered
-        elif keep:
-            self._linger(conn)
+        elif conn.error is not None and not conn.parser.ready:
+            self._next_request(conn, now)  # the malformed request after the last good one: its 400
         else:
-            self._close(conn)
+            self._linger(conn)
 
     # -- serving ---------------------------------------------------------------------------------------------------
-    def _serve(self, conn: Conn, req: Request) -> bool:
-        """Run the app on one request; True when the connection may carry another."""
+    def _serve(self, conn: Conn, req: Request) -> bool | None:
+        """Run the app on one request; True when the connection may carry another, False when it closes after
+        the answer, None when the peer is gone."""
         started = time.perf_counter()
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
-        may_keep = bool(self.cfg.keepalive) and self.alive and not conn.eof and conn.error is None
+        # Requests pipelined before the peer's FIN are all answered, the last saying the connection closes;
+        # those before a malformed one too, and the 400 that follows them says so.
+        last = conn.eof and conn.error is None and not conn.parser.ready
+        may_keep = bool(self.cfg.keepalive) and self.alive and not last
         try:
             ex = http_exchange.run(self.wsgi, req, conn.server, conn.client, conn.sock, may_keep,
                                    before_send=lambda: self._count(conn, -1))
         except OSError as e:
             if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.ETIMEDOUT, None):
                 self.log.warning("cannot answer %s: %s", conn.client, e)
-            return False
+            return None
         except Exception:  # noqa: BLE001 - the app itself answers its errors; this is the front's own failure
             self.log.exception("Error handling request %s", req.request_line)
             self._write_now(conn, http_exchange.refusal(500, "internal error in the replica's front; see its log",
@@ -388,7 +394,7 @@ class FrontWorker(base.Worker):
             if job is None:
                 return
             conn, req = job
-            keep = False
+            keep = None
             try:
                 keep = self._serve(conn, req)
             except BaseException:  # noqa: BLE001 - the loop must hear back about every connection
