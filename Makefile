@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk haproxy run-local run-cluster examples test test-all bench bench-quick lint clean service-unit install-service
+.PHONY: help venv install install-test install-bench wrk haproxy run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-all    run every test, slow ones included"
 	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (15-25 min)"
 	@echo "make bench-quick print the hot-path ratio replica / gunicorn + Flask floor (under a minute)"
+	@echo "make bench-stacks print the replica against the limit stacks (granian, uvicorn, LitServe, Triton; a few minutes)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +70,8 @@ test-all: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -q
 
 # The load generator: wrk from the distribution when it can be installed; without it the bench uses locust.
-# MLServer gets its own virtualenv (.venv-mlserver/, its protobuf pin clashes), created by scripts/bench.py.
+# The peers (MLServer, granian, uvicorn, LitServe, PyTriton) get a virtualenv each under ~/.cache/model-replica/bench-venvs/
+# (BENCH_VENV_DIR; their pins clash with the project's and with each other), created by scripts/bench.py on first use.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 wrk:
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || ($(SUDO) apt-get update && $(SUDO) apt-get install -y wrk) \
@@ -88,6 +90,11 @@ bench: $(VENV)/.installed-bench wrk
 
 bench-quick: $(VENV)/.installed-bench wrk
 	$(PY) scripts/bench.py --quick
+
+# Figure 1's 2-process targets and the limit stacks alone, at wrk -c8 and -c64: prints the section, writes nothing
+# (the first run installs each stack's virtualenv). NO_STACK="triton" leaves stacks out.
+bench-stacks: $(VENV)/.installed-bench wrk
+	$(PY) scripts/bench.py --only stacks --rounds 2 --duration 3 --no-doc $(if $(NO_STACK),--no-stack $(NO_STACK))
 
 # The systemd service: `sudo make install-service SPEC=/etc/replica/api.yaml` copies the project into PREFIX with
 # its own virtualenv (a path the service user can read: a virtualenv in a home folder often is not), checks that

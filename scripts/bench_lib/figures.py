@@ -19,7 +19,7 @@ import psutil
 import requests
 
 from replica.disktree import DiskTree
-from scripts.bench_lib import load, models, servers
+from scripts.bench_lib import load, models, profile, servers, stacks
 from tests.helpers import put_objects, write_api
 from tests.replica_proc import ReplicaProcess
 
@@ -73,41 +73,88 @@ def worker_cpu_s(pids: list[int]) -> list[float]:
 
 
 def rounds(targets: dict[str, tuple[str, str, list[str]]], *, rounds: int, duration: float,
-           warmup: float = 1.0, workers: dict[str, list[int]] | None = None) -> dict[str, list[dict]]:
-    """Run wrk against every target (name -> (base URL, body, paths)) in turn, `rounds` times; per target the
-    list of per-round results. For targets named in `workers` (name -> worker pids), each round also records
-    every worker's CPU seconds and share, which shows whether the load spread over the processes."""
-    out: dict[str, list[dict]] = {name: [] for name in targets}
-    workers = workers or {}
-    for name, (base, body, paths) in targets.items():  # warm every server once (lazy sessions, JIT caches)
-        load.run(base, body, paths, duration=max(warmup, 1), connections=CONNECTIONS)
-    for i in range(rounds):
+           warmup: float = 1.0, workers: dict[str, list[int]] | None = None,
+           roots: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Run wrk against every target (name -> (base URL, body, paths)) in turn, `rounds` times, with
+    CONNECTIONS connections; per target the list of per-round results (see `rounds_at`)."""
+    return rounds_at({CONNECTIONS: targets}, rounds=rounds, duration=duration, warmup=warmup, workers=workers,
+                     roots=roots)[CONNECTIONS]
+
+
+def rounds_at(levels: dict[int, dict[str, tuple[str, str, list[str]]]], *, rounds: int, duration: float,
+              warmup: float = 1.0, workers: dict[str, list[int]] | None = None,
+              roots: dict[str, int] | None = None) -> dict[int, dict[str, list[dict]]]:
+    """Interleaved rounds at several connection counts: each round runs wrk against every target of every
+    level (connections -> targets) in turn, so that every figure of a round sees the same machine state; per
+    level and target the list of per-round results.
+
+    For targets named in `workers` (name -> worker pids), each round also records every worker's CPU seconds,
+    which shows whether the load spread over the processes. For targets named in `roots` (name -> the server's
+    first process), it records the CPU seconds of the whole process tree during the round and the CPU
+    microseconds per request (the load generator's own CPU is not in it)."""
+    out: dict[int, dict[str, list[dict]]] = {c: {name: [] for name in ts} for c, ts in levels.items()}
+    workers, roots = workers or {}, roots or {}
+    warmed: set[str] = set()
+    for c, targets in levels.items():  # warm every server once (lazy sessions, JIT caches)
         for name, (base, body, paths) in targets.items():
-            pids = workers.get(name, [])
-            before = worker_cpu_s(pids)
-            res = load.run(base, body, paths, duration=duration, connections=CONNECTIONS).as_dict()
-            shares = ""
-            if pids:
-                used = [a - b for a, b in zip(worker_cpu_s(pids), before)]
-                res["worker_cpu_s"] = used
-                shares = "  CPU per worker " + " / ".join(f"{u:.1f}s ({u / (sum(used) or 1):.0%})" for u in used)
-            out[name].append(res)
-            print(f"  round {i + 1}/{rounds} {name:<22} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                  f"p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}{shares}", flush=True)
+            if name not in warmed:
+                load.run(base, body, paths, duration=max(warmup, 1), connections=c)
+                warmed.add(name)
+    label = len(levels) > 1
+    for i in range(rounds):
+        for c, targets in levels.items():
+            for name, (base, body, paths) in targets.items():
+                pids = workers.get(name, [])
+                everything = profile.tree(roots[name]) if name in roots else []
+                before, before_all = worker_cpu_s(pids), worker_cpu_s(everything)
+                res = load.run(base, body, paths, duration=duration, connections=c).as_dict()
+                extra = ""
+                if everything:
+                    res["cpu_s"] = sum(max(a - b, 0.0) for a, b in zip(worker_cpu_s(everything), before_all))
+                    res["cpu_us_per_request"] = res["cpu_s"] / max(res["requests"], 1) * 1e6
+                    extra += f"  CPU {res['cpu_us_per_request']:5.0f} us/req"
+                if pids:
+                    used = [a - b for a, b in zip(worker_cpu_s(pids), before)]
+                    res["worker_cpu_s"] = used
+                    extra += "  CPU per worker " + " / ".join(f"{u:.1f}s ({u / (sum(used) or 1):.0%})" for u in used)
+                out[c][name].append(res)
+                where = f" -c{c:<3}" if label else ""
+                print(f"  round {i + 1}/{rounds}{where} {name:<22} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} "
+                      f"ms  p99 {res['p99_ms']:7.2f} ms  failed {res['failed']}{extra}", flush=True)
     return out
 
 
 def summarize(per_round: list[dict]) -> dict:
-    return {"rps": statistics.median(r["rps"] for r in per_round),
-            "p50_ms": statistics.median(r["p50_ms"] for r in per_round),
-            "p99_ms": statistics.median(r["p99_ms"] for r in per_round),
-            "failed": sum(r["failed"] for r in per_round), "requests": sum(r["requests"] for r in per_round),
-            "rounds": per_round}
+    out = {"rps": statistics.median(r["rps"] for r in per_round), "worst_rps": min(r["rps"] for r in per_round),
+           "p50_ms": statistics.median(r["p50_ms"] for r in per_round),
+           "p99_ms": statistics.median(r["p99_ms"] for r in per_round),
+           "failed": sum(r["failed"] for r in per_round), "requests": sum(r["requests"] for r in per_round),
+           "rounds": per_round}
+    if all("cpu_us_per_request" in r for r in per_round):
+        out["cpu_us_per_request"] = statistics.median(r["cpu_us_per_request"] for r in per_round)
+    return out
 
 
 def ratio(results: dict, a: str, b: str, key: str = "rps") -> float:
     """Median over rounds of a[key] / b[key] (both measured in the same round)."""
     return statistics.median(x[key] / y[key] for x, y in zip(results[a]["rounds"], results[b]["rounds"]))
+
+
+def worst_ratio(results: dict, a: str, b: str, key: str = "rps") -> float:
+    """The lowest a[key] / b[key] of any round (both measured in the same round)."""
+    return min(x[key] / y[key] for x, y in zip(results[a]["rounds"], results[b]["rounds"]))
+
+
+def at_connections(hot: dict, connections: int) -> dict:
+    """The hot-path results measured with `connections` wrk connections."""
+    if connections == hot["connections"]:
+        return hot["results"]
+    return hot["more_connections"][str(connections)]
+
+
+def connection_levels(hot: dict) -> list[int]:
+    """Every connection count the hot path was measured at, the main figure's (CONNECTIONS) first."""
+    return [hot["connections"], *(int(c) for c in hot.get("more_connections", {}))]
 
 
 def spread(results: dict, n: int) -> dict:
@@ -125,15 +172,26 @@ def spread(results: dict, n: int) -> dict:
 
 # -- 1. hot path -------------------------------------------------------------------------------------------------
 def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int = 3, duration: float = 5.0,
-             mlserver: bool = True) -> dict:
+             mlserver: bool = True, limit_stacks: tuple[str, ...] = (), left_out: tuple[str, ...] = (),
+             connections: tuple[int, ...] = (CONNECTIONS,)) -> dict:
+    """The replica against the floors, MLServer and the limit stacks (`limit_stacks`, names of `stacks.STACKS`, with
+    `stacks.WORKERS` processes each), all in the same interleaved rounds.
+
+    Every target runs at CONNECTIONS connections (the figure's `results`); the targets with stacks.WORKERS
+    processes also at each other count in `connections` (`more_connections`), in the same rounds. A peer that
+    cannot install or start is left out with the reason in `notes` (so is a stack named in `left_out`, the
+    --no-stack option), never replaced by anything else."""
+    if limit_stacks and stacks.WORKERS not in processes:
+        raise ValueError(f"the limit stacks run with {stacks.WORKERS} processes: add it to processes {processes}")
     model_dir = work / "hot" / "iris"
     model_file = models.iris_onnx(model_dir / "1" / "model.onnx")
     running: list = []
     targets: dict[str, tuple[str, str, list[str]]] = {}
-    notes: dict[str, str] = {}
+    notes: dict = {"stacks": {name: "left out of this run (--no-stack)" for name in left_out}}
     rss: dict[str, float] = {}
     pids: dict[str, int] = {}
     replicas: dict[str, ReplicaProcess] = {}
+    optional: dict[int, str] = {}  # id(server) -> its target: peers whose failure to start is noted, not raised
     try:
         for n in processes:
             r = replica(work, f"replica-p{n}", model_path=str(model_dir), processes_per_replica=n,
@@ -156,31 +214,56 @@ def hot_path(work: Path, *, processes: tuple[int, ...] = (1, 2), n_rounds: int =
                 for n in processes:
                     m = servers.MLServer(py, model_file, n, work).start()
                     running.append(m)
+                    optional[id(m)] = f"mlserver p{n}"
                     targets[f"mlserver p{n}"] = (m.base, servers.V2_BODY, ["/v2/models/iris/infer"])
                     pids[f"mlserver p{n}"] = m.proc.pid
+        for name in limit_stacks:
+            print(f"hot path: setting up {name} ({' '.join(stacks.STACKS[name].pins)})", flush=True)
+            st, why = stacks.start(name, model_file, work)
+            if st is None:
+                notes["stacks"][name] = why
+                continue
+            running.append(st)
+            target = f"{name} p{stacks.WORKERS}"
+            optional[id(st)] = target
+            targets[target] = (st.base, st.stack.body, [st.stack.path])
+            pids[target] = st.proc.pid
         for s in running:
             try:
                 s.wait_ready(timeout=180)
             except (RuntimeError, TimeoutError) as e:
-                if not isinstance(s, servers.MLServer):
+                if id(s) not in optional:
                     raise
-                notes["mlserver"] = f"MLServer did not start: {str(e)[-500:]}"
-                targets = {k: v for k, v in targets.items() if not k.startswith("mlserver")}
+                target = optional[id(s)]
+                targets.pop(target)
+                if isinstance(s, stacks.StackServer):
+                    notes["stacks"][s.stack.name] = f"{s.stack.title} did not start: {str(e)[-800:]}"
+                else:
+                    notes["mlserver"] = f"MLServer did not start: {str(e)[-500:]}"
+                    targets = {k: v for k, v in targets.items() if not k.startswith("mlserver")}
         check_answers(targets)
-        print(f"hot path: {', '.join(targets)}; {n_rounds} rounds of {duration:g}s each, {CONNECTIONS} connections",
-              flush=True)
+        levels = {CONNECTIONS: targets}
+        for c in connections:
+            if c != CONNECTIONS:
+                levels[c] = {k: v for k, v in targets.items() if k.endswith(f" p{stacks.WORKERS}")}
+        print(f"hot path: {', '.join(targets)}; {n_rounds} rounds of {duration:g}s each, "
+              f"{' and '.join(map(str, levels))} connections", flush=True)
         workers = {name: [c.pid for c in psutil.Process(pid).children()] for name, pid in pids.items()
-                   if not name.startswith("replica")}
+                   if not name.startswith("replica") and not any(name.startswith(st) for st in stacks.STACKS)}
         workers.update({name: r.worker_pids() for name, r in replicas.items()})
-        raw = rounds(targets, rounds=n_rounds, duration=duration, workers=workers)
+        raw = rounds_at(levels, rounds=n_rounds, duration=duration, workers=workers,
+                        roots={name: pid for name, pid in pids.items() if name in targets})
         for name, pid in pids.items():
             if name in targets:
                 rss[name] = tree_rss_mib(pid)
         worker_rss = {name: worker_rss_mib(r) for name, r in replicas.items()}
-        results = {name: summarize(v) for name, v in raw.items()}
-        return {"results": results, "notes": notes, "rss_mib": rss, "replica_worker_rss_mib": worker_rss,
-                "processes": list(processes), "rounds": n_rounds, "duration": duration,
-                "tool": load.generator(), "connections": CONNECTIONS}
+        summaries = {c: {name: summarize(v) for name, v in per.items()} for c, per in raw.items()}
+        return {"results": summaries.pop(CONNECTIONS), "notes": notes, "rss_mib": rss,
+                "replica_worker_rss_mib": worker_rss, "processes": list(processes), "rounds": n_rounds,
+                "duration": duration, "tool": load.generator(), "connections": CONNECTIONS,
+                "more_connections": {str(c): v for c, v in summaries.items()},
+                "stacks": {"requested": [*limit_stacks, *left_out], "workers": stacks.WORKERS,
+                           "versions": {n: stacks.STACKS[n].version for n in limit_stacks}}}
     finally:
         for s in running:
             s.stop()

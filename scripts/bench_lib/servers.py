@@ -3,9 +3,10 @@
 - `Floor`: a bare gunicorn + Flask app (`scripts/bench_floor_app.py`), as gthread (the flags the replica had
   before its own worker class) or as plain `gunicorn -w N` (sync workers);
 - `MLServer`: Seldon MLServer with `parallel_workers` workers and a custom ONNX runtime
-  (`scripts/mlserver_runtime/`), from its own virtualenv (`.venv-mlserver/`, created on first use).
+  (`scripts/mlserver_runtime/`), from its own virtualenv (`ensure_venv`, created on first use).
 
-The replica itself runs through `tests.replica_proc.ReplicaProcess`.
+The limit stacks (granian, uvicorn, LitServe, Triton) are in `stacks.py`; the replica itself runs through
+`tests.replica_proc.ReplicaProcess`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import time
 from pathlib import Path
 
 import requests
+from filelock import FileLock
 
 from tests.replica_proc import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-MLSERVER_VENV = ROOT / ".venv-mlserver"
+# Peers' virtualenvs live in a cache folder, not in the work tree: every checkout and worktree of the project
+# shares them, and `git clean` does not throw away a 1 GB install. $BENCH_VENV_DIR moves them.
+VENV_DIR = Path(os.environ.get("BENCH_VENV_DIR")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-replica" / "bench-venvs")
 # MLServer pins protobuf below 7, which clashes with onnx and TensorFlow: it gets its own virtualenv.
 # uvloop 0.23 crashes MLServer 1.7.1 at start with parallel workers ("There is no current event loop").
 MLSERVER_PINS = ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime==1.32.0", "numpy==2.4.6"]
@@ -113,22 +118,41 @@ class Floor(Server):
         return self
 
 
+def ensure_venv(name: str, pins: list[str], log_path: Path) -> tuple[Path | None, str]:
+    """(the python of the virtualenv VENV_DIR/name with exactly `pins` installed, "") or (None, why not).
+
+    Peers get a virtualenv each, never the project's: their pins clash with the project's (MLServer's protobuf,
+    PyTriton's numpy < 2) and with each other, and a peer must not run with the project's packages imported
+    or installed. Created on first use, reused while `pins` are the same (a stamp file holds them); a file lock
+    keeps two benchmark runs (two worktrees) from installing into one at the same time."""
+    folder = VENV_DIR / name
+    py, stamp, want = folder / "bin" / "python", folder / ".installed", " ".join(pins)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if py.exists() and stamp.exists() and stamp.read_text() == want:
+            return py, ""
+        with open(log_path, "ab") as log:
+            try:
+                if not py.exists():
+                    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, stdout=log, stderr=log)
+                subprocess.run([str(py), "-m", "pip", "install", "--quiet", *pins], check=True,
+                               stdout=log, stderr=log, timeout=1200)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+                return None, f"could not install {want} into {folder} ({e}){_pip_error(log_path)}; see {log_path}"
+        stamp.write_text(want)
+    return py, ""
+
+
+def _pip_error(log_path: Path) -> str:
+    """pip's own words for a failed install (its ERROR lines and the conflict it names), for the notes."""
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+             if ln.startswith("ERROR:") or " depends on " in ln]
+    return ": " + " ".join(lines[-4:]) if lines else ""
+
+
 def ensure_mlserver_venv(log_path: Path) -> tuple[Path | None, str]:
     """(the MLServer virtualenv's python, "") or (None, why it could not be set up)."""
-    py = MLSERVER_VENV / "bin" / "python"
-    stamp = MLSERVER_VENV / ".installed"
-    if stamp.exists() and stamp.read_text() == " ".join(MLSERVER_PINS):
-        return py, ""
-    with open(log_path, "ab") as log:
-        try:
-            if not py.exists():
-                subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True, stdout=log, stderr=log)
-            subprocess.run([str(py), "-m", "pip", "install", "--quiet", *MLSERVER_PINS], check=True,
-                           stdout=log, stderr=log, timeout=1200)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            return None, f"could not install {' '.join(MLSERVER_PINS)} into {MLSERVER_VENV.name}/ ({e}; see {log_path})"
-    stamp.write_text(" ".join(MLSERVER_PINS))
-    return py, ""
+    return ensure_venv("mlserver", MLSERVER_PINS, log_path)
 
 
 def mlserver_version(py: Path) -> str:
