@@ -52,6 +52,7 @@ def path_info(raw_path: bytes) -> str:
 
 def environ_for(req: Request, server: ServerInfo, client) -> dict:
     body = req.body[0] if len(req.body) == 1 else b"".join(req.body)
+    req.body = [body]  # the pieces go as soon as they are joined
     env = dict(server.base)
     env["REQUEST_METHOD"] = req.method
     env["PATH_INFO"] = path_info(req.path)
