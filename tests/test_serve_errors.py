@@ -146,20 +146,29 @@ def test_malformed_json_is_400(iris, body):
     assert set(resp.json()) == {"error"}
 
 
-def test_predictor_exception_is_500_without_traceback(iris):
+def test_predictor_exception_is_500_with_a_request_id_and_no_secret(iris):
+    """The exception's message may hold anything the predictor saw (a key, a row of data): it goes to the log,
+    under the request id the client gets in the body, the X-Request-ID header and the access line."""
     resp = iris.post("/?fail=marker-42", json={"x": X})
     assert resp.status_code == 500, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")
-    error = resp.json()["error"]
-    assert "RuntimeError" in error
+    rid = resp.json()["request_id"]
+    assert rid and resp.headers["X-Request-ID"] == rid and rid in resp.json()["error"]
+    assert "marker-42" not in resp.text and "RuntimeError" not in resp.text
     assert "Traceback" not in resp.text and 'File "' not in resp.text
-    deadline = time.time() + 10
-    while "marker-42" not in iris.log() and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: "marker-42" in iris.log() and " 500 " in iris.log(), timeout=10, message="the error logged")
     log = iris.log()
     assert "Traceback (most recent call last)" in log
     assert "RuntimeError: the predictor broke: marker-42" in log
+    assert f"(request {rid})" in log  # the logged exception carries the id
+    assert any(" 500 " in line and line.endswith(rid) for line in log.splitlines() if "[access " in line)
     assert "predictor.py" in log  # the user's own frame is in the logged traceback
+
+
+def test_a_request_id_sent_by_the_client_is_kept_and_an_odd_one_replaced(iris):
+    assert iris.post("/", json={"x": X}, headers={"X-Request-ID": "lb-abc.123"}).headers["X-Request-ID"] == "lb-abc.123"
+    odd = iris.post("/", json={"x": X}, headers={"X-Request-ID": "a b<script>"}).headers["X-Request-ID"]
+    assert odd != "a b<script>" and len(odd) == 16
 
 
 def test_replica_keeps_serving_after_errors(iris):

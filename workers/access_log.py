@@ -27,12 +27,13 @@ class AccessLog:
                            else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
         return self._stamp, int((now - second) * 1000)
 
-    def line(self, client, request_line: str, status: int, sent: int, seconds: float) -> None:
-        """`client` is the peer's (host, port) or a path; `seconds` how long the request took."""
+    def line(self, client, request_line: str, status: int, sent: int, seconds: float, rid: str = "-") -> None:
+        """`client` is the peer's (host, port) or a path; `seconds` how long the request took; `rid` the
+        request id the answer carried."""
         if not self.enabled:
             return
         host = client[0] if isinstance(client, tuple) else str(client or "-")
-        message = f'{host} "{request_line}" {status} {sent} bytes {int(seconds * 1000)}ms'
+        message = f'{host} "{request_line}" {status} {sent} bytes {int(seconds * 1000)}ms {rid}'
         stamp, ms = self._time()
         if self.json:
             text = json.dumps({"time": f"{stamp}.{ms:03d}Z", "level": "info", "process": "access", "pid": self.pid,

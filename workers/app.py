@@ -11,7 +11,6 @@ import time
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from replica.redact import known_places, public_message
 from workers import encoding, metrics
 from workers.board import stalled
 from workers.errors import Unavailable
@@ -28,6 +27,15 @@ STARTUP_WAIT_SECONDS = 10.0
 
 def _error(status: int, message: str, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
     return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
+
+
+def _internal_error(req, logged: str, answered: str) -> Response:
+    """A 500 that leaves no secret: the exception (message and traceback, which may hold anything the predictor
+    saw) goes to the log under the request's id; the client gets the id to find it there."""
+    rid = req.environ.get("replica.request_id") or "-"
+    log.exception("%s (request %s)", logged, rid)
+    body = {"error": f"{answered}; the replica log has the details under request {rid}", "request_id": rid}
+    return Response(json.dumps(body), status=500, mimetype="application/json")
 
 
 def _status_of(e: HTTPException) -> int:
@@ -137,14 +145,11 @@ def _predict(runtime: Runtime, scope) -> Response:
         except HTTPException:  # a client's ModelNotFound, or the predictor's flask.abort: its own status
             raise
         except Exception as e:
-            log.exception("predictor raised %s", type(e).__name__)
-            why = public_message(f"{type(e).__name__}: {e}", known_places(str(runtime.tree.root), str(runtime.tree.run)))
-            return _error(500, f"the predictor raised {why}; see the replica log")
+            return _internal_error(req, f"predictor raised {type(e).__name__}", "the predictor raised an exception")
         try:
             response = to_response(result)
-        except (TypeError, ValueError) as e:  # ValueError: a circular reference
-            log.exception("cannot serialize the prediction")
-            return _error(500, f"cannot serialize the prediction: {e}")
+        except (TypeError, ValueError):  # ValueError: a circular reference
+            return _internal_error(req, "cannot serialize the prediction", "cannot serialize the prediction")
         if runtime.post_predict is not None:
             available["response"] = response
             args = {k: available[k] for k in runtime.post_predict_args}

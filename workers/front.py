@@ -385,7 +385,8 @@ class FrontWorker(base.Worker):
             self._write_now(conn, http_exchange.refusal(500, "internal error in the replica's front; see its log",
                                                         close=True))
             return False
-        self.access.line(conn.client, req.request_line, ex.status, ex.sent, time.perf_counter() - started)
+        self.access.line(conn.client, req.request_line, ex.status, ex.sent, time.perf_counter() - started,
+                         ex.request_id)
         return ex.keep_alive
 
     def _serve_jobs(self) -> None:

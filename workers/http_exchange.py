@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import socket
 import sys
 from urllib.parse import unquote_to_bytes
@@ -17,16 +19,17 @@ from urllib.parse import unquote_to_bytes
 from workers.http_parse import REASONS, Request
 
 SEND_LIMIT = 256 * 1024
+_TOKEN = re.compile(rb"[A-Za-z0-9._:-]+")
 NO_BODY_STATUSES = (204, 304)
 
 
 class Exchange:
     """What one request's answer came to: its status, body size, and whether the connection stays open."""
 
-    __slots__ = ("status", "sent", "keep_alive")
+    __slots__ = ("status", "sent", "keep_alive", "request_id")
 
-    def __init__(self, status: int = 500, sent: int = 0, keep_alive: bool = False):
-        self.status, self.sent, self.keep_alive = status, sent, keep_alive
+    def __init__(self, status: int = 500, sent: int = 0, keep_alive: bool = False, request_id: str = ""):
+        self.status, self.sent, self.keep_alive, self.request_id = status, sent, keep_alive, request_id
 
 
 class ServerInfo:
@@ -50,7 +53,16 @@ def path_info(raw_path: bytes) -> str:
     return (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
 
 
-def environ_for(req: Request, server: ServerInfo, client) -> dict:
+def request_id(req: Request) -> str:
+    """The request's id: the one a load balancer or client sent in X-Request-ID when it is a plain token,
+    else a fresh one. It is in the answer's X-Request-ID, the access line and the log of an error."""
+    for name, value in req.headers:
+        if name.lower() == b"x-request-id" and 0 < len(value) <= 64 and _TOKEN.fullmatch(value):
+            return value.decode("ascii")
+    return os.urandom(8).hex()
+
+
+def environ_for(req: Request, server: ServerInfo, client, rid: str = "") -> dict:
     body = req.body[0] if len(req.body) == 1 else b"".join(req.body)
     req.body = [body]  # the pieces go as soon as they are joined
     env = dict(server.base)
@@ -59,6 +71,7 @@ def environ_for(req: Request, server: ServerInfo, client) -> dict:
     env["QUERY_STRING"] = req.query.decode("latin-1")
     env["RAW_URI"] = req.target.decode("latin-1")
     env["SERVER_PROTOCOL"] = "HTTP/" + req.version
+    env["replica.request_id"] = rid
     env["wsgi.input"] = io.BytesIO(body)
     env["CONTENT_LENGTH"] = str(len(body))  # a chunked body arrives decoded: this is its length
     if isinstance(client, tuple):
@@ -109,9 +122,10 @@ class Answer:
     def _write_refused(data: bytes) -> None:
         raise RuntimeError("the replica's front takes the response body from the returned iterable only")
 
-    def head(self, length: int | None, keep_alive: bool, version: str) -> bytes:
+    def head(self, length: int | None, keep_alive: bool, version: str, rid: str) -> bytes:
         lines = [f"HTTP/1.1 {self.status} {self.reason}"]
         lines += [f"{name}: {value}" for name, value in self.headers if name.lower() != "connection"]
+        lines.append(f"X-Request-ID: {rid}")
         if length is not None and not self.has_length:
             lines.append(f"Content-Length: {length}")
         if not keep_alive:
@@ -126,9 +140,9 @@ def run(app, req: Request, server: ServerInfo, client, sock: socket.socket, may_
     """Run the app on `req` and send its answer on `sock`; `before_send` runs once the answer is complete, just
     before it leaves. The iterable's `close` (Flask's `call_on_close`, a predictor's post_predict) runs after
     the answer is sent. OSError (the peer gone) propagates: the caller closes the connection."""
-    ex = Exchange()
+    ex = Exchange(request_id=request_id(req))
     answer = Answer()
-    result = app(environ_for(req, server, client), answer.start_response)
+    result = app(environ_for(req, server, client, ex.request_id), answer.start_response)
     try:
         parts = [bytes(p) for p in result if p]
         ex.status = answer.status
@@ -139,7 +153,7 @@ def run(app, req: Request, server: ServerInfo, client, sock: socket.socket, may_
         elif req.method == "HEAD":
             body = b""
         ex.keep_alive = may_keep_alive and req.keep_alive and not answer.close
-        head = answer.head(length, ex.keep_alive, req.version)
+        head = answer.head(length, ex.keep_alive, req.version, ex.request_id)
         ex.sent = len(body)
         if before_send is not None:
             before_send()
