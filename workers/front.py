@@ -355,8 +355,6 @@ class FrontWorker(base.Worker):
             self._close(conn)  # the peer is gone
         elif keep and (self.alive or conn.parser.ready):
             self._next_request(conn, now)  # a request already sent to a stopping worker is answered
-        elif conn.error is not None and not conn.parser.ready:
-            self._next_request(conn, now)  # the malformed request after the last good one: its 400
         else:
             self._linger(conn)
 

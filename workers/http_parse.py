@@ -138,6 +138,8 @@ class RequestParser:
         self._in_head, self._trailers = False, True
         req.method = parser.get_method().decode("ascii")
         req.version = parser.get_http_version()
+        if req.version not in ("1.0", "1.1"):
+            raise BadRequest(400, f"HTTP/{req.version} is not served: send HTTP/1.1 or HTTP/1.0")
         req.keep_alive = parser.should_keep_alive()
         _split_target(req)
         for name, value in req.headers:
