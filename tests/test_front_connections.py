@@ -59,7 +59,7 @@ RSS_GROWTH_LIMIT = 30 << 20
 EARLY_CLOSE_REQUESTS = (b"GET /readyz HTTP/1.0\r\n\r\n",
                         b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 HEALTHZ_CLOSE = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-START_WAIT_S = 10.0  # a sent prediction that has not started by then never will
+START_WAIT_S = 10.0  # a connection not made, or a sent prediction not started, by then never will be
 RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset instead of a FIN
 
 
@@ -181,9 +181,16 @@ def early_closers(port: int, n: int, *, requests=EARLY_CLOSE_REQUESTS, how: str 
     sel = selectors.DefaultSelector()
     deadline = time.monotonic() + time_limit_s
     opened = done = 0
+    progress = (0, time.monotonic())  # (done, when it last grew)
     try:
         while done < n:
-            assert time.monotonic() < deadline, f"only {done} of {n} early-closing peers in {time_limit_s:g}s"
+            now = time.monotonic()
+            assert now < deadline, f"only {done} of {n} early-closing peers in {time_limit_s:g}s"
+            if done > progress[0]:
+                progress = (done, now)
+            assert now - progress[1] < START_WAIT_S, \
+                f"no connection completed for {START_WAIT_S:g}s ({done} of {n} peers so far): the replica stopped " \
+                "accepting connections"
             while opened < n and opened - done < concurrency:
                 s = socket.socket()
                 s.setblocking(False)
