@@ -38,6 +38,8 @@ class PythonPredictor:
             return {"pid": os.getpid()}
         if "abort" in query_params:
             flask.abort(int(query_params["abort"]), query_params.get("why"))
+        if isinstance(payload, (bytes, str)):
+            return {"length": len(payload)}
         return {"echo": payload}
 """
 

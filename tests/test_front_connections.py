@@ -32,22 +32,8 @@ import pytest
 
 from tests.helpers import serving, write_api
 from tests.replica_proc import ReplicaProcess, wait_for
+from tests.test_front import ECHO as PREDICTOR
 
-PREDICTOR = """
-import time
-
-
-class PythonPredictor:
-    def __init__(self, config):
-        pass
-
-    def predict(self, payload, query_params):
-        if "started" in query_params:
-            open(query_params["started"], "w").close()
-        if "sleep" in query_params:
-            time.sleep(float(query_params["sleep"]))
-        return {"echo": payload}
-"""
 
 # Deadlines far longer than any wait below: a connection that goes away here is freed because its peer left,
 # never because a timer ran out.

@@ -31,24 +31,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import serving, write_api
 from tests.replica_proc import wait_for
+from tests.test_front import ECHO
 
-ECHO = """
-import time
-
-
-class PythonPredictor:
-    def __init__(self, config):
-        pass
-
-    def predict(self, payload, query_params):
-        if "started" in query_params:
-            open(query_params["started"], "w").close()
-        if "sleep" in query_params:
-            time.sleep(float(query_params["sleep"]))
-        if isinstance(payload, (bytes, str)):
-            return {"length": len(payload)}
-        return {"echo": payload}
-"""
 
 # Deadlines well above PROMPT, so that an answer within PROMPT seconds is the parser's, never a timeout's.
 HEADER_TIMEOUT = BODY_TIMEOUT = KEEP_ALIVE = 5
