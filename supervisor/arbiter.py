@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from replica import exit_codes
 from replica.backoff import backoff
 from replica.disktree import DiskTree
 from replica.private_dir import UnsafeDirectory
@@ -36,7 +37,9 @@ from supervisor.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR = 2, 3  # gunicorn: bad options; a worker cannot import the app
+GUNICORN_USAGE_ERROR = 2  # gunicorn: bad options
+# a worker could not start or import the app (the codes the gunicorn hooks give the master)
+GUNICORN_BOOT_ERRORS = (exit_codes.WORKER_BOOT_ERROR, exit_codes.APP_LOAD_ERROR)
 HEALTHY_SECONDS = 60.0  # a gunicorn that ran this long was healthy: its death starts the backoff afresh
 MAX_RESTART_DELAY = 30.0
 
@@ -227,7 +230,7 @@ class Arbiter:
         if code is None:
             return None
         self.gunicorn = None
-        if code in (GUNICORN_USAGE_ERROR, GUNICORN_BOOT_ERROR) and not self.ever_ready:
+        if (code == GUNICORN_USAGE_ERROR or code in GUNICORN_BOOT_ERRORS) and not self.ever_ready:
             log.error("the workers could not start (see the error above); stopping")
             self.stop_event.set()
             return 1

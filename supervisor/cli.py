@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-timeout", type=float, default=float(_env("worker-timeout", 30)),
                        help="a worker whose main loop is stuck this many seconds is killed and replaced "
                             "(default 30)")
+    serve.add_argument("--load-wait", type=float, default=float(_env("load-wait", 30)),
+                       help="with model caching, seconds a request waits for its model to be fetched and loaded "
+                            "before it answers 503 with Retry-After (default 30)")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false",
                        default=_env("access-log", "1") not in ("0", "false", "no"),
                        help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
         worker_timeout=args.worker_timeout,
+        load_wait=args.load_wait,
         access_log=args.access_log,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

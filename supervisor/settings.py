@@ -28,6 +28,7 @@ class Settings:
     drain_timeout: float = 30.0
     heartbeat_timeout: float = 40.0
     worker_timeout: float = 30.0
+    load_wait: float = 30.0  # with caching, how long a request waits for its version's fetch and load
     access_log: bool = True
     header_timeout: float = 10.0
     body_timeout: float = 30.0

@@ -35,12 +35,14 @@ from workers.supervisor_client import SupervisorUnreachable, ensure, release
 log = logging.getLogger(__name__)
 
 FETCH_RETRY_SECONDS = 5.0  # a version that could not be fetched is tried again after this, doubling
+LOADING_RETRY_SECONDS = 5  # Retry-After for a request that gave up waiting on a load still under way
 HOLDING = frozenset({State.FETCHING, State.LOADING, State.READY})  # the states a disk hold belongs to
 
 
 class CachingRegistry(ModelRegistry):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, load_wait: float = 30.0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.load_wait = load_wait  # how long a request waits for its version's bring-in
         self._hold_seq = 0
         self._unsent: dict[tuple[str, int], Release] = {}  # releases the supervisor has not heard yet
 
@@ -78,8 +80,14 @@ class CachingRegistry(ModelRegistry):
         return rec
 
     def _bring_in(self, name: str, version: int) -> Record:
-        """Serve one version: share a bring-in already under way, or run it; pinned when it returns."""
+        """Serve one version: share a bring-in already under way, or start one; pinned when it returns.
+
+        The bring-in (admission, fetch, the predictor's `load_model`) runs on a thread of its own, and every
+        request for the version, the one that started it included, waits for it at most `load_wait` seconds,
+        then answers 503 with Retry-After. A `load_model` that never returns holds that one thread, never the
+        request threads: the worker's other models, and its health routes, go on being served."""
         for _ in range(3):  # a version replaced or removed between its load and the pin is brought in again
+            outcome: list[Exception] = []
             with self._cond:
                 rec = self._current(name, version)
                 if rec is not None and rec.state is State.READY:
@@ -88,36 +96,49 @@ class CachingRegistry(ModelRegistry):
                 if rec is not None and rec.state is State.FAILED:
                     self._fail_fast(rec)
                 if rec is not None and rec.flight is not None:
-                    event, owner = rec.flight, False
+                    event = rec.flight
                 else:
                     rec = rec or self._put(Record(name, version, State.QUEUED))
                     rec.state = State.QUEUED
-                    event, owner = threading.Event(), True
-                    rec.flight = event
+                    event = rec.flight = threading.Event()
+                    threading.Thread(target=self._fly, args=(rec, event, outcome), name="cache-load",
+                                     daemon=True).start()
                 rec.wanted += 1  # not an eviction victim until this request has pinned it
             served = False
             try:
-                if owner:
-                    self._admit(rec)
-                    self._fetch_and_load(rec)
-                else:
-                    event.wait()
+                done = event.wait(self.load_wait)
             finally:
                 with self._cond:
                     rec.wanted -= 1
-                    if owner:
-                        rec.flight = None
-                        self._cond.notify_all()
                     if rec.state is State.READY and self._current(name, version) is rec:
                         self._pin(rec)
                         served = True
-                if owner:
-                    event.set()
             if served:
                 return rec
+            if not done:
+                raise Unavailable(f"model '{name}' version {version} is still loading after {self.load_wait:g} s; "
+                                  "try again", retry_after=LOADING_RETRY_SECONDS)
+            if outcome:  # what stopped the bring-in this request started (a saturated cache, say)
+                raise outcome[0]
             if rec.state is State.FAILED:  # this try (its own or the one it shared) failed: say why, once
                 raise _failure(rec)
         raise Unavailable(f"model '{name}' version {version} is being replaced; try again", retry_after=1)
+
+    def _fly(self, rec: Record, event: threading.Event, outcome: list[Exception]) -> None:
+        """One bring-in, on its own thread; what stopped it goes to `outcome` for the request that started it."""
+        try:
+            self._admit(rec)
+            self._fetch_and_load(rec)
+        except Unavailable as e:
+            outcome.append(e)
+        except Exception as e:
+            log.exception("model %s version %s could not be brought in", *rec.key)
+            outcome.append(e)
+        finally:
+            with self._cond:
+                rec.flight = None
+                self._cond.notify_all()
+            event.set()
 
     def _fail_fast(self, rec: Record) -> None:
         """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""

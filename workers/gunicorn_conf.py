@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from replica import exit_codes, quarantine
 from replica.backoff import backoff
 from replica.disktree import DiskTree
 
@@ -25,10 +26,31 @@ def _die_with_parent(sig: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
+_real_waitpid = os.waitpid
+_wait_status: dict[int, int] = {}  # pid -> wait status of workers reaped and not yet seen by child_exit
+_oom_kills: int | None = None  # the memory cgroup's OOM kill count when last looked at
+
+
+def _recording_waitpid(pid: int, options: int) -> tuple[int, int]:
+    """os.waitpid as gunicorn's master calls it when it reaps, keeping each worker's wait status for
+    `child_exit` (which gunicorn calls with the worker, not how it ended)."""
+    wpid, status = _real_waitpid(pid, options)
+    if wpid > 0:
+        _wait_status[wpid] = status
+    return wpid, status
+
+
 def on_starting(server) -> None:
     """The master stops (draining its workers) when the supervisor dies, so nothing serves without a
-    supervisor. If the supervisor died before this ran, the signal will never come: stop now."""
+    supervisor. If the supervisor died before this ran, the signal will never come: stop now.
+
+    A user's exit code never halts the master (replica/exit_codes.py)."""
     _die_with_parent(signal.SIGTERM)
+    server.WORKER_BOOT_ERROR = exit_codes.WORKER_BOOT_ERROR
+    server.APP_LOAD_ERROR = exit_codes.APP_LOAD_ERROR
+    global _oom_kills
+    os.waitpid = _recording_waitpid
+    _oom_kills = quarantine.oom_kills()
     supervisor = os.environ.get("REPLICA_SUPERVISOR_PID")
     if supervisor and os.getppid() != int(supervisor):
         os._exit(1)
@@ -42,6 +64,7 @@ def post_fork(server, worker) -> None:
     not run yet, so a thread tells the master it is alive: --worker-timeout is for a worker that hangs once
     serving, not one that starts slowly (/readyz shows that)."""
     _die_with_parent(signal.SIGTERM)
+    os.waitpid = _real_waitpid  # the recording is the master's
 
     def booting() -> None:
         while not worker.booted and worker.alive:
@@ -80,9 +103,33 @@ def child_exit(server, worker) -> None:
     _young_deaths = _young_deaths + 1 if young else 0
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
+    status = _wait_status.pop(worker.pid, None)
     state_dir = os.environ.get("REPLICA_STATE_DIR")
     if state_dir:
-        (DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir / str(worker.pid)).unlink(missing_ok=True)
+        workers_dir = DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir
+        (workers_dir / str(worker.pid)).unlink(missing_ok=True)
+        _quarantine_loads(server, worker.pid, workers_dir, status)
+
+
+def _quarantine_loads(server, pid: int, workers_dir: Path, status: int | None) -> None:
+    """A worker that died while loading versions (replica/quarantine.py): quarantine them, and say in one line
+    each which version, how the worker died, and, for an OOM kill, what to change."""
+    global _oom_kills
+    marks = quarantine.take_marks(workers_dir, pid)
+    how = quarantine.death(status) if status is not None else None
+    kills = quarantine.oom_kills()
+    oom = kills is not None and _oom_kills is not None and kills > _oom_kills
+    _oom_kills = kills
+    if not marks or how is None:
+        return
+    if oom:
+        how = "killed by the kernel's OOM killer (the memory limit)"
+    for name, version, seconds in quarantine.quarantine(workers_dir, marks, f"the worker died while loading it: {how}",
+                                                       time.time()):
+        hint = (" Lower predictor.models.cache_size, or raise the memory limit, so the models held in memory fit."
+                if oom else "")
+        server.log.error("worker (pid:%s) died while loading model %s version %s (%s); the version is quarantined "
+                         "for %.0fs or until it changes upstream.%s", pid, name, version, how, seconds, hint)
 
 
 def _logconfig(fmt: str) -> dict:

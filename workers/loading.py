@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from replica import quarantine
 from replica.backoff import backoff
 from replica.redact import known_places, public_message
 from workers import metrics
@@ -91,8 +92,15 @@ class VersionLoader:
                 fp = manifest["fingerprint"]
                 if rec.state is State.READY and rec.fingerprint == fp:
                     return True
+                held = quarantine.quarantined(self.tree.workers_dir, name, version, fp, time.time())
+                if held is not None:
+                    reason, seconds = held
+                    self._fail(rec, f"quarantined: {reason}", fp, retry_after=seconds)
+                    log.warning("model %s version %s is quarantined (%s); not loading it", name, version, reason)
+                    return False
                 log.info("loading model %s version %s", name, version)
-                model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+                with self.marks.loading(name, version, fp):
+                    model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
         except Exception as e:
             served = rec.state is State.READY
             self._fail(rec, f"{type(e).__name__}: {e}", fp)

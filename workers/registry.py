@@ -10,7 +10,6 @@ Requests pin what they use through a `RequestScope` (workers/scope.py).
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -18,7 +17,9 @@ from typing import Any, Callable
 
 from replica.disktree import DiskTree
 from replica.layout import parse_version
+from replica.quarantine import LoadMarks
 from workers import metrics, model_status
+from workers.collector import DeferredCollector
 from workers.errors import BadRequest, ModelNotFound
 from workers.loading import VersionLoader
 from workers.records import InFlight, Record, State, pinned
@@ -39,6 +40,8 @@ class ModelRegistry(VersionLoader):
         self.tick = tick
         self.cache_size = cache_size
         self.admission_wait = admission_wait
+        self.collector = DeferredCollector()
+        self.marks = LoadMarks(tree.workers_dir)  # the loads under way, for the master if this worker dies
         self.feed = StateView(tree)
         self._cond = threading.Condition()  # the one lock over every record
         self._records: dict[str, dict[int, Record]] = {}  # the current record of each version
@@ -152,7 +155,8 @@ class ModelRegistry(VersionLoader):
             self._unload(rec)
 
     def _unload(self, rec: Record) -> None:
-        """Release a copy's memory (outside the lock: the collector can take a while); it counts until then."""
+        """Release a copy's memory (outside the lock); it counts until then. What the model held in reference
+        cycles goes with the next batched full collection (workers/collector.py), off this thread."""
         model, rec.model = rec.model, None
         if self._unload_fn is not None:
             try:
@@ -160,7 +164,7 @@ class ModelRegistry(VersionLoader):
             except Exception:
                 log.exception("unload hook failed for model %s version %s", rec.name, rec.version)
         del model
-        gc.collect()
+        self.collector.request()
         self._released(rec)  # before its slot frees: nothing held elsewhere for it outlives the slot
         with self._cond:
             self._leaving.remove(rec)

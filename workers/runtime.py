@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 class Runtime:
     """One worker's predictor, clients and registry."""
 
-    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float, worker_timeout: float = 30.0):
+    def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float, worker_timeout: float = 30.0,
+                 load_wait: float = 30.0):
         self.api = api
         self.tree = tree
         self.heartbeat_timeout = heartbeat_timeout
@@ -48,9 +49,13 @@ class Runtime:
         batching = pred.server_side_batching
         self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
                         if batching else None)
-        registry_class = ModelRegistry if pred.cache_size is None else CachingRegistry
-        self.registry = registry_class(tree, load=self._load_model, unload=self._unload_model,
-                                       single_model=pred.single_model, cache_size=pred.cache_size)
+        if pred.cache_size is None:
+            self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
+                                          single_model=pred.single_model)
+        else:
+            self.registry = CachingRegistry(tree, load=self._load_model, unload=self._unload_model,
+                                            single_model=pred.single_model, cache_size=pred.cache_size,
+                                            load_wait=load_wait)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters
@@ -186,5 +191,6 @@ def runtime_from_env() -> tuple[Runtime, int]:
     poll = float(os.environ.get("REPLICA_POLL_INTERVAL", "10"))
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
     runtime = Runtime(api, tree, heartbeat_timeout=heartbeat,
-                      worker_timeout=float(os.environ.get("REPLICA_WORKER_TIMEOUT") or 30))
+                      worker_timeout=float(os.environ.get("REPLICA_WORKER_TIMEOUT") or 30),
+                      load_wait=float(os.environ.get("REPLICA_LOAD_WAIT") or 30))
     return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))

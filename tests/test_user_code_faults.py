@@ -1,0 +1,116 @@
+"""User code that hangs or exits in `load_model` does not take the replica down: healthy models beside the
+faulty one go on being served, requests for the faulty one get an error within their deadline, and gunicorn's
+master survives."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import psutil
+import requests
+
+from tests.helpers import write_api
+from tests.predictors import json_predictor
+from tests.replica_proc import wait_for
+
+PREDICTOR = json_predictor("""
+def predict(self, payload, query_params):
+    model = self.client.get_model(query_params["model"])
+    return {"name": model["name"]}
+""", load="""
+if spec.get("fault") == "hang":
+    while True:
+        time.sleep(1)
+if spec.get("fault") == "segv":
+    import ctypes
+    ctypes.string_at(0)  # a native crash: SIGSEGV
+if spec.get("fault") == "exit":
+    os._exit(3)  # gunicorn's own "worker failed to boot" code
+return spec
+""")
+
+
+def _catalogue(folder, faults: dict[str, str]):
+    models = folder / "models"
+    for name in ("healthy", "other", *faults):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.json").write_text(json.dumps({"name": name, "fault": faults.get(name)}))
+    return write_api(folder / "api", PREDICTOR, type="python",
+                     models={"dir": str(models), "cache_size": 2, "disk_cache_size": 4},
+                     processes_per_replica=1, threads_per_process=4)
+
+
+def _ask(r, name: str, timeout: float = 10) -> requests.Response:
+    return r.post(f"/?model={name}", json={}, timeout=timeout)
+
+
+def _master(r) -> int:
+    return psutil.Process(r.proc.pid).children()[0].pid
+
+
+def test_a_load_that_never_returns_costs_its_requests_a_503_and_nothing_else(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {"hung": "hang"}), extra_args=("--load-wait", "2"))
+    assert _ask(r, "healthy").status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        started = time.monotonic()
+        hung = [pool.submit(_ask, r, "hung") for _ in range(8)]  # twice the request threads
+        # Meanwhile every thread of the worker could be waiting on the hung load: the healthy models, the
+        # health routes and the model list must still answer.
+        for _ in range(10):
+            assert _ask(r, "healthy", timeout=5).json() == {"name": "healthy"}
+            assert _ask(r, "other", timeout=5).status_code == 200
+            assert r.get("/healthz", timeout=1).status_code == 200
+            assert r.get("/v1/models", timeout=5).status_code == 200
+        answers = [f.result(timeout=15) for f in hung]
+        elapsed = time.monotonic() - started
+    assert [a.status_code for a in answers] == [503] * 8
+    assert all(a.headers.get("Retry-After") for a in answers)
+    assert "still loading" in answers[0].json()["error"]
+    assert elapsed < 12, elapsed
+    # Later requests for it give up at their own deadline too, and the healthy ones still answer.
+    late = _ask(r, "hung")
+    assert late.status_code == 503
+    assert _ask(r, "healthy").status_code == 200
+
+
+def test_a_load_that_exits_with_gunicorns_boot_error_code_does_not_halt_the_master(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {"exiter": "exit"}))
+    master = _master(r)
+    assert _ask(r, "healthy").status_code == 200
+    try:
+        _ask(r, "exiter")  # the worker dies under it
+    except requests.ConnectionError:
+        pass
+    # The worker is replaced; the master that started it is the same process.
+    wait_for(lambda: _ask(r, "healthy").status_code == 200, timeout=30, message="healthy served again")
+    assert _master(r) == master
+    answered = sum(_ask(r, name).status_code == 200 for name in ("healthy", "other") * 10)
+    assert answered == 20
+    assert _master(r) == master
+    assert "App failed to load" not in r.log() and "Worker failed to boot" not in r.log()
+
+
+def test_a_load_that_crashes_its_worker_is_quarantined_and_its_neighbours_served(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {"crasher": "segv"}))
+    master = _master(r)
+    assert _ask(r, "healthy").status_code == 200
+    try:
+        _ask(r, "crasher")  # the worker dies under this one: nothing can answer it
+    except requests.ConnectionError:
+        pass
+    wait_for(lambda: _ask(r, "healthy").status_code == 200, timeout=30, message="healthy served again")
+    worker = r.worker_pids()
+    # The version is not loaded again: each request for it is a prompt 503 naming the crash, and no worker dies.
+    for _ in range(5):
+        started = time.monotonic()
+        answer = _ask(r, "crasher")
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() - started < 2
+        assert "quarantined" in answer.json()["error"] and "SIGSEGV" in answer.json()["error"], answer.text
+        assert int(answer.headers["Retry-After"]) > 10
+        assert _ask(r, "healthy").status_code == 200 and _ask(r, "other").status_code == 200
+    assert r.worker_pids() == worker and _master(r) == master
+    assert r.get("/healthz", timeout=1).status_code == 200
+    assert "died while loading model crasher version" in r.log() and "quarantined" in r.log()
