@@ -17,6 +17,9 @@ from tests.replica_proc import wait_for
 
 PREDICTOR = json_predictor("""
 def predict(self, payload, query_params):
+    if "started" in query_params:
+        open(query_params["started"], "w").close()
+    time.sleep(float(query_params.get("sleep", 0)))
     model = self.client.get_model(query_params["model"])
     return {"name": model["name"]}
 """, load="""
@@ -114,3 +117,17 @@ def test_a_load_that_crashes_its_worker_is_quarantined_and_its_neighbours_served
     assert r.worker_pids() == worker and _master(r) == master
     assert r.get("/healthz", timeout=1).status_code == 200
     assert "died while loading model crasher version" in r.log() and "quarantined" in r.log()
+
+
+def test_health_answers_while_user_code_holds_every_request_thread(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {}))
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        slow = [pool.submit(r.post, f"/?model=healthy&sleep=6&started={tmp_path}/started-{i}", json={}, timeout=30)
+                for i in range(6)]
+        wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 4, timeout=10,
+                 message="every request thread in predict")
+        for _ in range(5):
+            started = time.monotonic()
+            assert r.get("/healthz", timeout=2).status_code == 200
+            assert time.monotonic() - started < 1
+        assert all(f.result().status_code == 200 for f in slow)

@@ -324,7 +324,9 @@ class FrontWorker(base.Worker):
             self._shed(conn, req)
             return
         self._count(conn, 1)
-        if self.inline:
+        if self.inline or (path == "/healthz" and req.method in ("GET", "HEAD")):
+            # /healthz on the loop, never queued behind request threads that user code holds: it says whether
+            # this replica is alive, and a predictor stuck in every thread is not a dead replica.
             self.inline_since = now
             try:
                 keep = self._serve(conn, req)
