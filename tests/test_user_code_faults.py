@@ -131,3 +131,43 @@ def test_health_answers_while_user_code_holds_every_request_thread(replica, tmp_
             assert r.get("/healthz", timeout=2).status_code == 200
             assert time.monotonic() - started < 1
         assert all(f.result().status_code == 200 for f in slow)
+
+
+ENSEMBLE = json_predictor("""
+pool = concurrent.futures.ThreadPoolExecutor(4)
+
+def predict(self, payload, query_params):
+    # An ensemble's members run on the predictor's own pool, in the request's context.
+    get = lambda name: self.client.get_model(name)["name"]
+    future = self.pool.submit(contextvars.copy_context().run, get, query_params["model"])
+    return {"name": future.result()}
+""").replace("import json\n", "import concurrent.futures\nimport contextvars\nimport json\n", 1)
+
+
+def test_an_ensembles_pool_threads_pin_in_their_request_and_churn_does_not_convoy(replica, tmp_path):
+    models = tmp_path / "models"
+    for name in ("a", "b", "c"):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.json").write_text(json.dumps({"name": name}))
+    r = replica(write_api(tmp_path / "api", ENSEMBLE, type="python",
+                          models={"dir": str(models), "cache_size": 1, "disk_cache_size": 3},
+                          processes_per_replica=1, threads_per_process=8))
+    deadline = time.monotonic() + 8
+
+    def client(i: int) -> list[int]:
+        codes = []
+        with requests.Session() as s:
+            n = 0
+            while time.monotonic() < deadline and n < 2000:
+                name = "abc"[(i + n) % 3]
+                answer = s.post(f"{r.base}/?model={name}", json={}, timeout=10)
+                codes.append(answer.status_code)
+                if answer.status_code == 200:
+                    assert answer.json() == {"name": name}
+                n += 1
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = [c for f in [pool.submit(client, i) for i in range(8)] for c in f.result()]
+    ok = codes.count(200)
+    assert ok >= 100 and ok >= 0.95 * len(codes), (ok, len(codes), {c: codes.count(c) for c in set(codes)})

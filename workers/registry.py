@@ -23,7 +23,7 @@ from workers.collector import DeferredCollector
 from workers.errors import BadRequest, ModelNotFound
 from workers.loading import VersionLoader
 from workers.records import InFlight, Record, State, pinned
-from workers.scope import RequestScope
+from workers.scope import CURRENT_SCOPE, RequestScope
 from workers.state_feed import StateView
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ class ModelRegistry(VersionLoader):
         self._records: dict[str, dict[int, Record]] = {}  # the current record of each version
         self._leaving: list[Record] = []  # replaced, removed or evicted copies that still hold memory
         self._inflight = InFlight()
-        self._local = threading.local()
         self.initial_sync_done = threading.Event()
 
     # -- the supervisor's state ---------------------------------------------------------------------------
@@ -81,8 +80,8 @@ class ModelRegistry(VersionLoader):
         log.info("model %s version %s %s; unloading once idle", rec.name, rec.version, why)
 
     def _pin(self, rec: Record) -> None:
-        scope = getattr(self._local, "scope", None)
-        if scope is not None:
+        scope = CURRENT_SCOPE.get()
+        if scope is not None and scope.registry is self and not scope.closed:
             rec.refs += 1
             scope.pinned.append(rec)
         else:

@@ -1,9 +1,12 @@
 """A request's scope: what it pinned, and its place among the requests in flight.
 
-A request runs inside a `RequestScope`: what the registry hands out on the request's own thread is
-pinned in the scope until the scope closes, which the app does after `post_predict`. A hand-out on any other
-thread (a predictor's own thread pool, say) cannot be tied to one request, so it is tied to all of them: the
-version is pinned until every request that was in flight at that moment has ended (an epoch, `hold_until`).
+A request runs inside a `RequestScope`: what the registry hands out in the request's context is pinned in the
+scope until the scope closes, which the app does after `post_predict`. The scope is a context variable, so work
+a predictor submits with the request's context (`contextvars.copy_context().run`, as an ensemble's thread pool
+can) is pinned in the request's own scope too: pinned exactly as long as the request that uses it (live), and
+never released while that request runs (safe). A hand-out in a scope that has already closed, or with no scope
+at all (a thread pool that does not carry the context), cannot be tied to one request, so it is tied to all of
+them: the version is pinned until every request that was in flight at that moment has ended (an epoch, `hold_until`).
 This is safe because such a thread runs on behalf of some request that was in flight when it asked; that
 request's sequence is at most the epoch recorded, and the version stays pinned until it ends. It costs one
 integer per record and O(1) per check (`InFlight.holds`), and can only pin longer than needed, never shorter:
@@ -12,6 +15,7 @@ with a tiny cache, a request for another model may wait at admission until that 
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import TYPE_CHECKING
 
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
     from workers.registry import ModelRegistry
 
 
+CURRENT_SCOPE: contextvars.ContextVar["RequestScope | None"] = contextvars.ContextVar("replica_scope", default=None)
+
+
 class RequestScope:
     """The versions one request pinned, and its place among the requests in flight.
 
@@ -28,19 +35,20 @@ class RequestScope:
     leaves it open past the `with` block (for `post_predict`); `close()` then ends it.
     """
 
-    __slots__ = ("registry", "pinned", "seq", "_open")
+    __slots__ = ("registry", "pinned", "seq", "closed", "_open")
 
     def __init__(self, registry: "ModelRegistry"):
         self.registry = registry
         self.pinned: list[Record] = []
         self.seq = 0
+        self.closed = False  # set under the registry's lock: a hand-out after it is not pinned here
         self._open = False
 
     def __enter__(self) -> "RequestScope":
         registry = self.registry
         with registry._cond:
             self.seq = registry._inflight.begin()
-        registry._local.scope = self
+        CURRENT_SCOPE.set(self)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -52,13 +60,14 @@ class RequestScope:
 
     def activate(self) -> None:
         """Make this the current thread's scope again (the thread that runs `post_predict`)."""
-        self.registry._local.scope = self
+        CURRENT_SCOPE.set(self)
 
     def close(self) -> None:
         registry = self.registry
-        registry._local.scope = None
+        CURRENT_SCOPE.set(None)
         now = time.time()
         with registry._cond:
+            self.closed = True
             registry._inflight.end(self.seq)
             for rec in self.pinned:
                 rec.refs -= 1
