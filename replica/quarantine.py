@@ -18,12 +18,12 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from replica.backoff import backoff
+from replica.disktree import write_json_atomic
 
 FILE = "quarantine.json"
 MARK_SUFFIX = ".loading"
@@ -33,13 +33,6 @@ STOPPED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 def _key(name: str, version: int) -> str:
     return f"{name}/{version}"
-
-
-def _write_json(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, default):
@@ -76,7 +69,7 @@ class LoadMarks:
         path = self.folder / f"{os.getpid()}{MARK_SUFFIX}"
         try:
             if self._loading:
-                _write_json(path, list(self._loading.values()))
+                write_json_atomic(path, list(self._loading.values()))
             else:
                 path.unlink(missing_ok=True)
         except OSError:  # the runtime folder is being made again; a mark is a best effort
@@ -121,7 +114,7 @@ def quarantine(folder: Path, marks: list[dict], reason: str, now: float) -> list
         table[key] = {"fingerprint": m["fingerprint"], "deaths": deaths, "until": now + seconds, "reason": reason}
         out.append((m["name"], m["version"], seconds))
     if out:
-        _write_json(path, table)
+        write_json_atomic(path, table)
     return out
 
 
