@@ -135,10 +135,7 @@ class CachingRegistry(ModelRegistry):
             log.exception("model %s version %s could not be brought in", *rec.key)
             outcome.append(e)
         finally:
-            with self._cond:
-                rec.flight = None
-                self._cond.notify_all()
-            event.set()
+            self._land(rec, event)
 
     def _fail_fast(self, rec: Record) -> None:
         """A version that failed recently answers 503 at once: it is retried after its backoff, not per request."""
@@ -211,10 +208,7 @@ class CachingRegistry(ModelRegistry):
         except Exception:
             log.exception("model %s version %s could not be loaded back", *heir.key)
         finally:
-            with self._cond:
-                heir.flight = None
-                self._cond.notify_all()
-            event.set()
+            self._land(heir, event)
 
     def _admit(self, rec: Record) -> None:
         """Take a memory slot for `rec` (state FETCHING), evicting what the policy names, which `rec` remembers.

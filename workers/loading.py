@@ -49,6 +49,13 @@ class VersionLoader:
     def _failed(self, rec: Record) -> None:
         """A version that held a slot failed (the caller holds the lock); the caching registry gives the slot back."""
 
+    def _land(self, rec: Record, event: threading.Event) -> None:
+        """End a version's single flight: later requests start their own, and those waiting on it wake."""
+        with self._cond:
+            rec.flight = None
+            self._cond.notify_all()
+        event.set()
+
     def load(self, name: str, version: int) -> Record | None:
         """Load the disk copy of a version unless another thread already is; return the served copy after."""
         with self._cond:
@@ -66,10 +73,7 @@ class VersionLoader:
             try:
                 self._load_into(rec)
             finally:
-                with self._cond:
-                    rec.flight = None
-                    self._cond.notify_all()
-                event.set()
+                self._land(rec, event)
         else:
             event.wait()
         with self._cond:
