@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--load-wait", type=float, default=float(_env("load-wait", 30)),
                        help="with model caching, seconds a request waits for its model to be fetched and loaded "
                             "before it answers 503 with Retry-After (default 30)")
+    serve.add_argument("--load-timeout", type=float, default=float(_env("load-timeout", 600)),
+                       help="seconds a predictor's load_model may run; past it the version is FAILED with that "
+                            "reason and retried after a backoff, its load left behind (default 600)")
+    serve.add_argument("--request-timeout", type=float, default=float(_env("request-timeout", 300)),
+                       help="seconds a request may spend in the predictor; past it the client gets 504, and a "
+                            "worker with half its request threads stuck so is replaced (default 300)")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false",
                        default=_env("access-log", "1") not in ("0", "false", "no"),
                        help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
@@ -110,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                    ("--body-timeout", args.body_timeout, args.body_timeout > 0, "> 0"),
                                    ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0"),
                                    ("--download-stall-timeout", args.download_stall_timeout,
-                                    args.download_stall_timeout > 0, "> 0")):
+                                    args.download_stall_timeout > 0, "> 0"),
+                                   ("--load-timeout", args.load_timeout, args.load_timeout > 0, "> 0"),
+                                   ("--request-timeout", args.request_timeout, args.request_timeout > 0, "> 0")):
         if not ok:
             print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
             return 2
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_timeout=args.heartbeat_timeout or max(30.0, 4 * args.poll_interval),
         worker_timeout=args.worker_timeout,
         load_wait=args.load_wait,
+        load_timeout=args.load_timeout,
+        request_timeout=args.request_timeout,
         access_log=args.access_log,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

@@ -78,6 +78,97 @@ def test_a_load_that_never_returns_costs_its_requests_a_503_and_nothing_else(rep
     assert _ask(r, "healthy").status_code == 200
 
 
+def _version_status(r, name: str) -> dict:
+    return r.get(f"/v1/models/{name}", timeout=5).json()["model_version_status"][0]
+
+
+def test_a_load_past_load_timeout_fails_its_version_with_that_reason(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {"hung": "hang"}), extra_args=("--load-wait", "30", "--load-timeout", "2"))
+    started = time.monotonic()
+    first = _ask(r, "hung", timeout=15)
+    assert first.status_code == 503 and time.monotonic() - started < 10
+    assert "did not return within 2 s (--load-timeout)" in first.json()["error"]
+    assert first.headers.get("Retry-After")
+    status = _version_status(r, "hung")
+    assert status["state"] == "FAILED" or status["status"]["error_code"] != "OK", status
+    assert "--load-timeout" in json.dumps(status)
+    # Tried again only after its backoff: the next request is answered at once, and the healthy models are
+    # served (the abandoned load holds its own thread, not a memory slot nor a request thread).
+    again = time.monotonic()
+    assert _ask(r, "hung").status_code == 503 and time.monotonic() - again < 1.5
+    assert [_ask(r, name).status_code for name in ("healthy", "other") * 3] == [200] * 6
+    assert "load_model did not return within 2 s (--load-timeout)" in r.log()
+
+
+def test_without_caching_a_hung_load_costs_its_version_not_the_replicas_readiness(replica, tmp_path):
+    models = tmp_path / "models"
+    paths = []
+    for name, fault in (("healthy", None), ("hung", "hang")):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.json").write_text(json.dumps({"name": name, "fault": fault}))
+        paths.append({"name": name, "model_path": str(models / name)})
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python", models={"paths": paths}, threads_per_process=4)
+    r = replica(spec, extra_args=("--load-timeout", "2"))  # ready: the sync loop went past the hung load
+    assert _ask(r, "healthy").json() == {"name": "healthy"}
+    answer = _ask(r, "hung")
+    assert answer.status_code in (404, 503) and "--load-timeout" in answer.json()["error"], answer.text
+    assert r.get("/healthz", timeout=1).status_code == 200
+
+
+def test_predictions_past_request_timeout_get_504_and_their_stuck_worker_is_replaced(replica, tmp_path):
+    r = replica(_catalogue(tmp_path, {}), extra_args=("--request-timeout", "2"))
+    master, [worker] = _master(r), r.worker_pids()
+    assert _ask(r, "healthy").status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        started = time.monotonic()
+        stuck = [pool.submit(r.post, "/?model=healthy&sleep=3600", json={}, timeout=20) for _ in range(2)]
+        healthy, health = [], []
+        while not all(f.done() for f in stuck) and time.monotonic() - started < 15:
+            healthy.append(_ask(r, "other", timeout=5).status_code)
+            t = time.monotonic()
+            health.append((r.get("/healthz", timeout=1).status_code, time.monotonic() - t))
+        answers = [f.result(timeout=1) for f in stuck]
+    assert [a.status_code for a in answers] == [504, 504]
+    assert "--request-timeout" in answers[0].json()["error"]
+    assert time.monotonic() - started < 10
+    # Two of four threads stuck: the worker retires; its replacement serves, the master is the same.
+    wait_for(lambda: r.worker_pids() and worker not in r.worker_pids(), timeout=60, message="the worker replaced")
+    answered = [_ask(r, name, timeout=5).status_code for name in ("healthy", "other") * 10]
+    assert healthy.count(200) >= 0.95 * len(healthy) and answered == [200] * 20, (healthy, answered)
+    assert all(code == 200 and seconds < 1 for code, seconds in health), health
+    assert _master(r) == master and len(r.worker_pids()) == 1
+    assert "retires: 2 of its 4 request threads are stuck" in r.log()
+
+
+def test_health_names_the_requests_a_worker_is_stuck_on(replica, tmp_path):
+    spec = _catalogue(tmp_path, {})
+    r = replica(spec, extra_args=("--request-timeout", "1"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(r.post, "/?model=healthy&sleep=3600", json={}, timeout=20)
+        assert stuck.result().status_code == 504
+        body = r.get("/healthz", timeout=1).json()
+    assert body["status"] == "ok"
+    [row] = body["stuck"]
+    assert row["stuck_requests"] == 1 and not row["retiring"]  # one of four: no restart for it
+    assert row["requests"][0]["request"].startswith("POST /?model=healthy&sleep=3600")
+
+
+def test_a_single_threaded_worker_stuck_in_its_predictor_answers_504_and_is_replaced(replica, tmp_path):
+    models = tmp_path / "models"
+    (models / "healthy").mkdir(parents=True)
+    (models / "healthy" / "model.json").write_text(json.dumps({"name": "healthy"}))
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python", models={"dir": str(models)},
+                     processes_per_replica=1, threads_per_process=1)
+    r = replica(spec, extra_args=("--request-timeout", "2"))
+    master, [worker] = _master(r), r.worker_pids()
+    started = time.monotonic()
+    answer = r.post("/?model=healthy&sleep=3600", json={}, timeout=20)
+    assert answer.status_code == 504 and time.monotonic() - started < 6
+    wait_for(lambda: worker not in r.worker_pids(), timeout=60, message="the stuck worker replaced")
+    wait_for(lambda: _ask(r, "healthy").status_code == 200, timeout=30, message="served again")
+    assert _master(r) == master
+
+
 def test_a_load_that_exits_with_gunicorns_boot_error_code_does_not_halt_the_master(replica, tmp_path):
     r = replica(_catalogue(tmp_path, {"exiter": "exit"}))
     master = _master(r)

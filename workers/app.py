@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -197,7 +198,31 @@ def healthz() -> Response:
             workers = ", ".join(f"{pid} for {age / 1000:.0f}s" for pid, age in hung)
             return _error(503, f"worker(s) not answering: {workers}; replaced after --worker-timeout "
                                f"{runtime.worker_timeout:g}s")
-    return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+    body: dict = {"status": "ok"}
+    stuck = _stuck(runtime, board)
+    if stuck:
+        body["stuck"] = stuck
+    return Response(json.dumps(body), mimetype="application/json")
+
+
+def _stuck(runtime: Runtime, board) -> list[dict]:
+    """What user code holds past its deadline: every worker's stuck request threads (from the board), and
+    this worker's own requests and loads by name. The replica handles them (504s, a retiring worker, a FAILED
+    version), so /healthz stays 200 and says what is going on."""
+    mine = os.getpid()
+    out = []
+    for pid, n, retiring in board.stuck() if board is not None else []:
+        row: dict = {"worker": pid, "stuck_requests": n, "retiring": retiring}
+        if pid == mine:
+            requests = getattr(current_app, "replica_stuck", None)
+            row["requests"] = requests() if requests is not None else []
+        out.append(row)
+    loads = runtime.registry.abandoned.list()
+    if loads:
+        now = time.time()
+        out.append({"worker": mine, "stuck_loads": [{"load": what, "seconds": round(now - since)}
+                                                    for what, since in loads]})
+    return out
 
 
 @bp.route("/readyz")

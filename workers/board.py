@@ -21,9 +21,10 @@ import os
 import tempfile
 
 SLOTS = 256
-# pid, heartbeat (ms, CLOCK_MONOTONIC, shared by every process), open connections, requests in flight, ready
-FIELDS = 5
-PID, BEAT, CONNS, IN_FLIGHT, READY = range(FIELDS)
+# pid, heartbeat (ms, CLOCK_MONOTONIC, shared by every process), open connections, requests in flight, ready,
+# request threads stuck in user code past --request-timeout, retiring (replaced because of them)
+FIELDS = 7
+PID, BEAT, CONNS, IN_FLIGHT, READY, STUCK, RETIRING = range(FIELDS)
 HWM = SLOTS * FIELDS  # one word after the slots: 1 + the highest slot ever claimed, so readers scan only those
 STALE_MS = 2000
 
@@ -46,6 +47,13 @@ def stalled(rows: list[tuple[int, int, bool]], now_ms: int, after_ms: int) -> li
     more than `after_ms`. A worker still starting (not ready) is the master's boot timeout's business, and a
     slot whose pid is gone belongs to a dead worker the master replaces anyway."""
     return [(pid, now_ms - beat) for pid, beat, ready in rows if pid and ready and now_ms - beat > after_ms]
+
+
+def should_retire(stuck: int, threads: int) -> bool:
+    """A worker is replaced once half or more of its request threads are stuck in user code (the first stuck
+    one, with one or two threads): it still serves with the rest while its replacement starts, and one stuck
+    thread among many costs no restart."""
+    return stuck > 0 and 2 * stuck >= threads
 
 
 def over_limit(in_flight: int, limit: int) -> bool:
@@ -79,7 +87,7 @@ class Board:
                 continue
             base = slot * FIELDS
             w = self.words
-            w[base + CONNS] = w[base + IN_FLIGHT] = w[base + READY] = 0
+            w[base + CONNS] = w[base + IN_FLIGHT] = w[base + READY] = w[base + STUCK] = w[base + RETIRING] = 0
             w[base + PID] = os.getpid()
             self.slot, self._base = slot, base
             if w[HWM] < slot + 1:
@@ -94,6 +102,21 @@ class Board:
         self.words[self._base + CONNS] = conns
         self.words[self._base + IN_FLIGHT] = in_flight
         self.words[self._base + READY] = ready
+
+    def set_stuck(self, stuck: int, retiring: bool) -> None:
+        self.words[self._base + STUCK] = stuck
+        self.words[self._base + RETIRING] = retiring
+
+    def retiring(self, pid: int) -> bool:
+        """Whether the worker `pid` asked for its replacement (read by the master when it reaps it)."""
+        w = self.words
+        return any(w[base + PID] == pid and w[base + RETIRING] for base in range(0, w[HWM] * FIELDS, FIELDS))
+
+    def stuck(self) -> list[tuple[int, int, bool]]:
+        """(pid, stuck request threads, retiring) of every live-looking slot with threads stuck."""
+        w = self.words
+        return [(w[base + PID], w[base + STUCK], bool(w[base + RETIRING]))
+                for base in range(0, w[HWM] * FIELDS, FIELDS) if w[base + PID] and w[base + STUCK]]
 
     def add_in_flight(self, delta: int) -> None:
         """Only the owning worker's event loop writes its slot (a read-modify-write from several threads could

@@ -18,7 +18,7 @@ IDLE, HEAD, BODY, BUSY, LINGER = "idle", "head", "body", "busy", "linger"
 
 class Conn:
     __slots__ = ("sock", "fd", "client", "server", "parser", "state", "deadline", "registered", "paused",
-                 "error", "eof", "counted", "fresh")
+                 "error", "eof", "counted", "fresh", "due", "abandoned", "request_line")
 
     def __init__(self, sock: socket.socket, client, server: ServerInfo, limits: Limits):
         self.sock, self.fd, self.client, self.server = sock, sock.fileno(), client, server
@@ -31,3 +31,6 @@ class Conn:
         self.eof = False  # the peer sent all it will: answer what is complete, then close
         self.counted = False  # this connection's request in flight is in the replica-wide count
         self.fresh = True  # accepted, no request yet: its first one may be on its way
+        self.due = float("inf")  # BUSY: when its request has been in the predictor too long (--request-timeout)
+        self.abandoned = False  # its request passed `due`: answered 504 by the loop, the thread left to finish
+        self.request_line = ""  # the request being served, for the log and /healthz

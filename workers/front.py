@@ -12,7 +12,11 @@ A slow or idle peer costs a file descriptor and a few bytes, never a thread:
   connections never lock new clients out;
 - request bodies in memory are bounded per worker (`--max-buffered-bytes`): past it the loop stops reading
   bodies (back-pressure on the peers) except the oldest one still arriving, until requests are served;
-- every malformed request answers 400 (413, 414, 417, 431 where they fit) in JSON and the connection is closed.
+- every malformed request answers 400 (413, 414, 417, 431 where they fit) in JSON and the connection is closed;
+- a request still in the predictor after `--request-timeout` seconds is answered 504 by the loop and its thread
+  left to finish (a Python thread cannot be stopped); a worker with half its request threads stuck so (all of
+  them with one thread) retires: it asks the master for a replacement, stops taking connections once that one
+  is ready, drains the requests that can still finish, and exits, leaving its siblings and the master alone.
 
 With `threads_per_process: 1` and nothing to shed, the request runs on the loop's own thread (no hand-off; a
 heartbeat thread keeps the worker's liveness while a predictor runs); otherwise it goes to `--threads`
@@ -37,6 +41,7 @@ import errno
 import os
 import queue
 import selectors
+import signal
 import socket
 import struct
 import threading
@@ -47,7 +52,7 @@ from gunicorn.workers import base
 
 from workers import http_exchange
 from workers.access_log import AccessLog
-from workers.board import Board, may_accept, over_limit
+from workers.board import Board, may_accept, over_limit, should_retire
 from workers.connections import BODY, BUSY, HEAD, IDLE, LINGER, Conn
 from workers.http_parse import BadRequest, Limits, Request
 
@@ -58,6 +63,11 @@ BALANCE_SECONDS = 0.01  # how often the other workers' counts are read while not
 BEAT_SECONDS = 0.25
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 STOP_GRACE_SECONDS = 1.0  # a stopping worker still answers the first request of a connection it accepted
+REPLACEMENT_WAIT_SECONDS = 120.0  # a retiring worker waits this long at most for its replacement to be ready
+
+
+class Superseded(Exception):
+    """The request's answer was already given by the loop (504 past --request-timeout): nothing is sent."""
 
 
 def _env_float(name: str, default: float) -> float:
@@ -81,6 +91,7 @@ class FrontWorker(base.Worker):
         max_body = int(os.environ.get("REPLICA_MAX_REQUEST_SIZE") or 64 << 20)
         self.body_budget = int(os.environ.get("REPLICA_MAX_BUFFERED_BYTES") or 256 << 20)
         self.max_in_flight = int(os.environ.get("REPLICA_MAX_REPLICA_CONCURRENCY") or 1024)
+        self.request_timeout = _env_float("REPLICA_REQUEST_TIMEOUT", 300.0)
         self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
                              self.cfg.limit_request_field_size, max_body)
         if type(self).board is None:  # run without check_config (a bare worker in a test)
@@ -98,6 +109,10 @@ class FrontWorker(base.Worker):
         self.accepting = False
         self.inline = self.cfg.threads == 1 and self.max_in_flight > self.cfg.workers  # nothing to shed
         self.inline_since: float | None = None
+        self.inline_conn: Conn | None = None
+        self.claim_lock = threading.Lock()  # who answers a request past its deadline: its thread, or the loop
+        self.stuck: dict[int, tuple[Conn, float]] = {}  # abandoned requests whose threads have not returned
+        self.retiring_since: float | None = None
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.done: deque = deque()
         self.wake_r, self.wake_w = os.pipe()
@@ -122,6 +137,7 @@ class FrontWorker(base.Worker):
         self.is_prediction = getattr(self.wsgi, "replica_is_prediction",
                                      lambda method, path: method == "POST" and path in ("/", "/predict"))
         self.wsgi.replica_board = self.board  # /healthz reads every worker's heartbeat from it
+        self.wsgi.replica_stuck = self.stuck_requests  # and what this one's threads are stuck on
         self.poller.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
         self.poller.register(self.PIPE[0], selectors.EVENT_READ, (self._on_signal_pipe, None))
         if self.inline:
@@ -136,6 +152,8 @@ class FrontWorker(base.Worker):
             if now >= next_beat:
                 self._beat(now)
                 next_beat = now + BEAT_SECONDS
+                if self.retiring_since is not None and self._replaced(now):
+                    self.alive = False
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
                     break
@@ -155,11 +173,24 @@ class FrontWorker(base.Worker):
 
     def _beat_while_serving(self) -> None:
         """The loop beats by itself, except while it runs a request: then this thread does, so a slow predictor
-        is not taken for a hung worker (a loop stuck anywhere else stops beating and the worker is replaced)."""
+        is not taken for a hung worker (a loop stuck anywhere else stops beating and the worker is replaced).
+
+        A request past --request-timeout is answered 504 from here; the worker, whose one thread is stuck,
+        asks for its replacement and exits once that one is ready."""
         while True:
             time.sleep(BEAT_SECONDS)
-            if self.inline_since is not None:
-                self._beat(time.monotonic())
+            since, conn = self.inline_since, self.inline_conn
+            if since is None:
+                continue
+            now = time.monotonic()
+            self._beat(now)
+            if conn is not None and now >= conn.due and self._take_over(conn):
+                self._answer_abandoned(conn, now - since)
+                self.stuck[conn.fd] = (conn, since)
+                self._retire(now, 1)
+            if self.retiring_since is not None and self._replaced(now):
+                self.log.error("exiting: its request thread is stuck in the predictor; the replacement serves")
+                os._exit(0)
 
     def _dispatch_events(self, timeout: float) -> None:
         try:
@@ -173,7 +204,7 @@ class FrontWorker(base.Worker):
     # -- accepting ----------------------------------------------------------------------------------------------
     def _balance(self, now: float) -> None:
         """Listen while this worker may take a connection (fewest connections among ready live workers)."""
-        ready = self.app_ready is None or self.app_ready()
+        ready = (self.app_ready is None or self.app_ready()) and self.retiring_since is None
         self.board.set_counts(self.n_open, self.in_flight, ready)
         room = self.n_open < self.cfg.worker_connections or bool(self.idle)
         want = self.alive and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
@@ -324,14 +355,18 @@ class FrontWorker(base.Worker):
             self._shed(conn, req)
             return
         self._count(conn, 1)
-        if self.inline or (path == "/healthz" and req.method in ("GET", "HEAD")):
+        conn.request_line = req.request_line
+        health = path == "/healthz" and req.method in ("GET", "HEAD")
+        conn.due = float("inf") if health else now + self.request_timeout
+        if self.inline or health:
             # /healthz on the loop, never queued behind request threads that user code holds: it says whether
             # this replica is alive, and a predictor stuck in every thread is not a dead replica.
+            self.inline_conn = conn
             self.inline_since = now
             try:
                 keep = self._serve(conn, req)
             finally:
-                self.inline_since = None
+                self.inline_since = self.inline_conn = None
             self._finish(conn, req, keep)
         else:
             self.jobs.put((conn, req))
@@ -350,6 +385,12 @@ class FrontWorker(base.Worker):
         """After a request, on the loop: the connection goes on to its next request, or out."""
         self._count(conn, -1)
         self._release(conn, req.body_size)
+        conn.due = float("inf")
+        if conn.abandoned:  # answered 504 long ago; its thread is free again
+            self.stuck.pop(conn.fd, None)
+            self._publish_stuck()
+            self._close(conn)
+            return
         if conn.fd not in self.conns:
             return
         now = time.monotonic()
@@ -375,7 +416,11 @@ class FrontWorker(base.Worker):
         may_keep = bool(self.cfg.keepalive) and self.alive and not last
         try:
             ex = http_exchange.run(self.wsgi, req, conn.server, conn.client, conn.sock, may_keep,
-                                   before_send=lambda: self._count(conn, -1))
+                                   before_send=lambda: self._claim(conn))
+        except Superseded:
+            self.log.warning("the predictor answered %s after %s had its 504 (--request-timeout %gs)",
+                             req.request_line, conn.client, self.request_timeout)
+            return None
         except OSError as e:
             if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN, errno.ETIMEDOUT, None):
                 self.log.warning("cannot answer %s: %s", conn.client, e)
@@ -388,6 +433,76 @@ class FrontWorker(base.Worker):
         self.access.line(conn.client, req.request_line, ex.status, ex.sent, time.perf_counter() - started,
                          ex.request_id)
         return ex.keep_alive
+
+    # -- requests past --request-timeout -------------------------------------------------------------------------
+    def _claim(self, conn: Conn) -> None:
+        """Just before a request's answer leaves its thread: it is this thread's to send, unless the loop gave
+        the 504 already (Superseded)."""
+        with self.claim_lock:
+            if conn.abandoned:
+                raise Superseded()
+            conn.due = float("inf")
+        self._count(conn, -1)
+
+    def _take_over(self, conn: Conn) -> bool:
+        """The loop's side of the claim: True when the request is still unanswered, and now the loop's."""
+        with self.claim_lock:
+            if conn.abandoned or conn.due == float("inf"):
+                return False
+            conn.abandoned = True
+            return True
+
+    def _answer_abandoned(self, conn: Conn, seconds: float) -> None:
+        message = (f"the predictor did not answer within {self.request_timeout:g} s (--request-timeout); "
+                   "the request is abandoned")
+        self._count(conn, -1)
+        self._write_now(conn, http_exchange.refusal(504, message, close=True))
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # the peer is done; the descriptor closes when the thread returns
+        except OSError:
+            pass
+        self.access.line(conn.client, conn.request_line, 504, 0, seconds)
+        self.log.error("%s from %s still in the predictor after %.0fs (--request-timeout): answered 504, its "
+                       "thread is left to finish", conn.request_line, conn.client, seconds)
+
+    def _abandon_overdue(self, now: float) -> None:
+        for conn in [c for c in self.conns.values() if c.state == BUSY and c.due <= now and not c.abandoned]:
+            started = conn.due - self.request_timeout
+            if self._take_over(conn):
+                self._answer_abandoned(conn, now - started)
+                self.stuck[conn.fd] = (conn, started)
+                self._publish_stuck()
+        if self.stuck and should_retire(len(self.stuck), self.cfg.threads):
+            self._retire(now, len(self.stuck))
+
+    def _publish_stuck(self) -> None:
+        self.board.set_stuck(len(self.stuck), self.retiring_since is not None)
+
+    def _retire(self, now: float, stuck: int) -> None:
+        """Too many request threads are stuck in user code: have the master start a replacement (SIGTTIN; it
+        counts this worker out again when it exits), take no more connections, and leave once it is ready."""
+        if self.retiring_since is not None:
+            return
+        self.retiring_since = now
+        self._publish_stuck()
+        self.board.set_counts(self.n_open, self.in_flight, False)  # the siblings take the new connections
+        self.log.error("worker %s retires: %d of its %d request threads are stuck in the predictor past "
+                       "--request-timeout %gs; a replacement is starting", self.pid, stuck, self.cfg.threads,
+                       self.request_timeout)
+        try:
+            os.kill(self.ppid, signal.SIGTTIN)
+        except OSError as e:
+            self.log.warning("cannot ask the master for a replacement: %s", e)
+
+    def _replaced(self, now: float) -> bool:
+        """A retiring worker may go once another worker is ready (or it waited long enough for one)."""
+        ready_sibling = any(r for _, r in self.board.others(int(now * 1000)))
+        return ready_sibling or now - self.retiring_since > REPLACEMENT_WAIT_SECONDS
+
+    def stuck_requests(self) -> list[dict]:
+        """This worker's requests past --request-timeout whose threads have not returned: for /healthz."""
+        now = time.monotonic()
+        return [{"request": c.request_line, "seconds": round(now - since)} for c, since in self.stuck.values()]
 
     def _serve_jobs(self) -> None:
         while True:
@@ -484,6 +599,7 @@ class FrontWorker(base.Worker):
             pass
 
     def _sweep(self, now: float) -> None:
+        self._abandon_overdue(now)
         for conn in [c for c in self.conns.values() if c.state != BUSY and c.deadline <= now]:
             if conn.state == HEAD:
                 self._refuse(conn, 408, f"the request head did not arrive within {self.header_timeout:g}s "
@@ -509,8 +625,8 @@ class FrontWorker(base.Worker):
             else:
                 self._close(conn)
         limit = now + self.cfg.graceful_timeout
-        while time.monotonic() < limit and any(c.state in (HEAD, BODY, BUSY) or (c.state == IDLE and c.fresh)
-                                               for c in self.conns.values()):
+        while time.monotonic() < limit and any((c.state in (HEAD, BODY, BUSY) and not c.abandoned)
+                                               or (c.state == IDLE and c.fresh) for c in self.conns.values()):
             self._beat(time.monotonic())  # draining is not hanging
             self._dispatch_events(SWEEP_SECONDS)
             self._sweep(time.monotonic())

@@ -96,7 +96,8 @@ def pre_fork(server, worker) -> None:
 
 def child_exit(server, worker) -> None:
     """A worker exited, or was killed: its live gauges stop counting and its readiness marker goes, so
-    /metrics and /readyz describe the workers that run now (gunicorn starts a replacement)."""
+    /metrics and /readyz describe the workers that run now (gunicorn starts a replacement, unless the worker
+    retired and its replacement already runs)."""
     global _young_deaths
     started = getattr(worker, "replica_started", None)
     young = started is not None and time.monotonic() - started < YOUNG_SECONDS
@@ -104,6 +105,9 @@ def child_exit(server, worker) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
     status = _wait_status.pop(worker.pid, None)
+    board = getattr(type(worker), "board", None)  # workers.front's board, created in this process
+    if board is not None and board.retiring(worker.pid) and server.num_workers > 1:
+        server.num_workers -= 1  # it asked for its replacement (SIGTTIN) before it retired: that one takes its place
     state_dir = os.environ.get("REPLICA_STATE_DIR")
     if state_dir:
         workers_dir = DiskTree(Path(state_dir), os.environ.get("REPLICA_RUNTIME_DIR")).workers_dir

@@ -16,6 +16,7 @@ from replica.backoff import backoff
 from replica.redact import known_places, public_message
 from workers import metrics
 from workers.records import Record, State
+from workers.user_calls import DeadlineExceeded, call_with_deadline
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,26 @@ class VersionLoader:
             rec = self._current(name, version)
             return rec if rec is not None and rec.state is State.READY else None
 
+    def _call_load(self, name: str, version: int, fp: str):
+        """The predictor's load_model, marked for the master while it runs (replica/quarantine.py), with the
+        `--load-timeout` deadline; a load that returns after its deadline has its model unloaded at once."""
+        def run():
+            with self.marks.loading(name, version, fp):
+                return self._load_fn(str(self.tree.model_path(name, version)), name, version)
+
+        def late(model) -> None:
+            log.warning("model %s version %s: the load_model abandoned at its deadline returned; its model is "
+                        "discarded", name, version)
+            if self._unload_fn is not None:
+                try:
+                    self._unload_fn(model)
+                except Exception:
+                    log.exception("unload hook failed for model %s version %s", name, version)
+            self.collector.request()
+
+        return call_with_deadline(run, self.load_timeout, (name, version, fp),
+                                  f"load_model of model {name} version {version}", self.abandoned, late)
+
     def _load_into(self, rec: Record) -> bool:
         """Load the version's disk copy into `rec` (or a new copy beside a served one); False when it failed."""
         name, version = rec.key
@@ -102,9 +123,21 @@ class VersionLoader:
                     self._fail(rec, f"quarantined: {reason}", fp, retry_after=seconds)
                     log.warning("model %s version %s is quarantined (%s); not loading it", name, version, reason)
                     return False
+                since = self.abandoned.running(rec.key + (fp,))
+                if since is not None:
+                    self._fail(rec, f"its load_model has not returned after {time.time() - since:.0f} s "
+                                    "(--load-timeout); not loaded again until that copy changes", fp,
+                               base=max(LOAD_RETRY_SECONDS, self.load_timeout))
+                    return False
                 log.info("loading model %s version %s", name, version)
-                with self.marks.loading(name, version, fp):
-                    model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+                model = self._call_load(name, version, fp)
+        except DeadlineExceeded as e:
+            self._fail(rec, f"load_model {e} (--load-timeout); it is left running and the version is tried "
+                            "again after a backoff, or at once when it changes upstream", fp,
+                       base=max(LOAD_RETRY_SECONDS, self.load_timeout))
+            log.error("model %s version %s: load_model %s (--load-timeout); the version is FAILED%s", name, version,
+                      e, "; the previous copy keeps serving" if rec.state is State.READY else "")
+            return False
         except Exception as e:
             served = rec.state is State.READY
             self._fail(rec, f"{type(e).__name__}: {e}", fp)

@@ -25,6 +25,7 @@ from workers.loading import VersionLoader
 from workers.records import InFlight, Record, State, pinned
 from workers.scope import CURRENT_SCOPE, RequestScope
 from workers.state_feed import StateView
+from workers.user_calls import Abandoned
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 class ModelRegistry(VersionLoader):
     def __init__(self, tree: DiskTree, load: Callable[[str, str, int], Any], unload: Callable[[Any], None] | None = None,
                  single_model: str | None = None, tick: float = 0.2, cache_size: int | None = None,
-                 admission_wait: float = 5.0):
+                 admission_wait: float = 5.0, load_timeout: float = 600.0):
         self.tree = tree
+        self.load_timeout = load_timeout
+        self.abandoned = Abandoned()  # loads past their deadline, still running on their own threads
         self._load_fn = load  # (model_path, name, version) -> model object
         self._unload_fn = unload
         self.single_model = single_model

@@ -36,7 +36,7 @@ class Runtime:
     """One worker's predictor, clients and registry."""
 
     def __init__(self, api: ApiSpec, tree: DiskTree, heartbeat_timeout: float, worker_timeout: float = 30.0,
-                 load_wait: float = 30.0):
+                 load_wait: float = 30.0, load_timeout: float = 600.0):
         self.api = api
         self.tree = tree
         self.heartbeat_timeout = heartbeat_timeout
@@ -51,11 +51,11 @@ class Runtime:
                         if batching else None)
         if pred.cache_size is None:
             self.registry = ModelRegistry(tree, load=self._load_model, unload=self._unload_model,
-                                          single_model=pred.single_model)
+                                          single_model=pred.single_model, load_timeout=load_timeout)
         else:
             self.registry = CachingRegistry(tree, load=self._load_model, unload=self._unload_model,
                                             single_model=pred.single_model, cache_size=pred.cache_size,
-                                            load_wait=load_wait)
+                                            load_wait=load_wait, load_timeout=load_timeout)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters
@@ -192,5 +192,6 @@ def runtime_from_env() -> tuple[Runtime, int]:
     heartbeat = float(os.environ.get("REPLICA_HEARTBEAT_TIMEOUT") or max(30.0, 4 * poll))
     runtime = Runtime(api, tree, heartbeat_timeout=heartbeat,
                       worker_timeout=float(os.environ.get("REPLICA_WORKER_TIMEOUT") or 30),
-                      load_wait=float(os.environ.get("REPLICA_LOAD_WAIT") or 30))
+                      load_wait=float(os.environ.get("REPLICA_LOAD_WAIT") or 30),
+                      load_timeout=float(os.environ.get("REPLICA_LOAD_TIMEOUT") or 600))
     return runtime, int(os.environ.get("REPLICA_MAX_REQUEST_SIZE", str(64 << 20)))
