@@ -126,6 +126,18 @@ def quarantined(folder: Path, name: str, version: int, fingerprint: str, now: fl
     return entry["reason"], entry["until"] - now
 
 
+def held(folder: Path, now: float) -> dict[tuple[str, int], dict]:
+    """Every quarantine in force now, by (name, version): its fingerprint, reason and seconds left (for the
+    model status and /metrics, which show it before any request tries the version)."""
+    out = {}
+    for key, entry in _read_json(folder / FILE, {}).items():
+        name, _, version = key.rpartition("/")
+        if entry.get("until", 0) > now and version.isdigit():
+            out[(name, int(version))] = {"fingerprint": entry.get("fingerprint"), "reason": entry.get("reason", ""),
+                                         "seconds_left": entry["until"] - now}
+    return out
+
+
 def oom_kills() -> int | None:
     """The OOM kills the kernel counted in this process's memory cgroup (v2 `memory.events`, v1
     `memory.oom_control`), or None where neither is readable."""

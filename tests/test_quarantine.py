@@ -57,3 +57,14 @@ def test_deaths_of_one_copy_double_its_quarantine_and_a_new_copy_is_free(tmp_pat
     assert quarantine.quarantined(tmp_path, "m", 2, "fp1", now + 1) is None
     (_, _, fresh), = quarantine.quarantine(tmp_path, [{"name": "m", "version": 1, "fingerprint": "fp2"}], "x", now)
     assert fresh == first
+
+
+def test_the_quarantines_in_force_are_listed_with_their_reason_and_time_left(tmp_path):
+    now = 1000.0
+    quarantine.quarantine(tmp_path, [{"name": "a/b", "version": 3, "fingerprint": "fp"}], "signal SIGKILL", now)
+    held = quarantine.held(tmp_path, now + 10)
+    assert list(held) == [("a/b", 3)]  # a name with a slash splits at its last one
+    assert held[("a/b", 3)]["reason"] == "signal SIGKILL" and held[("a/b", 3)]["fingerprint"] == "fp"
+    assert held[("a/b", 3)]["seconds_left"] == quarantine.BASE_SECONDS - 10
+    assert quarantine.held(tmp_path, now + quarantine.BASE_SECONDS + 1) == {}
+    assert quarantine.held(tmp_path / "missing", now) == {}

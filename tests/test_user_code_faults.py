@@ -196,6 +196,10 @@ def test_a_load_that_crashes_its_worker_is_quarantined_and_its_neighbours_served
         pass
     wait_for(lambda: _ask(r, "healthy").status_code == 200, timeout=30, message="healthy served again")
     worker = r.worker_pids()
+    # Visible before any request tries it again: in the model status and in /metrics.
+    status = _version_status(r, "crasher")
+    assert status["state"] == "END" and "SIGSEGV" in status["quarantined"]["reason"], status
+    assert 'replica_model_quarantined{model="crasher",version="1"} 1.0' in r.get("/metrics").text
     # The version is not loaded again: each request for it is a prompt 503 naming the crash, and no worker dies.
     for _ in range(5):
         started = time.monotonic()

@@ -11,13 +11,14 @@ Model labels only ever hold names from the catalogue: a request for an unknown n
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from replica import feed
+from replica import feed, quarantine
 from replica.disktree import DiskTree
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -102,6 +103,12 @@ class SupervisorCollector:
                                 value=on_disk)
         yield GaugeMetricFamily("replica_model_errors", "Model versions with a listing, download or layout error",
                                 value=errors)
+        quarantined = GaugeMetricFamily("replica_model_quarantined", "Model versions quarantined because a worker "
+                                        "died loading them (1 per version; the reason is in GET /v1/models)",
+                                        labels=["model", "version"])
+        for (name, version) in sorted(quarantine.held(self.tree.workers_dir, time.time())):
+            quarantined.add_metric([name, str(version)], 1)
+        yield quarantined
 
 
 def exposition(tree: DiskTree) -> tuple[bytes, str]:

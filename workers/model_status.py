@@ -20,8 +20,10 @@ _TF_STATE = {
 
 
 def render(models: dict[str, dict], names: list[str], records: dict[str, dict[int, Record]],
-           leaving: list[Record]) -> list[dict]:
-    """One entry per name: every version upstream, on disk or in memory, with its state and last error."""
+           leaving: list[Record], held: dict[tuple[str, int], dict] | None = None) -> list[dict]:
+    """One entry per name: every version upstream, on disk or in memory, with its state and last error; a
+    quarantined copy (`held`, replica/quarantine.py) is END with the reason, whether or not a request tried it."""
+    held = held or {}
     out = []
     for n in names:
         info = models.get(n, {"versions": {}, "error": None})
@@ -37,8 +39,18 @@ def render(models: dict[str, dict], names: list[str], records: dict[str, dict[in
                 tf_state = "END" if error and not vi.get("disk") else "START"
             else:
                 tf_state = _TF_STATE[state]
-            rows.append(_row(v, tf_state, error, bool(vi.get("upstream")), bool(vi.get("disk")),
-                             state is State.READY))
+            quarantine = held.get((n, v))
+            if quarantine is not None and vi.get("fingerprint") not in (None, quarantine["fingerprint"]):
+                quarantine = None  # a new copy upstream: free to load
+            if quarantine is not None and state is not State.READY:
+                tf_state = "END"
+                error = error or (f"quarantined: {quarantine['reason']}; not loaded again for "
+                                  f"{quarantine['seconds_left']:.0f} s or until it changes upstream")
+            row = _row(v, tf_state, error, bool(vi.get("upstream")), bool(vi.get("disk")), state is State.READY)
+            if quarantine is not None:
+                row["quarantined"] = {"reason": quarantine["reason"],
+                                      "seconds_left": round(quarantine["seconds_left"])}
+            rows.append(row)
         for rec in leaving:
             if rec.name == n:
                 rows.append(_row(rec.version, "UNLOADING", None, False, False, True))

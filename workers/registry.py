@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from replica.disktree import DiskTree
 from replica.layout import parse_version
+from replica import quarantine
 from replica.quarantine import LoadMarks
 from workers import metrics, model_status
 from workers.collector import DeferredCollector
@@ -258,7 +259,7 @@ class ModelRegistry(VersionLoader):
                 records = {name: dict(self._records.get(name, {}))}
             leaving = list(self._leaving)
         names = sorted(set(models) | set(records)) if name is None else [name]
-        return model_status.render(models, names, records, leaving)
+        return model_status.render(models, names, records, leaving, quarantine.held(self.tree.workers_dir, time.time()))
 
     def known(self, name: str) -> bool:
         return name in self.feed.models or name in self._records
