@@ -110,3 +110,48 @@ def runtime_dir(tmp_path_factory):
         os.environ.pop("XDG_RUNTIME_DIR", None)
     else:
         os.environ["XDG_RUNTIME_DIR"] = before
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A factory: memory_cgroup(limit_bytes) makes a memory cgroup (v2 `memory.max` or v1
+    `memory.limit_in_bytes`) with that limit and returns its folder; removed at the end. Skips where the
+    machine has no memory controller this user can make groups in."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    made = []
+
+    def make(limit: int) -> Path:
+        v2 = Path("/sys/fs/cgroup/cgroup.subtree_control")
+        if v2.exists() and "memory" in v2.read_text().split():
+            root, limit_file = v2.parent, "memory.max"
+        elif Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
+            root, limit_file = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            pytest.skip("no memory cgroup controller on this machine (neither v2 memory.max nor v1 memory)")
+        group = root / f"replica-test-{uuid.uuid4().hex[:8]}"
+        try:
+            group.mkdir()
+            (group / limit_file).write_text(str(limit))
+        except OSError as e:
+            pytest.skip(f"cannot make a memory cgroup under {root}: {e}")
+        made.append(group)
+        return group
+
+    yield make
+    for group in made:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)

@@ -23,7 +23,7 @@ def free_port() -> int:
 class ReplicaProcess:
     def __init__(self, spec: Path, state_dir: Path, *, api: str | None = None, env: dict | None = None,
                  poll_interval: float = 1.0, extra_args: tuple[str, ...] = (), cwd: Path | None = None,
-                 port: int | None = None):
+                 port: int | None = None, cgroup: Path | None = None):
         self.spec = Path(spec)
         self.state_dir = Path(state_dir)
         self.api = api
@@ -32,6 +32,7 @@ class ReplicaProcess:
         self.extra_args = extra_args
         self.cwd = cwd  # where `replica serve` is started (default: the test's own working directory)
         self.port = port or free_port()
+        self.cgroup = cgroup  # a memory cgroup folder the replica starts in (its workers are forked into it)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.state_dir.parent / f"replica-{self.port}.log"
 
@@ -44,6 +45,8 @@ class ReplicaProcess:
                "--state-dir", str(self.state_dir), "--poll-interval", str(self.poll_interval), *self.extra_args]
         if self.api:
             cmd += ["--api", self.api]
+        if self.cgroup is not None:  # the shell joins the cgroup, then becomes the replica (same pid)
+            cmd = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup), *cmd]
         env = {**os.environ, **self.env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -31,6 +31,8 @@ if spec.get("fault") == "segv":
     ctypes.string_at(0)  # a native crash: SIGSEGV
 if spec.get("fault") == "exit":
     os._exit(3)  # gunicorn's own "worker failed to boot" code
+if spec.get("fault") == "hog":
+    held = [b"\\1" * (64 << 20) for _ in range(64)]  # 4 GiB, every page written: past any test limit
 return spec
 """)
 
@@ -266,3 +268,23 @@ def test_an_ensembles_pool_threads_pin_in_their_request_and_churn_does_not_convo
         codes = [c for f in [pool.submit(client, i) for i in range(8)] for c in f.result()]
     ok = codes.count(200)
     assert ok >= 100 and ok >= 0.95 * len(codes), (ok, len(codes), {c: codes.count(c) for c in set(codes)})
+
+
+def test_a_load_that_the_oom_killer_ends_is_quarantined_naming_the_setting(replica, tmp_path, memory_cgroup):
+    group = memory_cgroup(900 << 20)
+    r = replica(_catalogue(tmp_path, {"hog": "hog"}), cgroup=group)
+    master = _master(r)
+    assert _ask(r, "healthy").status_code == 200
+    try:
+        _ask(r, "hog", timeout=60)  # the kernel kills the worker under this one
+    except requests.ConnectionError:
+        pass
+    wait_for(lambda: _ask(r, "healthy").status_code == 200, timeout=60, message="healthy served again")
+    assert "OOM killer" in r.log() and "cache_size" in r.log(), r.log()[-3000:]
+    for _ in range(5):  # not loaded again: no second kill, a prompt 503 naming it
+        started = time.monotonic()
+        answer = _ask(r, "hog")
+        assert answer.status_code == 503 and "OOM" in answer.json()["error"], answer.text
+        assert time.monotonic() - started < 2
+        assert _ask(r, "healthy").status_code == 200 and _ask(r, "other").status_code == 200
+    assert _master(r) == master and r.get("/healthz", timeout=1).status_code == 200
