@@ -31,6 +31,8 @@ if spec.get("fault") == "segv":
     ctypes.string_at(0)  # a native crash: SIGSEGV
 if spec.get("fault") == "exit":
     os._exit(3)  # gunicorn's own "worker failed to boot" code
+if spec.get("fault") == "slow":
+    time.sleep(1.5)  # a large model's download and load
 if spec.get("fault") == "hog":
     held = [b"\\1" * (64 << 20) for _ in range(64)]  # 4 GiB, every page written: past any test limit
 return spec
@@ -288,3 +290,42 @@ def test_a_load_that_the_oom_killer_ends_is_quarantined_naming_the_setting(repli
         assert time.monotonic() - started < 2
         assert _ask(r, "healthy").status_code == 200 and _ask(r, "other").status_code == 200
     assert _master(r) == master and r.get("/healthz", timeout=1).status_code == 200
+
+
+def test_a_hot_model_is_served_promptly_while_every_thread_would_wait_for_a_miss(replica, tmp_path):
+    models = tmp_path / "models"
+    for i in range(48):
+        (models / f"cold{i}").mkdir(parents=True)
+        (models / f"cold{i}" / "model.json").write_text(json.dumps({"name": f"cold{i}", "fault": "slow"}))
+    (models / "hot").mkdir()
+    (models / "hot" / "model.json").write_text(json.dumps({"name": "hot"}))
+    spec = write_api(tmp_path / "api", PREDICTOR, type="python",
+                     models={"dir": str(models), "cache_size": 8, "disk_cache_size": 60},
+                     processes_per_replica=1, threads_per_process=4)
+    r = replica(spec)
+    assert _ask(r, "hot").status_code == 200
+    stop = time.monotonic() + 8
+
+    def cold(client: int) -> list[int]:
+        codes, i = [], client
+        while time.monotonic() < stop:
+            codes.append(_ask(r, f"cold{i % 48}", timeout=30).status_code)
+            i += 6
+        return codes
+
+    def hot() -> list[float]:
+        seconds = []
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            assert _ask(r, "hot", timeout=30).status_code == 200
+            seconds.append(time.monotonic() - started)
+        return seconds
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        colds = [pool.submit(cold, c) for c in range(6)]  # six misses at a time: more than the four threads
+        hots = [pool.submit(hot) for _ in range(2)]
+        latencies = sorted(s for f in hots for s in f.result())
+        cold_codes = [c for f in colds for c in f.result()]
+    p50 = latencies[len(latencies) // 2]
+    assert p50 < 0.3, (p50, len(latencies))  # not the 1.5 s of a miss it would queue behind
+    assert cold_codes and all(c == 200 for c in cold_codes), cold_codes

@@ -28,6 +28,7 @@ from replica.cache_policy import victims
 from workers import metrics, model_status
 from workers.errors import ModelNotFound, Unavailable
 from workers.records import Record, State, memory_slots
+from workers.request_pool import waiting_outside
 from workers.registry import ModelRegistry
 from replica.protocol import EnsureReply, LoadFailure, Release
 from workers.supervisor_client import SupervisorUnreachable, ensure, release
@@ -106,7 +107,8 @@ class CachingRegistry(ModelRegistry):
                 rec.wanted += 1  # not an eviction victim until this request has pinned it
             served = False
             try:
-                done = event.wait(self.load_wait)
+                with waiting_outside():  # a hit may use this request's thread meanwhile
+                    done = event.wait(self.load_wait)
             finally:
                 with self._cond:
                     rec.wanted -= 1

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import selectors
 import signal
 import socket
@@ -55,6 +54,7 @@ from workers.access_log import AccessLog
 from workers.board import Board, may_accept, over_limit, should_retire
 from workers.connections import BODY, BUSY, HEAD, IDLE, LINGER, Conn
 from workers.http_parse import BadRequest, Limits, Request
+from workers.request_pool import RequestPool
 
 READ_SIZE = 256 * 1024
 LINGER_SECONDS = 2.0  # how long a closing connection may take to send its FIN after ours
@@ -113,7 +113,7 @@ class FrontWorker(base.Worker):
         self.claim_lock = threading.Lock()  # who answers a request past its deadline: its thread, or the loop
         self.stuck: dict[int, tuple[Conn, float]] = {}  # abandoned requests whose threads have not returned
         self.retiring_since: float | None = None
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool = RequestPool(self.cfg.threads, self._serve_job)
         self.done: deque = deque()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -143,8 +143,7 @@ class FrontWorker(base.Worker):
         if self.inline:
             threading.Thread(target=self._beat_while_serving, name="heartbeat", daemon=True).start()
         else:
-            for _ in range(self.cfg.threads):
-                threading.Thread(target=self._serve_jobs, name="request", daemon=True).start()
+            self.pool.start()
         now = time.monotonic()
         next_beat = next_sweep = next_balance = now
         while self.alive:
@@ -369,7 +368,7 @@ class FrontWorker(base.Worker):
                 self.inline_since = self.inline_conn = None
             self._finish(conn, req, keep)
         else:
-            self.jobs.put((conn, req))
+            self.pool.put((conn, req))
 
     def _count(self, conn: Conn, delta: int) -> None:
         """This worker's requests in flight, on the shared board: +1 when one starts, -1 just before its answer
@@ -504,22 +503,19 @@ class FrontWorker(base.Worker):
         now = time.monotonic()
         return [{"request": c.request_line, "seconds": round(now - since)} for c, since in self.stuck.values()]
 
-    def _serve_jobs(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            conn, req = job
-            keep = None
-            try:
-                keep = self._serve(conn, req)
-            except BaseException:  # noqa: BLE001 - the loop must hear back about every connection
-                self.log.exception("Error serving a request")
-            self.done.append((conn, req, keep))
-            try:
-                os.write(self.wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
+    def _serve_job(self, job: tuple[Conn, Request]) -> None:
+        """One request on a request thread; the loop hears back about it, whatever happened."""
+        conn, req = job
+        keep = None
+        try:
+            keep = self._serve(conn, req)
+        except BaseException:  # noqa: BLE001 - the loop must hear back about every connection
+            self.log.exception("Error serving a request")
+        self.done.append((conn, req, keep))
+        try:
+            os.write(self.wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
 
     def _on_wake(self, _fileobj, _conn) -> None:
         try:
@@ -632,5 +628,4 @@ class FrontWorker(base.Worker):
             self._sweep(time.monotonic())
         for conn in list(self.conns.values()):
             conn.sock.close()
-        for _ in range(self.cfg.threads):
-            self.jobs.put(None)
+        self.pool.stop()
