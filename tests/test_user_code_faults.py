@@ -9,6 +9,7 @@ import json
 import time
 
 import psutil
+import pytest
 import requests
 
 from tests.helpers import write_api
@@ -236,14 +237,18 @@ ENSEMBLE = json_predictor("""
 pool = concurrent.futures.ThreadPoolExecutor(4)
 
 def predict(self, payload, query_params):
-    # An ensemble's members run on the predictor's own pool, in the request's context.
+    # An ensemble's members run on the predictor's own pool: submitted with the request's context, or plainly.
     get = lambda name: self.client.get_model(name)["name"]
-    future = self.pool.submit(contextvars.copy_context().run, get, query_params["model"])
+    if "plain" in query_params:
+        future = self.pool.submit(get, query_params["model"])
+    else:
+        future = self.pool.submit(contextvars.copy_context().run, get, query_params["model"])
     return {"name": future.result()}
 """).replace("import json\n", "import concurrent.futures\nimport contextvars\nimport json\n", 1)
 
 
-def test_an_ensembles_pool_threads_pin_in_their_request_and_churn_does_not_convoy(replica, tmp_path):
+@pytest.mark.parametrize("submit", ["", "&plain"], ids=["copy_context", "plain-submit"])
+def test_an_ensembles_pool_threads_pin_in_their_request_and_churn_does_not_convoy(replica, tmp_path, submit):
     models = tmp_path / "models"
     for name in ("a", "b", "c"):
         (models / name).mkdir(parents=True)
@@ -259,7 +264,7 @@ def test_an_ensembles_pool_threads_pin_in_their_request_and_churn_does_not_convo
             n = 0
             while time.monotonic() < deadline and n < 2000:
                 name = "abc"[(i + n) % 3]
-                answer = s.post(f"{r.base}/?model={name}", json={}, timeout=10)
+                answer = s.post(f"{r.base}/?model={name}{submit}", json={}, timeout=10)
                 codes.append(answer.status_code)
                 if answer.status_code == 200:
                     assert answer.json() == {"name": name}

@@ -28,6 +28,7 @@ from workers.caching import CachingRegistry
 from workers.errors import ReplicaHTTPError
 from workers.predictor import load_predictor_class
 from workers.registry import ModelRegistry
+from workers.scope import carry_context_into_thread_pools
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Runtime:
         self.worker_timeout = worker_timeout
         self.hang_after = min(worker_timeout, max(5.0, worker_timeout / 3))
         pred = api.predictor
+        carry_context_into_thread_pools()  # an ensemble's pool work pins in its request (workers/scope.py)
         cls = load_predictor_class(api)
         batching = pred.server_side_batching
         self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
