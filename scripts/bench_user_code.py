@@ -6,7 +6,7 @@ models in a local `models.dir`), with clients on threads of this process:
 
 - churn: an ensemble-style predictor that calls `get_model` from its own ThreadPoolExecutor, 8 clients over 3
   models with `cache_size: 1`: requests answered 200 in the run (with the pool submitting plainly, with
-  `contextvars.copy_context`, and without the pool);
+  `contextvars.copy_context`, and without the pool), and requests that failed (non-2xx or timeouts);
 - hot: 64 clients over 200 models (`cache_size: 2`, 8 threads), 16 of them asking for one hot model, the rest
   for cold ones at random: the hot model's p50/p99 and the cold ones';
 - uniform: 16 clients over 2,000 models (`cache_size: 200`, `disk_cache_size: 1000`): req/s, p50, p99;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 import requests  # noqa: E402
 
+from scripts.bench_lib import load  # noqa: E402
 from tests.helpers import write_api  # noqa: E402
 from tests.predictors import json_predictor  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
@@ -91,29 +91,16 @@ def start(work: Path, tag: str, checkout: Path, source: str, models: dict, **key
     return r
 
 
-def drive(base: str, clients: list, seconds: float) -> list[list[tuple[str, int, float]]]:
-    """Each client (a function i -> model name) asks in a loop for `seconds`; (model, status, latency) each."""
-    stop = time.monotonic() + seconds
-
-    def client(pick) -> list[tuple[str, int, float]]:
-        out, s, i = [], requests.Session(), 0
-        while time.monotonic() < stop:
-            name, t = pick(i), time.monotonic()
-            try:
-                code = s.post(f"{base}/?model={name}", json={}, timeout=10).status_code
-            except requests.RequestException:
-                code = 0
-            out.append((name, code, time.monotonic() - t))
-            i += 1
-        return out
-
-    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
-        return [f.result() for f in [pool.submit(client, c) for c in clients]]
+def load_together(base: str, groups: dict[str, tuple[list[str], int]], seconds: float) -> dict[str, dict]:
+    """Run one wrk per group (name -> (paths, connections)) at the same time; each group's result."""
+    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+        futures = {name: pool.submit(load.run, base, "{}", paths, duration=seconds, connections=conns)
+                   for name, (paths, conns) in groups.items()}
+        return {name: f.result().as_dict() for name, f in futures.items()}
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+def paths(names) -> list[str]:
+    return [f"/?model={n}" for n in names]
 
 
 def churn(work: Path, checkout: Path, tag: str, mode: str, seconds: float) -> dict:
@@ -121,28 +108,22 @@ def churn(work: Path, checkout: Path, tag: str, mode: str, seconds: float) -> di
     r = start(work, tag, checkout, ENSEMBLE, {"dir": str(models), "cache_size": 1, "disk_cache_size": 3},
               threads_per_process=8, config={"mode": mode})
     try:
-        runs = drive(r.base, [lambda i, c=c: f"m{(i + c) % 3:04d}" for c in range(8)], seconds)
+        res = load_together(r.base, {"all": (paths(f"m{i:04d}" for i in range(3)), 8)}, seconds)["all"]
     finally:
         r.stop()
-    codes = [code for run in runs for _, code, _ in run]
-    return {"ok": codes.count(200), "other": len(codes) - codes.count(200)}
+    return {"ok": res["requests"] - res["failed"], "failed": res["failed"]}
 
 
 def hot(work: Path, checkout: Path, tag: str, seconds: float) -> dict:
     models = catalogue(work / "hot-models", 200)
     r = start(work, tag, checkout, PLAIN, {"dir": str(models), "cache_size": 2, "disk_cache_size": 200},
               threads_per_process=8)
-    rng = random.Random(7)
     try:
-        clients = [lambda i: "m0000"] * 16 + [lambda i: f"m{rng.randrange(1, 200):04d}"] * 48
-        runs = drive(r.base, clients, seconds)
+        res = load_together(r.base, {"hot": (paths(["m0000"]), 16),
+                                     "cold": (paths(f"m{i:04d}" for i in range(1, 200)), 48)}, seconds)
     finally:
         r.stop()
-    hot_s = [t for run in runs[:16] for _, code, t in run if code == 200]
-    cold = [t for run in runs[16:] for _, code, t in run if code == 200]
-    codes = [code for run in runs for _, code, _ in run]
-    return {"hot_p50": pct(hot_s, 0.5), "hot_p99": pct(hot_s, 0.99), "hot_n": len(hot_s), "cold_p50": pct(cold, 0.5),
-            "cold_n": len(cold), "errors": len(codes) - codes.count(200)}
+    return res
 
 
 def uniform(work: Path, checkout: Path, tag: str, seconds: float) -> dict:
@@ -160,14 +141,10 @@ def uniform(work: Path, checkout: Path, tag: str, seconds: float) -> dict:
 
         alone = [miss(i) for i in range(200)]
         evicting = [miss(i) for i in range(200, 300)]
-        rng = random.Random(11)
-        runs = drive(r.base, [lambda i: f"m{rng.randrange(2000):04d}"] * 16, seconds)
+        res = load_together(r.base, {"all": (paths(f"m{i:04d}" for i in range(2000)), 16)}, seconds)["all"]
     finally:
         r.stop()
-    ok = [t for run in runs for _, code, t in run if code == 200]
-    codes = [code for run in runs for _, code, _ in run]
-    return {"rps": len(ok) / seconds, "p50": pct(ok, 0.5), "p99": pct(ok, 0.99), "errors": len(codes) - len(ok),
-            "load_alone_ms": 1000 * statistics.median(alone), "evicting_ms": 1000 * statistics.median(evicting)}
+    return {**res, "load_alone_ms": 1000 * statistics.median(alone), "evicting_ms": 1000 * statistics.median(evicting)}
 
 
 def main() -> int:
@@ -175,6 +152,8 @@ def main() -> int:
     ap.add_argument("--base", required=True, help="the revision to compare with (checked out in a worktree)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--only", nargs="+", choices=("churn", "hot", "uniform"), default=("churn", "hot", "uniform"),
+                    help="the figures to measure (default: all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-user-code-") as tmp:
         work = Path(tmp)
@@ -186,10 +165,14 @@ def main() -> int:
             results: dict = {}
             for n in range(args.rounds):
                 for tag, checkout in checkouts.items():
-                    row = {"churn pool": churn(work, checkout, tag, "plain", args.seconds),
-                           "hot": hot(work, checkout, tag, args.seconds),
-                           "uniform": uniform(work, checkout, tag, args.seconds)}
-                    if tag == "this":
+                    row = {}
+                    if "churn" in args.only:
+                        row["churn pool"] = churn(work, checkout, tag, "plain", args.seconds)
+                    if "hot" in args.only:
+                        row["hot"] = hot(work, checkout, tag, args.seconds)
+                    if "uniform" in args.only:
+                        row["uniform"] = uniform(work, checkout, tag, args.seconds)
+                    if tag == "this" and "churn" in args.only:
                         row["churn context"] = churn(work, checkout, tag, "context", args.seconds)
                         row["churn no pool"] = churn(work, checkout, tag, "none", args.seconds)
                     results.setdefault(tag, []).append(row)

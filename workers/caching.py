@@ -46,6 +46,7 @@ class CachingRegistry(ModelRegistry):
         self.load_wait = load_wait  # how long a request waits for its version's bring-in
         self._hold_seq = 0
         self._unsent: dict[tuple[str, int], Release] = {}  # releases the supervisor has not heard yet
+        self._admitting = threading.Semaphore(self.cache_size)  # bring-ins looking for a slot at once
 
     # -- sync: updated copies leave, nothing loads without a request ----------------------------------------
     def _sync_disk(self, disk: dict[str, dict[int, str]]) -> None:
@@ -215,9 +216,22 @@ class CachingRegistry(ModelRegistry):
     def _admit(self, rec: Record) -> None:
         """Take a memory slot for `rec` (state FETCHING), evicting what the policy names, which `rec` remembers.
 
-        Victims are unloaded outside the lock and count as UNLOADING until then; 503 once `admission_wait`
-        passed with every slot pinned."""
+        At most `cache_size` bring-ins look for a slot at once (no more can hold one while they load); the
+        others queue on a semaphore, which wakes one at a time, instead of all waking on every change of the
+        registry's condition. Victims are unloaded outside the lock and count as UNLOADING until then; 503
+        once `admission_wait` passed with every slot pinned."""
         deadline = time.monotonic() + self.admission_wait
+        if not self._admitting.acquire(timeout=self.admission_wait):
+            with self._cond:
+                self._drop(rec)
+            raise Unavailable(f"the model cache is saturated: {self.cache_size} versions are being brought in "
+                              "and more are waiting", retry_after=1)
+        try:
+            self._take_slot(rec, deadline)
+        finally:
+            self._admitting.release()
+
+    def _take_slot(self, rec: Record, deadline: float) -> None:
         evicted: list[tuple[str, int]] = []
         with self._cond:
             while True:
