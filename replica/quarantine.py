@@ -136,29 +136,3 @@ def held(folder: Path, now: float) -> dict[tuple[str, int], dict]:
             out[(name, int(version))] = {"fingerprint": entry.get("fingerprint"), "reason": entry.get("reason", ""),
                                          "seconds_left": entry["until"] - now}
     return out
-
-
-def oom_kills() -> int | None:
-    """The OOM kills the kernel counted in this process's memory cgroup (v2 `memory.events`, v1
-    `memory.oom_control`), or None where neither is readable."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            candidates = [Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"]
-        elif "memory" in controllers.split(","):
-            candidates = [Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"]
-        else:
-            continue
-        for c in candidates:
-            try:
-                for row in c.read_text().splitlines():
-                    field, _, value = row.partition(" ")
-                    if field == "oom_kill":
-                        return int(value)
-            except (OSError, ValueError):
-                continue
-    return None

@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from replica import cgroup
+from replica.quantity import format_bytes, parse_quantity
+
 log = logging.getLogger(__name__)
 
 PREDICTOR_TYPES = ("python", "tensorflow", "onnx")
@@ -53,7 +56,11 @@ PREDICTOR_KEYS = (
     "log_level",
     "server_side_batching",
 ) + CLUSTER_ONLY_PREDICTOR_KEYS
-MODELS_KEYS = ("paths", "dir", "signature_key", "cache_size", "disk_cache_size")
+MODELS_KEYS = ("paths", "dir", "signature_key", "cache_size", "cache_memory", "disk_cache_size")
+# With only disk_cache_size given, the memory budget is this share of the memory cgroup's limit: the rest is the
+# worker's own memory, the supervisor's, gunicorn's master, and the transient second worker of a rolling restart
+# is not budgeted for.
+DEFAULT_MEMORY_SHARE = 0.6
 PATH_ENTRY_KEYS = ("name", "model_path", "signature_key")
 BATCHING_KEYS = ("max_batch_size", "batch_interval")
 MAX_BATCH_SIZE = 1024  # Cortex's (arbitrary) upper bound
@@ -105,6 +112,7 @@ class PredictorSpec:
     signature_key: str | None = None
     cache_size: int | None = None
     disk_cache_size: int | None = None
+    cache_memory: int | None = None  # bytes the models in memory may take, measured (model caching)
     single_model: str | None = None  # the model's name when the spec uses `model_path`
     server_side_batching: BatchingSpec | None = None
 
@@ -293,7 +301,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
         problems.append(f"{where}.signature_key: only the tensorflow predictor takes a signature_key; remove it")
 
     sources: list[ModelSource] = []
-    cache_size = disk_cache_size = None
+    cache_size = disk_cache_size = cache_memory = None
     single_model = None
     has_model_path = "model_path" in pred and pred["model_path"] is not None
     models = pred.get("models")
@@ -322,7 +330,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
                 sources.append(ModelSource(url=url, name=None, signature_key=default_sig))
         else:
             sources += _parse_paths(models["paths"], f"{mwhere}.paths", base, ptype, default_sig, problems)
-        cache_size, disk_cache_size = _parse_cache(models, mwhere, processes, problems)
+        cache_size, disk_cache_size, cache_memory = _parse_cache(models, mwhere, processes, problems)
     batching = _parse_batching(pred.get("server_side_batching"), f"{where}.server_side_batching", threads, problems)
     if ptype in ("tensorflow", "onnx") and not has_model_path and models is None:
         problems.append(f"{where}: the {ptype} predictor needs models; set model_path or models.paths / models.dir")
@@ -348,6 +356,7 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
             signature_key=signature_key,
             cache_size=cache_size,
             disk_cache_size=disk_cache_size,
+            cache_memory=cache_memory,
             single_model=single_model,
             server_side_batching=batching,
         ),
@@ -404,16 +413,40 @@ def _parse_paths(paths: Any, where: str, base: Path, ptype: Any, default_sig: st
     return sources
 
 
-def _parse_cache(models: dict, where: str, processes: int | None, problems: list[str]) -> tuple[int | None, int | None]:
-    cache, disk = models.get("cache_size"), models.get("disk_cache_size")
-    if cache is None and disk is None:
-        return None, None
-    if (cache is None) != (disk is None):
-        missing = "disk_cache_size" if disk is None else "cache_size"
-        problems.append(f"{where}.{missing}: cache_size and disk_cache_size are set together; add {missing}")
-        return None, None
-    cache = _positive_int(cache, f"{where}.cache_size", problems)
+def _parse_cache(models: dict, where: str, processes: int | None,
+                 problems: list[str]) -> tuple[int | None, int | None, int | None]:
+    """(cache_size, disk_cache_size, cache_memory in bytes). Caching takes disk_cache_size with a memory bound:
+    cache_size (a count), cache_memory (bytes, measured), or both; with disk_cache_size alone the budget is a
+    share of the memory cgroup's limit. With cache_memory alone the count bound is disk_cache_size."""
+    cache, disk, memory = models.get("cache_size"), models.get("disk_cache_size"), models.get("cache_memory")
+    if cache is None and disk is None and memory is None:
+        return None, None, None
+    if disk is None:
+        problems.append(f"{where}.disk_cache_size: model caching needs disk_cache_size (how many versions the disk "
+                        "holds) beside cache_size or cache_memory; add disk_cache_size")
+        return None, None, None
     disk = _positive_int(disk, f"{where}.disk_cache_size", problems)
+    given = cache is not None
+    if given:
+        cache = _positive_int(cache, f"{where}.cache_size", problems)
+    limit = cgroup.memory_limit()
+    if memory is not None:
+        try:
+            memory = parse_quantity(memory)
+        except ValueError as e:
+            problems.append(f"{where}.cache_memory: {e}")
+            memory = None
+        if memory is not None and limit is not None and memory > limit:
+            problems.append(f"{where}.cache_memory: {format_bytes(memory)} is more than this machine's memory limit "
+                            f"({format_bytes(limit)}, the memory cgroup's); lower cache_memory or raise the limit")
+    elif not given:
+        if limit is None:
+            problems.append(f"{where}: disk_cache_size alone needs a memory limit to derive the memory budget from, "
+                            "and this process has none; add cache_size (a count) or cache_memory (e.g. 4Gi)")
+            return None, None, None
+        memory = int(limit * DEFAULT_MEMORY_SHARE)
+    if cache is None and disk is not None:
+        cache = disk  # every version in memory is also on disk: the disk bound is the count bound
     if cache is not None and disk is not None and cache > disk:
         problems.append(f"{where}.disk_cache_size: must be >= cache_size ({disk} < {cache}); every model in memory is also on disk")
     if processes is not None and processes > 1:
@@ -422,7 +455,7 @@ def _parse_cache(models: dict, where: str, processes: int | None, problems: list
             "would hold its own cache and the bounds could not be kept. Remove cache_size/disk_cache_size or set "
             "processes_per_replica: 1"
         )
-    return cache, disk
+    return cache, disk, memory
 
 
 # Go's time.ParseDuration, which Cortex used for batch_interval: decimal numbers, each with an optional fraction

@@ -53,6 +53,7 @@ def spec_to_json(api: ApiSpec) -> str:
             "signature_key": p.signature_key,
             "cache_size": p.cache_size,
             "disk_cache_size": p.disk_cache_size,
+            "cache_memory": p.cache_memory,
             "single_model": p.single_model,
             "server_side_batching": None if b is None else {"max_batch_size": b.max_batch_size,
                                                             "batch_interval": b.batch_interval},
@@ -82,6 +83,7 @@ def spec_from_json(text: str | bytes) -> ApiSpec:
             signature_key=p["signature_key"],
             cache_size=p["cache_size"],
             disk_cache_size=p["disk_cache_size"],
+            cache_memory=p["cache_memory"],
             single_model=p["single_model"],
             server_side_batching=None if batching is None else BatchingSpec(
                 max_batch_size=_typed(batching["max_batch_size"], int),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from replica.project import apply_log_level
+from replica.quantity import format_bytes, parse_quantity
 from replica.spec import ApiSpec, SpecError
 from supervisor.settings import Settings, default_state_dir
 
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--request-timeout", type=float, default=float(_env("request-timeout", 300)),
                        help="seconds a request may spend in the predictor; past it the client gets 504, and a "
                             "worker with half its request threads stuck so is replaced (default 300)")
+    serve.add_argument("--worker-max-rss", default=_env("worker-max-rss", None),
+                       help="a memory quantity (900Mi, 4Gi): a worker whose resident memory passes it is replaced, "
+                            "its replacement ready before it stops taking requests (default: no bound)")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false",
                        default=_env("access-log", "1") not in ("0", "false", "no"),
                        help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
@@ -122,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"error: {flag} must be {bound} seconds, got {value:g}", file=sys.stderr)
             return 2
+    max_rss = None
+    if args.worker_max_rss:
+        try:
+            max_rss = parse_quantity(args.worker_max_rss)
+        except ValueError as e:
+            print(f"error: --worker-max-rss: {e}", file=sys.stderr)
+            return 2
+        budget = api.predictor.cache_memory
+        if budget is not None and max_rss <= budget:
+            print(f"error: --worker-max-rss ({format_bytes(max_rss)}) must be above predictor.models.cache_memory "
+                  f"({format_bytes(budget)}): the models alone may take that much; raise it", file=sys.stderr)
+            return 2
     if args.worker_connections < 1:
         print(f"error: --worker-connections must be >= 1, got {args.worker_connections}", file=sys.stderr)
         return 2
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         load_wait=args.load_wait,
         load_timeout=args.load_timeout,
         request_timeout=args.request_timeout,
+        worker_max_rss=max_rss,
         access_log=args.access_log,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

@@ -224,3 +224,22 @@ def test_random_event_sequences_keep_bounds_pins_and_healthy_models(codes):
         event = decode(code)
         getattr(replica, event[0])(*event[1:])
         replica.check()
+
+
+@given(sizes=st.lists(st.tuples(st.integers(0, 500), st.booleans()), max_size=12),
+       capacity=st.integers(1, 14), budget=st.integers(1, 2000), need=st.integers(0, 2000))
+def test_a_byte_budget_holds_with_the_count_and_evicts_the_oldest_idle_only(sizes, capacity, budget, need):
+    slots = [Slot(("m", i), float(i), idle, size) for i, (size, idle) in enumerate(sizes)]
+    choice = victims(slots, capacity, ("new", 1), budget, need)
+    if choice is None:  # only when even every idle version gone would not make room
+        idle = [s for s in slots if s.idle]
+        assert len(slots) - len(idle) + 1 > capacity or sum(s.size for s in slots if not s.idle) + need > budget
+        return
+    left = [s for s in slots if s.key not in choice]
+    assert len(left) + 1 <= capacity and sum(s.size for s in left) + need <= budget  # both bounds hold
+    assert all(s.idle for s in slots if s.key in choice)  # nothing in use leaves
+    idle_by_age = [s.key for s in sorted(slots, key=lambda s: s.last_used) if s.idle]
+    assert choice == idle_by_age[:len(choice)]  # the least recently used go first
+    if choice:  # and no more than needed: without the last one chosen, a bound would not hold
+        kept = left + [s for s in slots if s.key == choice[-1]]
+        assert len(kept) + 1 > capacity or sum(s.size for s in kept) + need > budget

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from replica import cgroup
 from replica.spec import BatchingSpec, SpecError, load_spec, parse_duration
 
 
@@ -350,12 +351,39 @@ def test_no_cache_fields_means_no_caching(write):
 
 def test_cache_size_without_disk_cache_size(write):
     one_problem(write(api(models={"dir": "s3://b/d", "cache_size": 2})), "predictor.models.disk_cache_size",
-                "set together", "add disk_cache_size")
+                "model caching needs disk_cache_size", "add disk_cache_size")
 
 
-def test_disk_cache_size_without_cache_size(write):
-    one_problem(write(api(models={"dir": "s3://b/d", "disk_cache_size": 2})), "predictor.models.cache_size",
-                "set together", "add cache_size")
+def test_disk_cache_size_alone_needs_a_memory_limit_to_derive_the_budget_from(write, monkeypatch):
+    monkeypatch.setattr(cgroup, "memory_limit", lambda: None)
+    one_problem(write(api(models={"dir": "s3://b/d", "disk_cache_size": 2})), "predictor.models",
+                "disk_cache_size alone needs a memory limit", "add cache_size", "or cache_memory")
+    monkeypatch.setattr(cgroup, "memory_limit", lambda: 10 << 30)
+    p = load_spec(write(api(models={"dir": "s3://b/d", "disk_cache_size": 7}))).predictor
+    assert p.caching and (p.cache_size, p.cache_memory) == (7, int(0.6 * (10 << 30)))
+
+
+@pytest.mark.parametrize("quantity, size", [("512Mi", 512 << 20), ("4Gi", 4 << 30), ("1.5G", 1_500_000_000),
+                                            (300_000_000, 300_000_000), ("300M", 300_000_000)])
+def test_cache_memory_is_a_quantity_and_the_disk_bound_counts_alone(write, monkeypatch, quantity, size):
+    monkeypatch.setattr(cgroup, "memory_limit", lambda: None)
+    p = load_spec(write(api(models={"dir": "s3://b/d", "cache_memory": quantity, "disk_cache_size": 9}))).predictor
+    assert p.caching and (p.cache_memory, p.cache_size, p.disk_cache_size) == (size, 9, 9)
+    both = load_spec(write(api(models={"dir": "s3://b/d", "cache_memory": quantity, "cache_size": 2,
+                                       "disk_cache_size": 9}))).predictor
+    assert (both.cache_memory, both.cache_size) == (size, 2)
+
+
+@pytest.mark.parametrize("quantity", ["lots", "12 bananas", "-1Gi", "0", True, "1Qi"])
+def test_cache_memory_that_is_not_a_quantity(write, quantity):
+    one_problem(write(api(models={"dir": "s3://b/d", "cache_memory": quantity, "disk_cache_size": 2})),
+                "predictor.models.cache_memory", "")
+
+
+def test_cache_memory_over_the_memory_limit(write, monkeypatch):
+    monkeypatch.setattr(cgroup, "memory_limit", lambda: 1 << 30)
+    one_problem(write(api(models={"dir": "s3://b/d", "cache_memory": "2Gi", "disk_cache_size": 2})),
+                "predictor.models.cache_memory", "2.0 GiB is more than this machine's memory limit (1.0 GiB")
 
 
 @pytest.mark.parametrize("key", ["cache_size", "disk_cache_size"])

@@ -244,7 +244,8 @@ def readyz() -> Response:
 
 @bp.route("/metrics")
 def prometheus_metrics() -> Response:
-    body, content_type = metrics.exposition(_runtime().tree)
+    runtime = _runtime()
+    body, content_type = metrics.exposition(runtime.tree, runtime.registry)
     return Response(body, content_type=content_type)
 
 

@@ -25,25 +25,34 @@ import threading
 import time
 
 from replica.cache_policy import victims
+from replica.protocol import EnsureReply, LoadFailure, Release
+from replica.quantity import format_bytes
 from workers import metrics, model_status
 from workers.errors import ModelNotFound, Unavailable
 from workers.records import Record, State, memory_slots
 from workers.request_pool import waiting_outside
 from workers.registry import ModelRegistry
-from replica.protocol import EnsureReply, LoadFailure, Release
 from workers.supervisor_client import SupervisorUnreachable, ensure, release
 
 log = logging.getLogger(__name__)
 
 FETCH_RETRY_SECONDS = 5.0  # a version that could not be fetched is tried again after this, doubling
 LOADING_RETRY_SECONDS = 5  # Retry-After for a request that gave up waiting on a load still under way
+# A version's memory before its first load, per byte on disk: weights are read into memory about as large as
+# they are stored (numpy, ONNX initializers, TensorFlow variables), plus the framework's own structures; the
+# measurement at the load replaces it for that model.
+DISK_TO_MEMORY = 1.2
 HOLDING = frozenset({State.FETCHING, State.LOADING, State.READY})  # the states a disk hold belongs to
 
 
 class CachingRegistry(ModelRegistry):
-    def __init__(self, *args, load_wait: float = 30.0, **kwargs):
+    def __init__(self, *args, load_wait: float = 30.0, cache_memory: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.load_wait = load_wait  # how long a request waits for its version's bring-in
+        self.cache_memory = cache_memory  # the byte budget of the versions in memory, or None for a count alone
+        self._ratios: dict[str, float] = {}  # per model: memory measured over bytes on disk, at its last load
+        if cache_memory is not None:
+            self._measure_lock = threading.Lock()
         self._hold_seq = 0
         self._unsent: dict[tuple[str, int], Release] = {}  # releases the supervisor has not heard yet
         self._admitting = threading.Semaphore(self.cache_size)  # bring-ins looking for a slot at once
@@ -176,6 +185,11 @@ class CachingRegistry(ModelRegistry):
                 # The supervisor's retry time when it gave one: asking before then gets the same answer.
                 self._fail(rec, error, base=FETCH_RETRY_SECONDS, retry_after=retry_after)
                 log.warning("model %s version %s could not be fetched: %s", name, version, error)
+            if error is None and self.cache_memory is not None:
+                error = self._reserve(rec)
+                if error is not None:
+                    self._fail(rec, error, self._fingerprint(rec), base=FETCH_RETRY_SECONDS)
+                    log.warning("model %s version %s is not loaded: %s", name, version, error)
             loaded = error is None and self._load_into(rec)
         finally:
             if not loaded:
@@ -231,16 +245,22 @@ class CachingRegistry(ModelRegistry):
         finally:
             self._admitting.release()
 
-    def _take_slot(self, rec: Record, deadline: float) -> None:
+    def _take_slot(self, rec: Record, deadline: float, need: int = 0, best_effort: bool = False) -> bool:
+        """Evict until `rec` fits: its count slot first (admission), then, under a byte budget and once its
+        size on disk is known, `need` bytes reserved for its load. Past `deadline`, 503 (the record dropped),
+        or with `best_effort` False and the record left as it is."""
         evicted: list[tuple[str, int]] = []
         with self._cond:
             while True:
-                records = [r for vs in self._records.values() for r in vs.values()] + self._leaving
-                choice = victims(memory_slots(records, self._inflight), self.cache_size, rec.key)
+                records = [r for vs in self._records.values() for r in vs.values() if r is not rec] + self._leaving
+                choice = victims(memory_slots(records, self._inflight), self.cache_size, rec.key,
+                                 self.cache_memory, need)
                 if choice == []:
-                    rec.state = State.FETCHING  # the slot is taken from here on
-                    rec.displaced = evicted
-                    return
+                    if rec.state is State.QUEUED:
+                        rec.state = State.FETCHING  # the slot is taken from here on
+                    rec.memory_bytes = max(rec.memory_bytes, need)
+                    rec.displaced = rec.displaced + evicted
+                    return True
                 if choice:
                     leaving = [self._current(*key) for key in choice]
                     for v in leaving:
@@ -248,8 +268,8 @@ class CachingRegistry(ModelRegistry):
                         v.state = State.UNLOADING
                         self._leaving.append(v)
                         metrics.EVICTIONS.inc()
-                        log.info("model %s version %s evicted from memory (least recently used; making room for "
-                                 "%s version %s)", v.name, v.version, *rec.key)
+                        log.info("model %s version %s evicted from memory (least recently used; %s freed, making "
+                                 "room for %s version %s)", v.name, v.version, format_bytes(v.memory_bytes), *rec.key)
                     self._cond.release()
                     try:
                         for v in leaving:
@@ -259,11 +279,70 @@ class CachingRegistry(ModelRegistry):
                     evicted += choice
                     continue
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and best_effort:
+                    return False
                 if remaining <= 0:
                     self._drop(rec)
+                    if need:
+                        raise Unavailable(f"the model cache is saturated: {format_bytes(need)} for model "
+                                          f"'{rec.name}' version {rec.version} cannot be freed while the versions "
+                                          "in memory serve requests", retry_after=1)
                     raise Unavailable(f"the model cache is saturated: all {self.cache_size} slots are serving "
                                       "requests", retry_after=1)
                 self._cond.wait(remaining)
+
+    # -- the byte budget ------------------------------------------------------------------------------------
+    def _estimate(self, rec: Record, manifest: dict) -> int:
+        """The memory a version will take before it has loaded: its bytes on disk times what that model took
+        over its disk size at its last load here, or DISK_TO_MEMORY for a model not loaded yet."""
+        on_disk = sum(int(f[1]) for f in manifest.get("files", []))
+        return int(on_disk * self._ratios.get(rec.name, DISK_TO_MEMORY))
+
+    def _fingerprint(self, rec: Record) -> str:
+        manifest = self.tree.manifest(*rec.key)
+        return manifest["fingerprint"] if manifest else ""
+
+    def _reserve(self, rec: Record) -> str | None:
+        """Make room for the version's estimated size (evicting idle versions); the reason when it never fits."""
+        manifest = self.tree.manifest(*rec.key)
+        if manifest is None:
+            return None  # removed meanwhile: the load finds out and says so
+        need = self._estimate(rec, manifest)
+        if need > self.cache_memory:
+            return (f"it needs about {format_bytes(need)} in memory (estimated from its size on disk), more than "
+                    f"predictor.models.cache_memory ({format_bytes(self.cache_memory)}); raise cache_memory")
+        self._take_slot(rec, time.monotonic() + self.admission_wait, need)
+        return None
+
+    def _measured(self, rec: Record, manifest: dict) -> bool:
+        """Correct the estimate by the measurement: remember the model's ratio, unload a version larger than the
+        whole budget (FAILED with its size), and evict idle versions while the measured total is over it."""
+        if self.cache_memory is None:
+            return True
+        on_disk = sum(int(f[1]) for f in manifest.get("files", []))
+        if on_disk:
+            self._ratios[rec.name] = max(rec.memory_bytes / on_disk, 0.1)
+        if rec.memory_bytes > self.cache_memory:
+            with self._cond:
+                model, rec.model = rec.model, None
+                rec.state = State.LOADING  # not served: the failure below makes it FAILED, its slot given back
+            self._free(model, *rec.key)
+            del model
+            self._fail(rec, f"it takes {format_bytes(rec.memory_bytes)} in memory (measured at its load), more than "
+                            f"predictor.models.cache_memory ({format_bytes(self.cache_memory)}); raise cache_memory",
+                       manifest["fingerprint"], base=FETCH_RETRY_SECONDS)
+            return False
+        if not self._take_slot(rec, time.monotonic(), rec.memory_bytes, best_effort=True):  # what is idle now
+            log.warning("model %s version %s measured %s: the versions in memory are over cache_memory (%s) "
+                        "until the ones in use are idle", *rec.key, format_bytes(rec.memory_bytes),
+                        format_bytes(self.cache_memory))
+        return True
+
+    def memory_used(self) -> int:
+        with self._cond:
+            return sum(r.memory_bytes for vs in self._records.values() for r in vs.values()
+                       if r.state in (State.FETCHING, State.LOADING, State.READY)) + sum(
+                r.memory_bytes for r in self._leaving)
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
     def _ensure(self, rec: Record) -> EnsureReply:

@@ -16,6 +16,8 @@ import logging
 import threading
 import time
 
+from workers import memory
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,7 @@ class DeferredCollector:
                 self._due.clear()
             started = time.monotonic()
             freed = gc.collect()
+            memory.give_back()  # what the cycles held goes back to the system, not only to malloc
             self.collections += 1
             log.debug("full collection after unloads: %d objects in %.3fs", freed, time.monotonic() - started)
             with self._lock:

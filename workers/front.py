@@ -17,6 +17,9 @@ A slow or idle peer costs a file descriptor and a few bytes, never a thread:
   left to finish (a Python thread cannot be stopped); a worker with half its request threads stuck so (all of
   them with one thread) retires: it asks the master for a replacement, stops taking connections once that one
   is ready, drains the requests that can still finish, and exits, leaving its siblings and the master alone.
+- a worker whose resident memory passes `--worker-max-rss` retires the same way, except that it takes no new
+  connection or request from the moment it notices (each could grow it further): they wait in the listen
+  queue for the replacement.
 
 With `threads_per_process: 1` and nothing to shed, the request runs on the loop's own thread (no hand-off; a
 heartbeat thread keeps the worker's liveness while a predictor runs); otherwise it goes to `--threads`
@@ -38,6 +41,7 @@ balancer sits in front when one is needed).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import selectors
 import signal
@@ -49,7 +53,8 @@ from collections import deque
 
 from gunicorn.workers import base
 
-from workers import http_exchange
+from replica.quantity import format_bytes
+from workers import http_exchange, memory
 from workers.access_log import AccessLog
 from workers.board import Board, may_accept, over_limit, should_retire
 from workers.connections import BODY, BUSY, HEAD, IDLE, LINGER, Conn
@@ -64,6 +69,7 @@ BEAT_SECONDS = 0.25
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 STOP_GRACE_SECONDS = 1.0  # a stopping worker still answers the first request of a connection it accepted
 REPLACEMENT_WAIT_SECONDS = 120.0  # a retiring worker waits this long at most for its replacement to be ready
+MEMORY_CHECK_SECONDS = 0.02  # at most this often a worker compares its resident memory with --worker-max-rss
 
 
 class Superseded(Exception):
@@ -92,6 +98,7 @@ class FrontWorker(base.Worker):
         self.body_budget = int(os.environ.get("REPLICA_MAX_BUFFERED_BYTES") or 256 << 20)
         self.max_in_flight = int(os.environ.get("REPLICA_MAX_REPLICA_CONCURRENCY") or 1024)
         self.request_timeout = _env_float("REPLICA_REQUEST_TIMEOUT", 300.0)
+        self.max_rss = int(os.environ.get("REPLICA_WORKER_MAX_RSS") or 0)  # bytes; 0: no bound
         self.limits = Limits(self.cfg.limit_request_line, self.cfg.limit_request_fields,
                              self.cfg.limit_request_field_size, max_body)
         if type(self).board is None:  # run without check_config (a bare worker in a test)
@@ -113,6 +120,8 @@ class FrontWorker(base.Worker):
         self.claim_lock = threading.Lock()  # who answers a request past its deadline: its thread, or the loop
         self.stuck: dict[int, tuple[Conn, float]] = {}  # abandoned requests whose threads have not returned
         self.retiring_since: float | None = None
+        self.taking = True  # False once retiring for memory: nothing new until the replacement takes over
+        self.next_memory_check = 0.0
         self.pool = RequestPool(self.cfg.threads, self._serve_job)
         self.done: deque = deque()
         self.wake_r, self.wake_w = os.pipe()
@@ -151,6 +160,7 @@ class FrontWorker(base.Worker):
             if now >= next_beat:
                 self._beat(now)
                 next_beat = now + BEAT_SECONDS
+                self._check_memory(now)
                 if self.retiring_since is not None and self._replaced(now):
                     self.alive = False
                 if self.ppid != os.getppid():
@@ -186,7 +196,7 @@ class FrontWorker(base.Worker):
             if conn is not None and now >= conn.due and self._take_over(conn):
                 self._answer_abandoned(conn, now - since)
                 self.stuck[conn.fd] = (conn, since)
-                self._retire(now, 1)
+                self._retire(now, self._stuck_reason(1))
             if self.retiring_since is not None and self._replaced(now):
                 self.log.error("exiting: its request thread is stuck in the predictor; the replacement serves")
                 os._exit(0)
@@ -206,7 +216,7 @@ class FrontWorker(base.Worker):
         ready = (self.app_ready is None or self.app_ready()) and self.retiring_since is None
         self.board.set_counts(self.n_open, self.in_flight, ready)
         room = self.n_open < self.cfg.worker_connections or bool(self.idle)
-        want = self.alive and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
+        want = self.alive and self.taking and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
         if want == self.accepting:
             return
         for listener in self.sockets:
@@ -336,7 +346,7 @@ class FrontWorker(base.Worker):
         elif conn.error is not None:
             e = conn.error
             self._refuse(conn, e.status, e.message)
-        elif conn.eof or not self.alive:
+        elif conn.eof or not (self.alive and self.taking):
             self._linger(conn)
         elif parser.started:  # the next request's first bytes came with the last one
             conn.state = BODY if parser.in_body else HEAD
@@ -382,6 +392,7 @@ class FrontWorker(base.Worker):
 
     def _finish(self, conn: Conn, req: Request, keep: bool | None) -> None:
         """After a request, on the loop: the connection goes on to its next request, or out."""
+        self._check_memory(time.monotonic())
         self._count(conn, -1)
         self._release(conn, req.body_size)
         conn.due = float("inf")
@@ -395,7 +406,7 @@ class FrontWorker(base.Worker):
         now = time.monotonic()
         if keep is None:
             self._close(conn)  # the peer is gone
-        elif keep and (self.alive or conn.parser.ready):
+        elif keep and ((self.alive and self.taking) or conn.parser.ready):
             self._next_request(conn, now)  # a request already sent to a stopping worker is answered
         else:
             self._linger(conn)
@@ -412,7 +423,7 @@ class FrontWorker(base.Worker):
         # Requests pipelined before the peer's FIN are all answered, the last saying the connection closes;
         # those before a malformed one too, and the 400 that follows them says so.
         last = conn.eof and conn.error is None and not conn.parser.ready
-        may_keep = bool(self.cfg.keepalive) and self.alive and not last
+        may_keep = bool(self.cfg.keepalive) and self.alive and self.taking and not last
         try:
             ex = http_exchange.run(self.wsgi, req, conn.server, conn.client, conn.sock, may_keep,
                                    before_send=lambda: self._claim(conn))
@@ -472,22 +483,49 @@ class FrontWorker(base.Worker):
                 self.stuck[conn.fd] = (conn, started)
                 self._publish_stuck()
         if self.stuck and should_retire(len(self.stuck), self.cfg.threads):
-            self._retire(now, len(self.stuck))
+            self._retire(now, self._stuck_reason(len(self.stuck)))
+
+    def _stuck_reason(self, stuck: int) -> str:
+        return (f"{stuck} of its {self.cfg.threads} request threads are stuck in the predictor past "
+                f"--request-timeout {self.request_timeout:g}s")
+
+    def _check_memory(self, now: float) -> None:
+        """Recycle this worker once its resident memory passes --worker-max-rss (a predictor that leaks, or
+        memory a framework keeps after its models are unloaded). Checked after requests (at most every
+        MEMORY_CHECK_SECONDS) and on the heartbeat, so a fast leak overshoots by what one request adds.
+
+        Unlike a worker with stuck threads, this one takes nothing new at once: every request it serves may
+        grow it further, so new connections wait in the listen queue for the replacement, and its kept
+        connections close after their current request."""
+        if not self.max_rss or self.retiring_since is not None or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_SECONDS
+        used = memory.rss()
+        if used <= self.max_rss:
+            return
+        self._retire(now, f"its resident memory ({format_bytes(used)}) passed --worker-max-rss "
+                          f"({format_bytes(self.max_rss)})", logging.WARNING)
+        self.taking = False
+        self._balance(now)
+        for conn in list(self.idle.values()):
+            if conn.fresh:  # accepted, its request on its way: answered
+                conn.deadline = min(conn.deadline, now + STOP_GRACE_SECONDS)
+            else:
+                self._close(conn)
 
     def _publish_stuck(self) -> None:
         self.board.set_stuck(len(self.stuck), self.retiring_since is not None)
 
-    def _retire(self, now: float, stuck: int) -> None:
-        """Too many request threads are stuck in user code: have the master start a replacement (SIGTTIN; it
-        counts this worker out again when it exits), take no more connections, and leave once it is ready."""
+    def _retire(self, now: float, why: str, level: int = logging.ERROR) -> None:
+        """This worker should be replaced (threads stuck in user code, or past --worker-max-rss): have the
+        master start a replacement (SIGTTIN; it counts this worker out again when it exits), take no more
+        connections, and leave once the replacement is ready, after the requests it holds are answered."""
         if self.retiring_since is not None:
             return
         self.retiring_since = now
         self._publish_stuck()
         self.board.set_counts(self.n_open, self.in_flight, False)  # the siblings take the new connections
-        self.log.error("worker %s retires: %d of its %d request threads are stuck in the predictor past "
-                       "--request-timeout %gs; a replacement is starting", self.pid, stuck, self.cfg.threads,
-                       self.request_timeout)
+        self.log.log(level, "worker %s retires: %s; a replacement is starting", self.pid, why)
         try:
             os.kill(self.ppid, signal.SIGTTIN)
         except OSError as e:
@@ -548,7 +586,7 @@ class FrontWorker(base.Worker):
         message = (f"{self.max_in_flight} requests already in flight on this replica "
                    "(autoscaling.max_replica_concurrency); retry shortly")
         self.metrics.count_shed()
-        keep = req.keep_alive and self.alive and not conn.eof
+        keep = req.keep_alive and self.alive and self.taking and not conn.eof
         sent = self._write_now(conn, http_exchange.refusal(503, message, close=not keep, retry_after=1))
         self.access.line(conn.client, req.request_line, 503, 0, 0.0)
         if sent and keep:

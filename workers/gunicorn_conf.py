@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from replica import exit_codes, quarantine
+from replica import cgroup, exit_codes, quarantine
 from replica.backoff import backoff
 from replica.disktree import DiskTree
 
@@ -50,7 +50,7 @@ def on_starting(server) -> None:
     server.APP_LOAD_ERROR = exit_codes.APP_LOAD_ERROR
     global _oom_kills
     os.waitpid = _recording_waitpid
-    _oom_kills = quarantine.oom_kills()
+    _oom_kills = cgroup.oom_kills()
     supervisor = os.environ.get("REPLICA_SUPERVISOR_PID")
     if supervisor and os.getppid() != int(supervisor):
         os._exit(1)
@@ -121,7 +121,7 @@ def _quarantine_loads(server, pid: int, workers_dir: Path, status: int | None) -
     global _oom_kills
     marks = quarantine.take_marks(workers_dir, pid)
     how = quarantine.death(status) if status is not None else None
-    kills = quarantine.oom_kills()
+    kills = cgroup.oom_kills()
     oom = kills is not None and _oom_kills is not None and kills > _oom_kills
     _oom_kills = kills
     if not marks or how is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from replica import quarantine
 from replica.backoff import backoff
+from replica.quantity import format_bytes
 from replica.redact import known_places, public_message
-from workers import metrics
+from workers import memory, metrics
 from workers.records import Record, State
 from workers.user_calls import DeadlineExceeded, call_with_deadline
 
@@ -81,22 +83,19 @@ class VersionLoader:
             rec = self._current(name, version)
             return rec if rec is not None and rec.state is State.READY else None
 
-    def _call_load(self, name: str, version: int, fp: str):
-        """The predictor's load_model, marked for the master while it runs (replica/quarantine.py), with the
-        `--load-timeout` deadline; a load that returns after its deadline has its model unloaded at once."""
-        def run():
-            with self.marks.loading(name, version, fp):
-                return self._load_fn(str(self.tree.model_path(name, version)), name, version)
+    def _call_load(self, name: str, version: int, fp: str) -> tuple[Any, int]:
+        """The predictor's load_model and the memory it added (workers/memory.py), marked for the master while it
+        runs (replica/quarantine.py), with the `--load-timeout` deadline; a load that returns after its
+        deadline has its model unloaded at once. Under a byte budget loads are measured one at a time."""
+        def run() -> tuple[Any, int]:
+            with self.marks.loading(name, version, fp), self._measure_lock, memory.measuring() as grown:
+                model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+            return model, grown.bytes
 
-        def late(model) -> None:
+        def late(loaded: tuple[Any, int]) -> None:
             log.warning("model %s version %s: the load_model abandoned at its deadline returned; its model is "
                         "discarded", name, version)
-            if self._unload_fn is not None:
-                try:
-                    self._unload_fn(model)
-                except Exception:
-                    log.exception("unload hook failed for model %s version %s", name, version)
-            self.collector.request()
+            self._free(loaded[0], name, version)
 
         return call_with_deadline(run, self.load_timeout, (name, version, fp),
                                   f"load_model of model {name} version {version}", self.abandoned, late)
@@ -130,7 +129,7 @@ class VersionLoader:
                                base=max(LOAD_RETRY_SECONDS, self.load_timeout))
                     return False
                 log.info("loading model %s version %s", name, version)
-                model = self._call_load(name, version, fp)
+                model, measured = self._call_load(name, version, fp)
         except DeadlineExceeded as e:
             self._fail(rec, f"load_model {e} (--load-timeout); it is left running and the version is tried "
                             "again after a backoff, or at once when it changes upstream", fp,
@@ -151,9 +150,15 @@ class VersionLoader:
                 rec = self._put(Record(name, version, State.LOADING, last_used=rec.last_used))
             rec.state, rec.model, rec.fingerprint, rec.load_seconds = State.READY, model, fp, seconds
             rec.error, rec.attempts, rec.retry_at = None, 0, 0.0
+            rec.memory_bytes = measured
             self._count_memory()
             self._cond.notify_all()
         metrics.LOADS.labels(name).inc()
         metrics.LOAD_SECONDS.observe(seconds)
-        log.info("model %s version %s loaded in %.3fs", name, version, seconds)
+        log.info("model %s version %s loaded in %.3fs (%s in memory)", name, version, seconds, format_bytes(measured))
+        return self._measured(rec, manifest)
+
+    def _measured(self, rec: Record, manifest: dict) -> bool:
+        """A version just loaded, its size measured; the caching registry checks it against its byte budget
+        (False: it did not fit and was unloaded)."""
         return True

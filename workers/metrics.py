@@ -111,8 +111,31 @@ class SupervisorCollector:
         yield quarantined
 
 
-def exposition(tree: DiskTree) -> tuple[bytes, str]:
-    """The text a scrape of /metrics gets, summed over every worker."""
+class MemoryCollector:
+    """The memory each version this worker holds takes (measured at its load), and the cache's byte budget
+    and use: read from the answering worker's registry at scrape time. With model caching that worker is the
+    replica's only one; without it every worker holds the same versions."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self) -> Iterable:
+        sizes = GaugeMetricFamily("replica_model_memory_bytes", "Memory a model version in memory takes, measured "
+                                  "at its load (the answering worker's)", labels=["model", "version"])
+        for name, version, size in self.registry.memory_sizes():
+            sizes.add_metric([name, str(version)], size)
+        yield sizes
+        budget = getattr(self.registry, "cache_memory", None)
+        if budget is not None:
+            yield GaugeMetricFamily("replica_cache_memory_budget_bytes", "predictor.models.cache_memory",
+                                    value=budget)
+            yield GaugeMetricFamily("replica_cache_memory_used_bytes", "Memory the versions in memory take, "
+                                    "reserved for those loading included", value=self.registry.memory_used())
+
+
+def exposition(tree: DiskTree, models=None) -> tuple[bytes, str]:
+    """The text a scrape of /metrics gets, summed over every worker, with the answering worker's memory figures
+    when its model registry (`models`) is given."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
@@ -120,6 +143,8 @@ def exposition(tree: DiskTree) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         registry.register(_Default())
     registry.register(SupervisorCollector(tree))
+    if models is not None:
+        registry.register(MemoryCollector(models))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

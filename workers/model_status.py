@@ -47,13 +47,17 @@ def render(models: dict[str, dict], names: list[str], records: dict[str, dict[in
                 error = error or (f"quarantined: {quarantine['reason']}; not loaded again for "
                                   f"{quarantine['seconds_left']:.0f} s or until it changes upstream")
             row = _row(v, tf_state, error, bool(vi.get("upstream")), bool(vi.get("disk")), state is State.READY)
+            if state is State.READY:
+                row["memory_bytes"] = rec.memory_bytes
             if quarantine is not None:
                 row["quarantined"] = {"reason": quarantine["reason"],
                                       "seconds_left": round(quarantine["seconds_left"])}
             rows.append(row)
         for rec in leaving:
             if rec.name == n:
-                rows.append(_row(rec.version, "UNLOADING", None, False, False, True))
+                row = _row(rec.version, "UNLOADING", None, False, False, True)
+                row["memory_bytes"] = rec.memory_bytes
+                rows.append(row)
         out.append({"name": n, "error": info.get("error"), "model_version_status": rows})
     return out
 

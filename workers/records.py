@@ -51,6 +51,7 @@ class Record:
     flight: threading.Event | None = field(default=None, repr=False)
     displaced: list = field(default_factory=list)  # evicted to make room for it: their slot if it fails
     load_seconds: float = 0.0
+    memory_bytes: int = 0  # what it takes in memory: measured once loaded, the estimate reserved while it loads
 
     @property
     def key(self) -> tuple[str, int]:
@@ -100,5 +101,5 @@ def evictable(rec: Record, inflight: InFlight) -> bool:
 def memory_slots(records: list[Record], inflight: InFlight) -> list[Slot]:
     """The memory tier as the policy sees it: every copy that holds or is about to hold memory."""
     return [Slot(r.key if r.state is not State.DRAINING and r.state is not State.UNLOADING else id(r),
-                 r.last_used, evictable(r, inflight))
+                 r.last_used, evictable(r, inflight), r.memory_bytes)
             for r in records if r.state in IN_MEMORY]

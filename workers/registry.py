@@ -10,16 +10,17 @@ Requests pin what they use through a `RequestScope` (workers/scope.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from typing import Any, Callable
 
+from replica import quarantine
 from replica.disktree import DiskTree
 from replica.layout import parse_version
-from replica import quarantine
 from replica.quarantine import LoadMarks
-from workers import metrics, model_status
+from workers import memory, metrics, model_status
 from workers.collector import DeferredCollector
 from workers.errors import BadRequest, ModelNotFound
 from workers.loading import VersionLoader
@@ -38,6 +39,7 @@ class ModelRegistry(VersionLoader):
         self.tree = tree
         self.load_timeout = load_timeout
         self.abandoned = Abandoned()  # loads past their deadline, still running on their own threads
+        self._measure_lock: contextlib.AbstractContextManager = contextlib.nullcontext()  # a lock under a byte budget
         self._load_fn = load  # (model_path, name, version) -> model object
         self._unload_fn = unload
         self.single_model = single_model
@@ -161,19 +163,27 @@ class ModelRegistry(VersionLoader):
         """Release a copy's memory (outside the lock); it counts until then. What the model held in reference
         cycles goes with the next batched full collection (workers/collector.py), off this thread."""
         model, rec.model = rec.model, None
-        if self._unload_fn is not None:
-            try:
-                self._unload_fn(model)
-            except Exception:
-                log.exception("unload hook failed for model %s version %s", rec.name, rec.version)
+        self._free(model, rec.name, rec.version)
         del model
-        self.collector.request()
         self._released(rec)  # before its slot frees: nothing held elsewhere for it outlives the slot
         with self._cond:
             self._leaving.remove(rec)
             self._count_memory()
             self._cond.notify_all()
         log.info("model %s version %s unloaded", rec.name, rec.version)
+
+    def _free(self, model: Any, name: str, version: int) -> None:
+        """Run the unload hook on a model nothing serves any more, and give its memory back: what reference
+        counting frees goes back to the system at once (malloc_trim), what cycles hold after the next batched
+        collection."""
+        if self._unload_fn is not None:
+            try:
+                self._unload_fn(model)
+            except Exception:
+                log.exception("unload hook failed for model %s version %s", name, version)
+        del model
+        memory.give_back()
+        self.collector.request()
 
     def _released(self, rec: Record) -> None:
         """A copy left memory (the caching registry tells the supervisor)."""
@@ -260,6 +270,12 @@ class ModelRegistry(VersionLoader):
             leaving = list(self._leaving)
         names = sorted(set(models) | set(records)) if name is None else [name]
         return model_status.render(models, names, records, leaving, quarantine.held(self.tree.workers_dir, time.time()))
+
+    def memory_sizes(self) -> list[tuple[str, int, int]]:
+        """(name, version, bytes) of every version served from memory, measured at its load."""
+        with self._cond:
+            return [(r.name, r.version, r.memory_bytes) for vs in self._records.values() for r in vs.values()
+                    if r.state is State.READY]
 
     def known(self, name: str) -> bool:
         return name in self.feed.models or name in self._records

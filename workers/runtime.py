@@ -57,7 +57,8 @@ class Runtime:
         else:
             self.registry = CachingRegistry(tree, load=self._load_model, unload=self._unload_model,
                                             single_model=pred.single_model, cache_size=pred.cache_size,
-                                            load_wait=load_wait, load_timeout=load_timeout)
+                                            load_wait=load_wait, load_timeout=load_timeout,
+                                            cache_memory=pred.cache_memory)
         self.client = self._make_client()
         kwargs = {"config": dict(pred.config)}
         init_params = inspect.signature(cls.__init__).parameters
