@@ -58,6 +58,10 @@ def _make(framework: str, folder: Path, mib: int) -> Path:
     return path
 
 
+def _import(framework: str) -> None:
+    __import__({"numpy": "numpy", "onnx": "onnxruntime", "tensorflow": "tensorflow", "pytorch": "torch"}[framework])
+
+
 def _load(framework: str, path: Path):
     if framework == "numpy":
         import numpy as np
@@ -76,24 +80,24 @@ def _load(framework: str, path: Path):
     return torch.load(path, weights_only=True)
 
 
-def child(framework: str, mib: int) -> dict:
+def child(framework: str, path: Path) -> dict:
+    """In a process that did not make the model (a framework's allocator would reuse what making it freed)."""
     from workers import memory
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _make(framework, Path(tmp), mib)
+    _import(framework)
+    gc.collect()
+    memory.give_back()
+    rows = {"imported_mib": memory.rss() / MiB, "loads": []}
+    for _ in range(3):
+        with memory.measuring() as grown:
+            model = _load(framework, path)
+        loaded = memory.rss()
+        del model
         gc.collect()
+        dropped = memory.rss()
         memory.give_back()
-        rows = {"imported_mib": memory.rss() / MiB, "loads": []}
-        for _ in range(3):
-            with memory.measuring() as grown:
-                model = _load(framework, path)
-            loaded = memory.rss()
-            del model
-            gc.collect()
-            dropped = memory.rss()
-            memory.give_back()
-            rows["loads"].append({"measured_mib": grown.bytes / MiB, "loaded_mib": loaded / MiB,
-                                  "dropped_mib": dropped / MiB, "trimmed_mib": memory.rss() / MiB})
+        rows["loads"].append({"measured_mib": grown.bytes / MiB, "loaded_mib": loaded / MiB,
+                              "dropped_mib": dropped / MiB, "trimmed_mib": memory.rss() / MiB})
     return rows
 
 
@@ -102,14 +106,27 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=200)
     ap.add_argument("--only", nargs="+", choices=FRAMEWORKS, default=FRAMEWORKS)
     ap.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    ap.add_argument("--make", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.mib)))
+    if args.child and args.make:
+        print("MADE " + str(_make(args.child, args.make, args.mib)))
         return 0
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args.measure)))
+        return 0
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for framework in args.only:
-        out = subprocess.run([sys.executable, __file__, "--child", framework, "--mib", str(args.mib)],
-                             capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        with tempfile.TemporaryDirectory() as tmp:
+            made = subprocess.run([sys.executable, __file__, "--child", framework, "--make", tmp, "--mib",
+                                   str(args.mib)], capture_output=True, text=True, env=env)
+            path = next((ln[5:] for ln in made.stdout.splitlines() if ln.startswith("MADE ")), None)
+            if path is None:
+                print(f"{framework}: could not make the model: {made.stderr[-1500:]}")
+                continue
+            out = subprocess.run([sys.executable, __file__, "--child", framework, "--measure", path],
+                                 capture_output=True, text=True, env=env)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"{framework}: failed: {out.stderr[-1500:]}")
             continue

@@ -50,7 +50,7 @@ class CachingRegistry(ModelRegistry):
         super().__init__(*args, **kwargs)
         self.load_wait = load_wait  # how long a request waits for its version's bring-in
         self.cache_memory = cache_memory  # the byte budget of the versions in memory, or None for a count alone
-        self._ratios: dict[str, float] = {}  # per model: memory measured over bytes on disk, at its last load
+        self._ratios: dict[str, float] = {}  # per model: the most memory measured over bytes on disk
         if cache_memory is not None:
             self._measure_lock = threading.Lock()
         self._hold_seq = 0
@@ -293,8 +293,8 @@ class CachingRegistry(ModelRegistry):
 
     # -- the byte budget ------------------------------------------------------------------------------------
     def _estimate(self, rec: Record, manifest: dict) -> int:
-        """The memory a version will take before it has loaded: its bytes on disk times what that model took
-        over its disk size at its last load here, or DISK_TO_MEMORY for a model not loaded yet."""
+        """The memory a version will take before it has loaded: its bytes on disk times the most that model
+        took over its disk size at a load here, or DISK_TO_MEMORY for a model not loaded yet."""
         on_disk = sum(int(f[1]) for f in manifest.get("files", []))
         return int(on_disk * self._ratios.get(rec.name, DISK_TO_MEMORY))
 
@@ -321,7 +321,12 @@ class CachingRegistry(ModelRegistry):
             return True
         on_disk = sum(int(f[1]) for f in manifest.get("files", []))
         if on_disk:
-            self._ratios[rec.name] = max(rec.memory_bytes / on_disk, 0.1)
+            # A framework that keeps an unloaded model's memory in its own allocator (TensorFlow does) serves
+            # the next load from it, which then measures almost nothing: a model counts at its largest.
+            known = self._ratios.get(rec.name)
+            if known is not None:
+                rec.memory_bytes = max(rec.memory_bytes, int(on_disk * known))
+            self._ratios[rec.name] = max(rec.memory_bytes / on_disk, known or 0.0, 0.1)
         if rec.memory_bytes > self.cache_memory:
             with self._cond:
                 model, rec.model = rec.model, None

@@ -32,17 +32,33 @@ def _libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
-        return None, None
+        return None, None, None
     info = getattr(libc, "mallinfo2", None)  # glibc 2.33 and later
     if info is not None:
         info.restype = _Mallinfo2
     trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return info, trim
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return info, trim, mallopt
 
 
-_MALLINFO2, _MALLOC_TRIM = _libc()
+_MALLINFO2, _MALLOC_TRIM, _MALLOPT = _libc()
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20  # blocks this large or larger are mapped on their own, and unmapped when freed
+
+
+def map_large_blocks() -> None:
+    """Have glibc map every block of MMAP_THRESHOLD or more on its own, and unmap it when it is freed.
+
+    glibc raises its mmap threshold each time a mapped block is freed, up to 32 MiB, so after the first
+    eviction a model's arrays of a few MiB come from the heap's arenas instead; freed there, between blocks
+    still in use, much of that memory never goes back to the system (malloc_trim returns only whole free pages
+    at the arenas' tops and holes). Fixing the threshold keeps a model's weights in mappings of their own."""
+    if _MALLOPT is not None:
+        _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def rss() -> int:

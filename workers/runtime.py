@@ -22,7 +22,7 @@ from replica import feed
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
 from replica.spec import ApiSpec
-from workers import metrics
+from workers import memory, metrics
 from workers.batching import Batcher, Failure
 from workers.caching import CachingRegistry
 from workers.errors import ReplicaHTTPError
@@ -47,6 +47,7 @@ class Runtime:
         self.hang_after = min(worker_timeout, max(5.0, worker_timeout / 3))
         pred = api.predictor
         carry_context_into_thread_pools()  # an ensemble's pool work pins in its request (workers/scope.py)
+        memory.map_large_blocks()  # unloaded weights go back to the system (workers/memory.py)
         cls = load_predictor_class(api)
         batching = pred.server_side_batching
         self.batcher = (Batcher(batching.max_batch_size, batching.batch_interval, observe=metrics.observe_batch)
