@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -115,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_log_level(api.predictor.log_level)
     if args.command == "validate":
-        return _validate(api, args.s3_endpoint)
+        try:
+            code = _validate(api, args.s3_endpoint)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:  # `replica validate SPEC | head`: the reader has what it wanted
+            return _stdout_closed()
     for flag, value, ok, bound in (("--header-timeout", args.header_timeout, args.header_timeout > 0, "> 0"),
                                    ("--body-timeout", args.body_timeout, args.body_timeout > 0, "> 0"),
                                    ("--keep-alive", args.keep_alive, args.keep_alive >= 0, ">= 0"),
@@ -180,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away: point stdout at /dev/null so the interpreter's last flush does not
+    fail again, and exit as a command killed by SIGPIPE would (128 + 13)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:

@@ -981,3 +981,23 @@ def test_tf_broken_new_version_keeps_the_old_one_as_latest(tf_replica):
 ], ids=["shape", "dtype", "missing-input"])
 def test_tf_bad_payload_is_400_naming_the_input(tf_replica, body, fragments):
     has_all(error_of(tf_replica.post("/?model=iris", json=body), 400), *fragments)
+
+
+def test_validate_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    for i in range(3000):  # more output than a pipe holds, so writes go on after the reader has gone
+        (models / f"model-{i:04d}").mkdir(parents=True)
+        (models / f"model-{i:04d}" / "model.json").write_text("{}")
+    (tmp_path / "predictor.py").write_text("class PythonPredictor:\n    def __init__(self, config, python_client):\n"
+                                           "        pass\n\n    def load_model(self, model_path):\n"
+                                           "        return 1\n\n    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "api.yaml").write_text(f"- name: api\n  kind: RealtimeAPI\n  predictor:\n    type: python\n"
+                                       f"    path: predictor.py\n    models:\n      dir: {models}\n")
+    cmd = f"{sys.executable} -m supervisor.cli validate {tmp_path / 'api.yaml'} | head -n 1"
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("API api: python predictor, 3000 model(s)"), out.stdout
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+    assert out.returncode == 141  # as a command ended by SIGPIPE, which pipefail reports
