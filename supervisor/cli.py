@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-max-rss", default=_env("worker-max-rss", None),
                        help="a memory quantity (900Mi, 4Gi): a worker whose resident memory passes it is replaced, "
                             "its replacement ready before it stops taking requests (default: no bound)")
+    serve.add_argument("--metrics-model-labels", choices=("all", "counters", "none"),
+                       default=_env("metrics-model-labels", "all"),
+                       help="which /metrics series carry the model and version: all (default), counters (not the "
+                            "latency histograms), none (series for the whole replica only)")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false",
                        default=_env("access-log", "1") not in ("0", "false", "no"),
                        help="no line per request in the log (REPLICA_ACCESS_LOG=0)")
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         load_timeout=args.load_timeout,
         request_timeout=args.request_timeout,
         worker_max_rss=max_rss,
+        metrics_model_labels=args.metrics_model_labels,
         access_log=args.access_log,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,

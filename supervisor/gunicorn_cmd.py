@@ -60,6 +60,7 @@ def gunicorn_env(api: ApiSpec, s: Settings, tree: DiskTree, spec_file: Path) -> 
         "REPLICA_LOAD_TIMEOUT": str(s.load_timeout),
         "REPLICA_REQUEST_TIMEOUT": str(s.request_timeout),
         "REPLICA_WORKER_MAX_RSS": str(s.worker_max_rss or 0),
+        "REPLICA_METRICS_MODEL_LABELS": s.metrics_model_labels,
         "REPLICA_MAX_REQUEST_SIZE": str(s.max_request_size),
         "REPLICA_HEADER_TIMEOUT": str(s.header_timeout),
         "REPLICA_BODY_TIMEOUT": str(s.body_timeout),

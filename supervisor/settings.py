@@ -31,6 +31,7 @@ class Settings:
     load_wait: float = 30.0  # with caching, how long a request waits for its version's fetch and load
     load_timeout: float = 600.0  # a load_model that has not returned after this fails its version
     request_timeout: float = 300.0  # a request whose predictor has not answered after this gets 504
+    metrics_model_labels: str = "all"  # where /metrics series carry the model's name: all, counters, none
     worker_max_rss: int | None = None  # bytes: a worker past it is replaced, its replacement ready first
     access_log: bool = True
     header_timeout: float = 10.0

@@ -47,7 +47,7 @@ class VersionLoader:
                 rec.state = State.FAILED
                 self._failed(rec)
             self._count_memory()
-        metrics.LOAD_FAILURES.labels(rec.name).inc()
+        metrics.LOAD_FAILURES.labels(metrics.model_label(rec.name)).inc()
 
     def _failed(self, rec: Record) -> None:
         """A version that held a slot failed (the caller holds the lock); the caching registry gives the slot back."""
@@ -153,7 +153,7 @@ class VersionLoader:
             rec.memory_bytes = measured
             self._count_memory()
             self._cond.notify_all()
-        metrics.LOADS.labels(name).inc()
+        metrics.LOADS.labels(metrics.model_label(name)).inc()
         metrics.LOAD_SECONDS.observe(seconds)
         log.info("model %s version %s loaded in %.3fs (%s in memory)", name, version, seconds, format_bytes(measured))
         return self._measured(rec, manifest)

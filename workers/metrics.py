@@ -6,6 +6,10 @@ every worker. The supervisor's own figures (upstream listing, downloads, disk ca
 the state feed's facts, which every worker reads; they are exported from there rather than from a second registry.
 
 Model labels only ever hold names from the catalogue: a request for an unknown name counts under "".
+With a big catalogue the per-model series add up (a latency histogram is 16 series per model), so
+`--metrics-model-labels` (REPLICA_METRICS_MODEL_LABELS) chooses where the model and version labels carry a
+name: `all` (the default), `counters` (counters and gauges per model, histograms for the whole replica), or
+`none` (every series for the whole replica); where they do not, they are "".
 """
 
 from __future__ import annotations
@@ -44,16 +48,27 @@ BATCH_SIZE = Histogram("replica_batch_size", "Requests per batch run (server_sid
 BATCH_WAIT_SECONDS = Histogram("replica_batch_wait_seconds", "Time a request waited in the batch queue before its "
                                "batch ran (server_side_batching), by model", ["model"], buckets=LATENCY_BUCKETS)
 
+_labels = os.environ.get("REPLICA_METRICS_MODEL_LABELS") or "all"
+_per_model_counters = _labels != "none"
+_per_model_histograms = _labels == "all"
+
 _request_series: dict[tuple[str, str, int], tuple] = {}
+
+
+def model_label(name: str) -> str:
+    """The model label of a counter or gauge under the --metrics-model-labels setting."""
+    return name if _per_model_counters else ""
 
 
 def observe_request(model: str, version: str, status: int, seconds: float) -> None:
     """Count one prediction; each label set's children are looked up once, not on every request."""
+    if not _per_model_counters:
+        model = version = ""
     key = (model, version, status)
     series = _request_series.get(key)
     if series is None:
         series = _request_series.setdefault(key, (REQUESTS.labels(model, version, str(status)),
-                                                  REQUEST_SECONDS.labels(model)))
+                                                  REQUEST_SECONDS.labels(model if _per_model_histograms else "")))
     series[0].inc()
     series[1].observe(seconds)
 
@@ -67,7 +82,7 @@ def count_shed() -> None:
 def observe_batch(key: tuple, size: int, waits: list[float]) -> None:
     """One batch run: its size and each member's wait; the key's first element is the model name ("" for a
     Python predictor's batches, which are not per model)."""
-    model = key[0] if key and isinstance(key[0], str) else ""
+    model = key[0] if key and isinstance(key[0], str) and _per_model_histograms else ""
     BATCH_SIZE.labels(model).observe(size)
     wait = BATCH_WAIT_SECONDS.labels(model)
     for seconds in waits:
@@ -122,9 +137,10 @@ class MemoryCollector:
     def collect(self) -> Iterable:
         sizes = GaugeMetricFamily("replica_model_memory_bytes", "Memory a model version in memory takes, measured "
                                   "at its load (the answering worker's)", labels=["model", "version"])
-        for name, version, size in self.registry.memory_sizes():
-            sizes.add_metric([name, str(version)], size)
-        yield sizes
+        if _per_model_counters:
+            for name, version, size in self.registry.memory_sizes():
+                sizes.add_metric([name, str(version)], size)
+            yield sizes
         budget = getattr(self.registry, "cache_memory", None)
         if budget is not None:
             yield GaugeMetricFamily("replica_cache_memory_budget_bytes", "predictor.models.cache_memory",
