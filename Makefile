@@ -9,11 +9,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk haproxy run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service
+.PHONY: help venv install install-test install-bench wrk haproxy s3 run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
 	@echo "make run-cluster SeaweedFS + $(REPLICAS) replicas + HAProxy on http://$(HOST):$(CLUSTER_PORT) (docs/scaling.md)"
+	@echo "make s3          a local S3 (SeaweedFS) on http://127.0.0.1:$(S3_PORT) with a bucket '$(S3_BUCKET)'"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
 	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (15-25 min)"
@@ -62,6 +63,22 @@ MODELS ?= 9
 CLUSTER_PORT ?= 8080
 run-cluster: $(VENV)/.installed-cluster haproxy
 	$(PY) scripts/run_cluster.py --replicas $(REPLICAS) --models $(MODELS) --port $(CLUSTER_PORT)
+
+# A local S3 for trying the replica against a bucket: SeaweedFS on 127.0.0.1:$(S3_PORT) with one bucket, data
+# under $(S3_DIR), the access keys below (Ctrl-C stops it). README "A local S3" shows the rest.
+S3_PORT ?= 8333
+S3_DIR ?= .s3
+S3_BUCKET ?= models
+S3_KEY ?= replica-local
+S3_SECRET ?= replica-local-secret
+s3: $(VENV)/.installed-cluster
+	@mkdir -p $(S3_DIR)
+	@echo "S3 on http://127.0.0.1:$(S3_PORT), bucket $(S3_BUCKET). In another terminal:"
+	@echo "  export AWS_ACCESS_KEY_ID=$(S3_KEY) AWS_SECRET_ACCESS_KEY=$(S3_SECRET) AWS_ENDPOINT_URL=http://127.0.0.1:$(S3_PORT)"
+	AWS_ACCESS_KEY_ID=$(S3_KEY) AWS_SECRET_ACCESS_KEY=$(S3_SECRET) exec $(VENV)/bin/weed mini -dir=$(S3_DIR) \
+		-ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=$(S3_PORT) -master.port=9333 -volume.port=8081 \
+		-filer.port=8889 -admin.port=23646 -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+		-s3.autoCreateBucket=false -bucket=$(S3_BUCKET)
 
 test: $(VENV)/.installed-test haproxy
 	$(PY) -m pytest -m "not slow" -q
