@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
     validate.add_argument("--s3-endpoint", default=_env("s3-endpoint", None))
+    validate.add_argument("--load", action="store_true",
+                          help="also download each model's served version and load it as a worker would")
     return p
 
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_log_level(api.predictor.log_level)
     if args.command == "validate":
         try:
-            code = _validate(api, args.s3_endpoint)
+            code = _validate(api, args.s3_endpoint, args.load)
             sys.stdout.flush()
             return code
         except BrokenPipeError:  # `replica validate SPEC | head`: the reader has what it wanted
@@ -201,8 +203,9 @@ def _stdout_closed() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
-    """List every model root once and report each model's versions and problems, without downloading."""
+def _validate(api: ApiSpec, s3_endpoint: str | None, load: bool = False) -> int:
+    """List every model root once and report each model's versions and problems; with `load`, download each
+    model's served version and load it (supervisor/trial_load.py)."""
     from supervisor.catalogue import Catalogue
     from supervisor.s3_client import make_s3_client
     from supervisor.upstream import open_upstream
@@ -211,6 +214,7 @@ def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
     catalogue = Catalogue(api.predictor, upstreams)
     catalogue.refresh()
     bad = bool(catalogue.root_errors)
+    loader = None
     print(f"API {api.name}: {api.predictor.type} predictor, {len(catalogue.models)} model(s)")
     for url, err in catalogue.root_errors.items():
         print(f"  error: {url}: {err}")
@@ -223,6 +227,16 @@ def _validate(api: ApiSpec, s3_endpoint: str | None) -> int:
             state = "ok" if v.error is None else f"error: {v.error}"
             bad |= v.error is not None
             print(f"  model {name} version {v.version}: {len(v.files)} file(s), {state}")
+        if load:
+            if loader is None:
+                from supervisor.trial_load import model_loader
+
+                loader = model_loader(api)
+            from supervisor.trial_load import try_load
+
+            outcome = try_load(entry, name, loader)
+            bad |= "loaded in" not in outcome
+            print(f"  model {name}: {outcome}", flush=True)
     return 1 if bad else 0
 
 

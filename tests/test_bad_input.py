@@ -1001,3 +1001,27 @@ def test_validate_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
     assert out.stdout.startswith("API api: python predictor, 3000 model(s)"), out.stdout
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
     assert out.returncode == 141  # as a command ended by SIGPIPE, which pipefail reports
+
+
+def test_validate_load_finds_a_model_file_that_does_not_load(tmp_path):
+    import subprocess
+    import sys
+
+    from scripts.model_factory import write_onnx_linear
+
+    models = tmp_path / "models"
+    write_onnx_linear(models / "good" / "1" / "model.onnx", [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    (models / "broken" / "1").mkdir(parents=True)
+    (models / "broken" / "1" / "model.onnx").write_bytes(b"not a protobuf at all")
+    (tmp_path / "predictor.py").write_text("class ONNXPredictor:\n    def __init__(self, onnx_client, config):\n"
+                                           "        self.client = onnx_client\n\n"
+                                           "    def predict(self, payload):\n        return 1\n")
+    (tmp_path / "api.yaml").write_text(f"- name: api\n  kind: RealtimeAPI\n  predictor:\n    type: onnx\n"
+                                       f"    path: predictor.py\n    models:\n      dir: {models}\n")
+    run = [sys.executable, "-m", "supervisor.cli", "validate", str(tmp_path / "api.yaml")]
+    plain = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stdout + plain.stderr  # laid out right: validate alone passes it
+    loaded = subprocess.run(run + ["--load"], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 1, loaded.stdout + loaded.stderr
+    assert "model good: version 1 loaded in" in loaded.stdout
+    assert "model broken: version 1 failed to load:" in loaded.stdout
