@@ -16,6 +16,7 @@ from pathlib import Path
 from replica.project import apply_log_level
 from replica.quantity import format_bytes, parse_quantity
 from replica.spec import ApiSpec, SpecError
+from supervisor.dependencies import DependencyError
 from supervisor.settings import Settings, default_state_dir
 
 log = logging.getLogger("replica")
@@ -105,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--s3-endpoint", default=_env("s3-endpoint", None))
     validate.add_argument("--load", action="store_true",
                           help="also download each model's served version and load it as a worker would")
+    validate.add_argument("--state-dir", type=Path, default=_env("state-dir", None),
+                          help="where `replica prepare` put the project's packages (default: as serve's)")
+    prepare = sub.add_parser("prepare", help="run the project's dependencies.sh and install its requirements.txt "
+                                             "(as root at install time, when the service cannot)")
+    prepare.add_argument("spec", type=Path)
+    prepare.add_argument("--api", default=_env("api", None))
+    prepare.add_argument("--state-dir", type=Path, default=_env("state-dir", None),
+                         help="the serving replica's state directory (default: as serve's)")
     return p
 
 
@@ -116,10 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     from supervisor.preflight import load_checked
 
     try:
-        api = load_checked(args.spec, args.api)
+        project = _project_packages(args)
+        if project is None:
+            return 2
+        api = load_checked(args.spec, args.api, import_check=project is not _UNPREPARED)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "prepare":
+        return 0
+    if project is _UNPREPARED:
+        print("note: the project's dependencies are not installed yet (replica prepare SPEC, or replica serve, "
+              "installs them); the predictor's import is checked once they are")
     apply_log_level(api.predictor.log_level)
     if args.command == "validate":
         try:
@@ -193,6 +210,39 @@ def main(argv: list[str] | None = None) -> int:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(status)
+
+
+_UNPREPARED = Path("unprepared")  # validate: the project has dependencies that are not installed yet
+
+
+def _project_packages(args) -> Path | str | None:
+    """Set up the project's own dependencies (supervisor/dependencies.py) for serve and prepare, or find them
+    for validate, and point the workers (and the import check) at them. "" when the project has none, None
+    after printing why they cannot be set up, `_UNPREPARED` for validate when they are not installed yet."""
+    from replica.spec import load_spec
+    from supervisor import dependencies
+
+    api = load_spec(args.spec, args.api)
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(api.name)
+    if args.command == "validate":
+        problems = dependencies.problems(api)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return None
+        packages = dependencies.prepared(api, state_dir)
+        if packages is None:
+            return _UNPREPARED if dependencies.key(api) else ""
+    else:
+        try:
+            packages = dependencies.prepare(api, state_dir, log=lambda line: print(line, file=sys.stderr))
+        except DependencyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return None
+        if packages is None:
+            return ""
+    os.environ[dependencies.ENV_VAR] = str(dependencies.site_dir(packages))
+    return packages
 
 
 def _stdout_closed() -> int:

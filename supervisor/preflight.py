@@ -21,8 +21,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 IMPORT_TIMEOUT = 300.0  # TensorFlow alone can take a minute to import on a busy machine
 
 
-def load_checked(spec: str | Path, api_name: str | None) -> ApiSpec:
-    """The parsed spec, its predictor checked from source and imported in a subprocess; SpecError otherwise."""
+def load_checked(spec: str | Path, api_name: str | None, import_check: bool = True) -> ApiSpec:
+    """The parsed spec, its predictor checked from source and (unless told not to) imported in a subprocess;
+    SpecError otherwise."""
     parsed = load_spec(spec, api_name)
     problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
     if problems:
@@ -31,7 +32,7 @@ def load_checked(spec: str | Path, api_name: str | None) -> ApiSpec:
         project_environment(parsed)  # the workers apply it; a bad .env stops start-up here instead
     except ProjectError as e:
         raise SpecError(str(parsed.spec_file), [str(e)]) from None
-    error = import_predictor(parsed)
+    error = import_predictor(parsed) if import_check else None
     if error:
         raise SpecError(str(parsed.spec_file), [f"predictor.path: {error}"])
     return parsed

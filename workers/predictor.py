@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import inspect
 import sys
 
@@ -22,6 +23,11 @@ def load_predictor_class(api: ApiSpec) -> type:
     for extra in (pred.python_path, pred.path.parent):
         if extra is not None and str(extra) not in sys.path:
             sys.path.insert(0, str(extra))
+    # The project's own packages (requirements.txt, supervisor/dependencies.py) come after the replica's site
+    # packages, so a package the replica pins is always the one imported.
+    project_packages = os.environ.get("REPLICA_PROJECT_PACKAGES")
+    if project_packages and project_packages not in sys.path:
+        sys.path.append(project_packages)
     module_name = f"replica_user_predictor_{api.name.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(module_name, pred.path)
     if spec is None or spec.loader is None:
