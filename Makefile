@@ -9,12 +9,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk haproxy s3 run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service
+.PHONY: help venv install install-test install-bench wrk haproxy s3 run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service replica-template install-files install-replicas haproxy-config
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
 	@echo "make run-cluster SeaweedFS + $(REPLICAS) replicas + HAProxy on http://$(HOST):$(CLUSTER_PORT) (docs/scaling.md)"
 	@echo "make s3          a local S3 (SeaweedFS) on http://127.0.0.1:$(S3_PORT) with a bucket '$(S3_BUCKET)'"
+	@echo "make install-replicas PORTS=\"8001 8002\"  one replica per port under systemd (replica@.service)"
+	@echo "make haproxy-config SERVERS=\"n1=HOST:PORT ...\"  HAProxy routing each model to its home replica"
 	@echo "make test        run the test suite (everything not marked slow)"
 	@echo "make test-all    run every test, slow ones included"
 	@echo "make bench       run the benchmark suite and write docs/benchmarks.md (15-25 min)"
@@ -125,14 +127,25 @@ BUILD ?= build
 
 service-unit:
 	@mkdir -p $(BUILD)
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SPEC@|$(abspath $(SPEC))|g' -e 's|@USER@|$(SERVICE_USER)|g' \
-		scripts/replica.service > $(BUILD)/replica.service
+	$(PYTHON) -m deploy.systemd --prefix $(PREFIX) --spec $(abspath $(SPEC)) --user $(SERVICE_USER) > $(BUILD)/replica.service
 	@echo "$(BUILD)/replica.service written"
 
-install-service: service-unit
+# Several replicas on one host (model caching keeps one process per replica, so a multi-core VM runs one
+# replica per core or two): the template unit replica@.service, one instance per port in PORTS, each with its
+# own state directory /var/lib/replica/PORT. `make replica-template` only renders it.
+PORTS ?= 8001 8002
+replica-template:
+	@mkdir -p $(BUILD)
+	$(PYTHON) -m deploy.systemd --prefix $(PREFIX) --spec $(abspath $(SPEC)) --user $(SERVICE_USER) --template \
+		> $(BUILD)/replica@.service
+	@echo "$(BUILD)/replica@.service written"
+
+# What both installs share: the service user, the project in PREFIX with its own virtualenv (a path the service
+# user can read: a virtualenv in a home folder often is not), the shared environment file.
+install-files:
 	id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin $(SERVICE_USER)
 	install -d -m 0755 $(PREFIX)
-	cp -r README.md setup.cfg pyproject.toml replica supervisor workers scripts examples $(PREFIX)/
+	cp -r README.md setup.cfg pyproject.toml replica supervisor workers deploy scripts examples $(PREFIX)/
 	[ -x $(PREFIX)/.venv/bin/python ] || $(PYTHON) -m venv $(PREFIX)/.venv
 	$(PREFIX)/.venv/bin/python -m pip install --quiet '$(PREFIX)[examples]'
 	chmod -R a+rX $(PREFIX)
@@ -140,11 +153,33 @@ install-service: service-unit
 		|| { echo "$(SERVICE_USER) cannot run $(PREFIX)/.venv/bin/replica (is the interpreter under a home folder? set PYTHON=/usr/bin/python3)"; exit 1; }
 	install -d -m 0755 /etc/replica
 	[ -f /etc/replica/replica.env ] || install -m 0640 -g $(SERVICE_USER) scripts/replica.env /etc/replica/replica.env
+
+install-service: service-unit install-files
 	install -m 0644 $(BUILD)/replica.service $(UNIT_DIR)/replica.service
 	systemd-analyze verify $(UNIT_DIR)/replica.service
 	systemctl daemon-reload
 	systemctl enable --now replica.service
 	@echo "replica.service installed and started: systemctl status replica; journalctl -u replica -f"
+
+install-replicas: replica-template install-files
+	install -m 0644 $(BUILD)/replica@.service $(UNIT_DIR)/replica@.service
+	systemd-analyze verify $(UNIT_DIR)/replica@$(firstword $(PORTS)).service
+	systemctl daemon-reload
+	systemctl enable --now $(foreach p,$(PORTS),replica@$(p).service)
+	@echo "replica@{$(shell echo $(PORTS) | tr ' ' ',')}.service installed and started: systemctl status 'replica@*'"
+
+# HAProxy in front of replicas that may span hosts, each model routed to its home replica:
+#   make haproxy-config SERVERS="vm1-8001=10.0.0.1:8001 vm1-8002=10.0.0.1:8002 vm2-8001=10.0.0.2:8001"
+# writes $(BUILD)/haproxy.cfg and checks it with `haproxy -c`; install it as /etc/haproxy/haproxy.cfg.
+BIND ?= 0.0.0.0:8080
+SERVERS ?= r1=127.0.0.1:8001 r2=127.0.0.1:8002
+HAPROXY_ARGS ?=
+haproxy-config:
+	@mkdir -p $(BUILD)
+	$(PYTHON) -m deploy.haproxy.config --bind $(BIND) $(foreach s,$(SERVERS),--server $(s)) $(HAPROXY_ARGS) \
+		-o $(BUILD)/haproxy.cfg
+	haproxy -c -q -f $(BUILD)/haproxy.cfg
+	@echo "$(BUILD)/haproxy.cfg written and checked"
 
 clean:
 	rm -rf .state .pytest_cache build *.egg-info

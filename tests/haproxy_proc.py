@@ -25,15 +25,20 @@ def find_haproxy() -> str | None:
 class HAProxyProcess:
     """One `haproxy -db` process on 127.0.0.1 with a stats socket for its runtime API."""
 
-    def __init__(self, folder: Path, servers: list[Server], port: int | None = None, **options):
+    def __init__(self, folder: Path, servers: list[Server], port: int | None = None, config: Path | None = None,
+                 **options):
+        """A configuration rendered here from `servers` and `options`, or, with `config`, one written elsewhere
+        (its bind on 127.0.0.1:`port` and its stats socket at FOLDER/haproxy.sock)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.socket_path = self.folder / "haproxy.sock"
-        self.config_path = self.folder / "haproxy.cfg"
+        self.config_path = Path(config) if config is not None else self.folder / "haproxy.cfg"
         self.log_path = self.folder / "haproxy.log"
-        opts = Options(bind=f"127.0.0.1:{self.port}", servers=servers, stats_socket=str(self.socket_path), **options)
-        self.config_path.write_text(render(opts))
+        if config is None:
+            opts = Options(bind=f"127.0.0.1:{self.port}", servers=servers, stats_socket=str(self.socket_path),
+                           **options)
+            self.config_path.write_text(render(opts))
         self.proc: subprocess.Popen | None = None
 
     @property
