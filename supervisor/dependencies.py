@@ -32,7 +32,10 @@ from packaging.utils import canonicalize_name
 from replica.spec import ApiSpec
 
 REQUIREMENTS, SCRIPT, CONDA = "requirements.txt", "dependencies.sh", "conda-packages.txt"
-ENV_VAR = "REPLICA_PROJECT_PACKAGES"
+ENV_VAR = "REPLICA_PROJECT_PACKAGES"  # what a worker adds to sys.path
+# Where project environments are kept, when not in the state directory: an image prepares its project at build
+# time, outside the state volume that is mounted over /var/lib/replica at run time.
+DIR_VAR = "REPLICA_PACKAGES_DIR"
 DONE = ".complete"
 TAIL_LINES = 15
 STEP_TIMEOUT = 1800.0  # a script or an install that runs longer than this is stopped
@@ -105,9 +108,12 @@ def key(api: ApiSpec) -> str | None:
 
 
 def packages_dir(api: ApiSpec, state_dir: Path) -> Path | None:
-    """Where the project's environment for its current files lives (whether or not it is set up yet)."""
+    """Where the project's environment for its current files lives (whether or not it is set up yet):
+    REPLICA_PACKAGES_DIR/<key> when that is set, else STATE/project/<key>."""
     k = key(api)
-    return None if k is None else Path(state_dir) / "project" / k
+    if k is None:
+        return None
+    return Path(os.environ.get(DIR_VAR) or Path(state_dir) / "project") / k
 
 
 def prepared(api: ApiSpec, state_dir: Path) -> Path | None:

@@ -167,10 +167,9 @@ def test_dockerfile_is_multi_stage_and_runs_as_a_user():
                 assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
 
 
-@pytest.mark.slow
-def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
-    """The build stage's RUN lines, as written, in a copy of what its COPY lines take, with VENV in tmp; then
-    the installed (not editable) replica serves a prediction."""
+def _build_stage(tmp_path) -> tuple[Path, dict]:
+    """The Dockerfile's build stage, its RUN lines as written, in a copy of what its COPY lines take, with VENV
+    in tmp: (the virtualenv, the environment it was built with)."""
     build = dockerfile_stages()[0]
     src = tmp_path / "src"
     src.mkdir()
@@ -193,6 +192,30 @@ def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
             done = subprocess.run(["bash", "-ec", command], cwd=src, env=clean_env, capture_output=True, text=True,
                                   timeout=900)
             assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return venv, clean_env
+
+
+def _serve_until_ready(command: list[str], env: dict, tmp_path: Path, port: int) -> subprocess.Popen:
+    log = tmp_path / f"replica-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, f"the replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        assert time.time() < deadline, f"not ready after 120 s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
+    """The build stage's steps; then the installed (not editable) replica serves a prediction."""
+    venv, clean_env = _build_stage(tmp_path)
     project = tmp_path / "project"
     (project / "model").mkdir(parents=True)
     (project / "model" / "weights.txt").write_text("3")
@@ -204,23 +227,50 @@ def test_dockerfile_build_steps_in_a_fresh_virtualenv(tmp_path):
     (project / "api.yaml").write_text("name: demo\nkind: RealtimeAPI\npredictor:\n  type: python\n"
                                       "  path: predictor.py\n  model_path: model\n")
     port = free_port()
-    log = tmp_path / "replica.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(venv / "bin" / "replica"), "serve", str(project / "api.yaml"), "--port",
-                                 str(port), "--state-dir", str(tmp_path / "state")], env=clean_env, cwd=tmp_path,
-                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    proc = _serve_until_ready([str(venv / "bin" / "replica"), "serve", str(project / "api.yaml"), "--port",
+                               str(port), "--state-dir", str(tmp_path / "state")], clean_env, tmp_path, port)
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, f"the replica exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.time() < deadline, f"not ready after 120 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
         assert requests.post(f"http://127.0.0.1:{port}/", json={"x": 2}, timeout=10).json() == {"y": 6}
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+@pytest.mark.slow
+def test_project_dockerfile_bakes_in_a_project_and_its_requirements(tmp_path):
+    """deploy/docker/project.Dockerfile's steps on top of the build stage's virtualenv, /etc/replica and the
+    packages folder in tmp: the project's requirement is installed at build time, and the replica then serves
+    with a fresh state directory (the container's volume) without installing anything."""
+    venv, env = _build_stage(tmp_path)
+    lines = (ROOT / "deploy" / "docker" / "project.Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    etc, packages = tmp_path / "etc-replica", tmp_path / "project-packages"
+    (etc / "model").mkdir(parents=True)
+    (etc / "model" / "weights.txt").write_text("3")
+    (etc / "requirements.txt").write_text("tabulate==0.9.0\n")
+    (etc / "predictor.py").write_text(
+        "import tabulate\n\n\nclass PythonPredictor:\n"
+        "    def __init__(self, config, python_client):\n        self.client = python_client\n"
+        "    def load_model(self, model_path):\n        return int(open(model_path + '/weights.txt').read())\n"
+        "    def predict(self, payload):\n        return {'y': self.client.get_model() * payload['x'],"
+        " 'table': tabulate.tabulate([[1]])}\n")
+    (etc / "api.yaml").write_text("name: demo\nkind: RealtimeAPI\npredictor:\n  type: python\n"
+                                  "  path: predictor.py\n  model_path: model\n")
+    env = {**env, "PATH": f"{venv / 'bin'}:{env['PATH']}", "REPLICA_PACKAGES_DIR": str(packages),
+           "REPLICA_SPEC": str(etc / "api.yaml")}
+    runs = [ln[4:].replace("/etc/replica", str(etc)) for ln in lines if ln.startswith("RUN ")]
+    assert runs and any("replica prepare" in r for r in runs)
+    for command in runs:
+        done = subprocess.run(["bash", "-ec", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert any(packages.glob("*/site/tabulate/__init__.py")), "the requirement was installed into the packages folder"
+    port = free_port()
+    proc = _serve_until_ready([str(venv / "bin" / "replica"), "serve", env["REPLICA_SPEC"], "--port", str(port),
+                               "--state-dir", str(tmp_path / "volume")], env, tmp_path, port)
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/", json={"x": 2}, timeout=10).json()
+        assert answer["y"] == 6 and "1" in answer["table"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert not (tmp_path / "volume" / "project").exists()  # nothing installed at start
