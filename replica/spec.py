@@ -279,6 +279,13 @@ def _parse_api(api: dict, prefix: str, spec_file: Path) -> ApiSpec:
     if not isinstance(config, dict):
         problems.append(f"{where}.config: must be a mapping, got {type(config).__name__}")
         config = {}
+    session_entries = config.get("onnx_session_config")
+    if session_entries is not None and (ptype != "onnx" or not isinstance(session_entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in session_entries.items())):
+        problems.append(f"{where}.config.onnx_session_config: " + (
+            "only the onnx predictor has onnxruntime sessions; remove it" if ptype != "onnx" else
+            "must be a mapping of onnxruntime session config entries to values, e.g. "
+            "{session.intra_op.allow_spinning: '1'}"))
     env = pred.get("env", {}) or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
         problems.append(f"{where}.env: must be a mapping of variable names to values")

@@ -27,9 +27,9 @@ def model_loader(api: ApiSpec) -> Callable[[str, str, int], Any]:
     TensorFlow, the predictor's `load_model` (on an instance made as a worker makes it) for Python."""
     pred = api.predictor
     if pred.type == "onnx":
-        from workers.onnx_client import execution_providers, onnx_loader
+        from workers.onnx_client import execution_providers, onnx_loader, session_config
 
-        return onnx_loader(execution_providers(pred.config))
+        return onnx_loader(execution_providers(pred.config), session_config(pred.config))
     if pred.type == "tensorflow":
         from workers.tensorflow_client import tensorflow_loader
 

@@ -705,3 +705,13 @@ def test_batching_for_every_predictor_type(write, ptype):
 
 def test_parse_duration_sums_its_parts():
     assert parse_duration("1h2m3s4ms") == pytest.approx(3723.004)
+
+
+@pytest.mark.parametrize("ptype, entries, fragment", [
+    ("onnx", ["session.intra_op.allow_spinning"], "must be a mapping of onnxruntime session config entries"),
+    ("onnx", {"session.intra_op.allow_spinning": [1]}, "must be a mapping of onnxruntime session config entries"),
+    ("python", {"session.intra_op.allow_spinning": "1"}, "only the onnx predictor has onnxruntime sessions"),
+])
+def test_onnx_session_config_is_a_mapping_for_the_onnx_predictor(write, ptype, entries, fragment):
+    spec = api(type=ptype, model_path="s3://bucket/iris/", config={"onnx_session_config": entries})
+    one_problem(write(spec), "predictor.config.onnx_session_config", fragment)

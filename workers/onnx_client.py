@@ -43,14 +43,32 @@ def execution_providers(config: dict) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def onnx_loader(providers: list[str]):
+# onnxruntime's session settings the replica changes from onnxruntime's own defaults. Its thread pools spin
+# between runs by default, which keeps a core busy per session while requests arrive apart over HTTP, and
+# slows everything else the process does (the other models' runs, a miss's download and load): off.
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def session_config(config: dict) -> dict[str, str]:
+    """The session config entries every session of this API gets: SESSION_CONFIG, with the predictor's
+    `config.onnx_session_config` (a mapping of onnxruntime's session config keys to values) over it."""
+    extra = config.get("onnx_session_config") or {}  # checked with the spec (replica/spec.py)
+    return {**SESSION_CONFIG, **{k: str(v) for k, v in extra.items()}}
+
+
+def onnx_loader(providers: list[str], entries: dict[str, str] | None = None):
+    entries = SESSION_CONFIG if entries is None else entries
+
     def load(model_path: str, name: str, version: int) -> dict:
         import onnxruntime as ort
 
         files = sorted(Path(model_path).glob("*.onnx"))
         if len(files) != 1:
             raise ValueError(f"expected exactly one .onnx file in the version, found {len(files)}")
-        session = ort.InferenceSession(str(files[0]), providers=providers)
+        options = ort.SessionOptions()
+        for key, value in entries.items():
+            options.add_session_config_entry(key, value)
+        session = ort.InferenceSession(str(files[0]), options, providers=providers)
         inputs = session.get_inputs()
         return {
             "session": session,

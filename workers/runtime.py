@@ -86,11 +86,11 @@ class Runtime:
     def _make_client(self):
         pred = self.api.predictor
         if pred.type == "onnx":
-            from workers.onnx_client import ONNXClient, execution_providers, onnx_loader
+            from workers.onnx_client import ONNXClient, execution_providers, onnx_loader, session_config
 
             providers = execution_providers(pred.config)
             log.info("onnxruntime execution providers: %s", ", ".join(providers))
-            self._loader = onnx_loader(providers)
+            self._loader = onnx_loader(providers, session_config(pred.config))
             return ONNXClient(self.registry, self.batcher)
         if pred.type == "tensorflow":
             from workers.tensorflow_client import TensorFlowClient, tensorflow_loader
