@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,15 +190,6 @@ def batch_figures(base: str) -> dict[str, float]:
             "wait_s": total("replica_batch_wait_seconds_sum")}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of the worker processes, every thread (onnxruntime's and TensorFlow's pools) included."""
-    out = 0.0
-    for pid in pids:
-        t = psutil.Process(pid).cpu_times()
-        out += t.user + t.system
-    return out
-
-
 MODEL_TIMING = """
 import sys, time
 import numpy as np
@@ -284,10 +274,10 @@ def run(work: Path, *, n_rounds: int, duration: float, clients: tuple[int, ...],
             for c in clients:
                 for name, (base, body, paths) in targets.items():
                     before = batch_figures(base) if name in workers else None
-                    cpu = cpu_seconds(workers[name]) if name in workers else None
+                    cpu = sum(figures.worker_cpu_s(workers[name])) if name in workers else None
                     res = load.run(base, body, paths, duration=duration, connections=c).as_dict()
                     if name in workers:
-                        res["cpu_us_per_request"] = (cpu_seconds(workers[name]) - cpu) / max(res["requests"], 1) * 1e6
+                        res["cpu_us_per_request"] = (sum(figures.worker_cpu_s(workers[name])) - cpu) / max(res["requests"], 1) * 1e6
                         after = batch_figures(base)
                         n = after["batches"] - before["batches"]
                         if n:

@@ -24,10 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psutil  # noqa: E402
-
 from scripts import model_factory  # noqa: E402
-from scripts.bench_lib import load  # noqa: E402
+from scripts.bench_lib import figures, load  # noqa: E402
 from tests.helpers import write_api  # noqa: E402
 from tests.replica_proc import ReplicaProcess  # noqa: E402
 
@@ -43,14 +41,6 @@ BODY = json.dumps({"input": [[5.1, 3.5, 1.4, 0.2]]})
 SETTINGS = {"spinning (onnxruntime's default)": {"session.intra_op.allow_spinning": "1",
                                                  "session.inter_op.allow_spinning": "1"},
             "no spinning (the replica's default)": {}}
-
-
-def cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        t = psutil.Process(pid).cpu_times()
-        total += t.user + t.system
-    return total
 
 
 def main() -> int:
@@ -78,17 +68,17 @@ def main() -> int:
                     for figure, paths in (("one model", ["/?model=a"]),
                                           ("three models", ["/?model=a", "/?model=b", "/?model=c"])):
                         pids = r.worker_pids()
-                        before = cpu(pids)
+                        before = sum(figures.worker_cpu_s(pids))
                         res = load.run(r.base, BODY, paths, duration=args.seconds, connections=4).as_dict()
-                        res["cpu_ms_per_request"] = 1000 * (cpu(pids) - before) / max(res["requests"], 1)
+                        res["cpu_ms_per_request"] = 1000 * (sum(figures.worker_cpu_s(pids)) - before) / max(res["requests"], 1)
                         results[tag][figure].append(res)
                         print(tag, figure, json.dumps(res), flush=True)
                 time.sleep(0.5)
         finally:
             for r in replicas.values():
                 r.stop()
-    for tag, figures in results.items():
-        for figure, rows in figures.items():
+    for tag, by_figure in results.items():
+        for figure, rows in by_figure.items():
             rps = [r["rps"] for r in rows]
             print(f"| {tag} | {figure} | {statistics.median(rps):.0f} ({min(rps):.0f}) | "
                   f"{statistics.median(r['p50_ms'] for r in rows):.2f} ms | "
