@@ -8,7 +8,6 @@ TensorFlow SavedModel loader, or the predictor's own `load_model`), then release
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import tempfile
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from replica.disktree import make_dirs, safe_relpath
-from replica.interface import CLIENT_ARG
 from replica.layout import ObjectInfo
 from replica.spec import ApiSpec
 from supervisor.catalogue import CatalogueEntry
@@ -25,25 +23,15 @@ from supervisor.catalogue import CatalogueEntry
 def model_loader(api: ApiSpec) -> Callable[[str, str, int], Any]:
     """(model_path, name, version) -> model, as the worker's Runtime loads: the framework's loader for ONNX and
     TensorFlow, the predictor's `load_model` (on an instance made as a worker makes it) for Python."""
-    pred = api.predictor
-    if pred.type == "onnx":
-        from workers.onnx_client import execution_providers, onnx_loader, session_config
-
-        return onnx_loader(execution_providers(pred.config), session_config(pred.config))
-    if pred.type == "tensorflow":
-        from workers.tensorflow_client import tensorflow_loader
-
-        keys = {s.name: s.signature_key for s in pred.sources if s.name}
-        dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
-        return tensorflow_loader(keys, dir_key)
     from workers.predictor import load_predictor_class
     from workers.python_client import PythonClient
+    from workers.runtime import framework_loader, make_predictor
 
-    cls = load_predictor_class(api)
-    kwargs: dict[str, Any] = {"config": dict(pred.config)}
-    if CLIENT_ARG[pred.type] in inspect.signature(cls.__init__).parameters:
-        kwargs[CLIENT_ARG[pred.type]] = PythonClient(None)  # no registry: get_model is not for load_model
-    predictor = cls(**kwargs)
+    loader = framework_loader(api.predictor)
+    if loader is not None:
+        return loader
+    # A client without a registry: get_model is for predict, not for load_model.
+    predictor = make_predictor(load_predictor_class(api), api.predictor, PythonClient(None))
     return lambda path, name, version: predictor.load_model(path)
 
 

@@ -14,14 +14,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
 from replica import feed
 from replica.disktree import DiskTree
 from replica.interface import CLIENT_ARG
-from replica.spec import ApiSpec
+from replica.spec import ApiSpec, PredictorSpec
 from workers import memory, metrics
 from workers.batching import Batcher, Failure
 from workers.caching import CachingRegistry
@@ -61,12 +61,7 @@ class Runtime:
                                             load_wait=load_wait, load_timeout=load_timeout,
                                             cache_memory=pred.cache_memory)
         self.client = self._make_client()
-        kwargs = {"config": dict(pred.config)}
-        init_params = inspect.signature(cls.__init__).parameters
-        client_arg = CLIENT_ARG[pred.type]
-        if client_arg in init_params:
-            kwargs[client_arg] = self.client
-        self.predictor = cls(**kwargs)
+        self.predictor = make_predictor(cls, pred, self.client)
         self.predict_args = tuple(inspect.signature(self.predictor.predict).parameters)
         post = getattr(self.predictor, "post_predict", None)
         self.post_predict = post
@@ -85,23 +80,17 @@ class Runtime:
 
     def _make_client(self):
         pred = self.api.predictor
+        self._loader = framework_loader(pred)  # None: the predictor's load_model, bound once the predictor exists
         if pred.type == "onnx":
-            from workers.onnx_client import ONNXClient, execution_providers, onnx_loader, session_config
+            from workers.onnx_client import ONNXClient
 
-            providers = execution_providers(pred.config)
-            log.info("onnxruntime execution providers: %s", ", ".join(providers))
-            self._loader = onnx_loader(providers, session_config(pred.config))
             return ONNXClient(self.registry, self.batcher)
         if pred.type == "tensorflow":
-            from workers.tensorflow_client import TensorFlowClient, tensorflow_loader
+            from workers.tensorflow_client import TensorFlowClient
 
-            keys = {s.name: s.signature_key for s in pred.sources if s.name}
-            dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
-            self._loader = tensorflow_loader(keys, dir_key)
             return TensorFlowClient(self.registry, self.batcher)
         from workers.python_client import PythonClient
 
-        self._loader = None  # the predictor's load_model, bound once the predictor exists
         return PythonClient(self.registry)
 
     def _load_model(self, model_path: str, name: str, version: int) -> Any:
@@ -182,6 +171,33 @@ class Runtime:
             if marker.name.isdigit() and psutil.pid_exists(int(marker.name)):
                 pids.append(int(marker.name))
         return pids
+
+
+def framework_loader(pred: PredictorSpec) -> Callable[[str, str, int], Any] | None:
+    """(model_path, name, version) -> model for ONNX and TensorFlow versions (the session, the SavedModel), as
+    every worker loads them; None for a Python predictor, whose own `load_model` loads."""
+    if pred.type == "onnx":
+        from workers.onnx_client import execution_providers, onnx_loader, session_config
+
+        providers = execution_providers(pred.config)
+        log.info("onnxruntime execution providers: %s", ", ".join(providers))
+        return onnx_loader(providers, session_config(pred.config))
+    if pred.type == "tensorflow":
+        from workers.tensorflow_client import tensorflow_loader
+
+        keys = {s.name: s.signature_key for s in pred.sources if s.name}
+        dir_key = next((s.signature_key for s in pred.sources if s.is_dir), pred.signature_key)
+        return tensorflow_loader(keys, dir_key)
+    return None
+
+
+def make_predictor(cls: type, pred: PredictorSpec, client: Any) -> Any:
+    """The predictor instance, made as Cortex made it: `config`, and the client when `__init__` asks for it."""
+    kwargs = {"config": dict(pred.config)}
+    client_arg = CLIENT_ARG[pred.type]
+    if client_arg in inspect.signature(cls.__init__).parameters:
+        kwargs[client_arg] = client
+    return cls(**kwargs)
 
 
 def runtime_from_env() -> tuple[Runtime, int]:
