@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from replica.disktree import make_dirs, safe_relpath
-from replica.layout import ObjectInfo
 from replica.spec import ApiSpec
 from supervisor.catalogue import CatalogueEntry
+from supervisor.watcher import prefixed
 
 
 def model_loader(api: ApiSpec) -> Callable[[str, str, int], Any]:
@@ -46,7 +46,7 @@ def try_load(entry: CatalogueEntry, name: str, loader: Callable[[str, str, int],
         for f in listing.files:
             dest = folder / safe_relpath(f.key)
             make_dirs(dest.parent)
-            entry.upstream.fetch(ObjectInfo(entry.prefix + listing.prefix + f.key, f.size, f.tag), dest)
+            entry.upstream.fetch(prefixed(entry.prefix + listing.prefix, f), dest)
         started = time.perf_counter()
         model = loader(str(folder), name, listing.version)
         seconds = time.perf_counter() - started

@@ -369,7 +369,7 @@ class Watcher:
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
                 make_dirs(dest.parent)
-                written = entry.upstream.fetch(_prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
+                written = entry.upstream.fetch(prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
                 if dest.stat().st_size != f.size:
                     raise ChangedDuringDownload(f.key)
                 total += written.size
@@ -505,6 +505,6 @@ class Watcher:
             self._beat()
 
 
-def _prefixed(prefix: str, f: ObjectInfo) -> ObjectInfo:
+def prefixed(prefix: str, f: ObjectInfo) -> ObjectInfo:
     """A version file's key relative to the upstream root, as the upstream fetches it."""
     return ObjectInfo(prefix + f.key, f.size, f.tag)
