@@ -187,9 +187,6 @@ class CachingRegistry(ModelRegistry):
                 log.warning("model %s version %s could not be fetched: %s", name, version, error)
             if error is None and self.cache_memory is not None:
                 error = self._reserve(rec)
-                if error is not None:
-                    self._fail(rec, error, self._fingerprint(rec), base=FETCH_RETRY_SECONDS)
-                    log.warning("model %s version %s is not loaded: %s", name, version, error)
             loaded = error is None and self._load_into(rec)
         finally:
             if not loaded:
@@ -292,25 +289,20 @@ class CachingRegistry(ModelRegistry):
                 self._cond.wait(remaining)
 
     # -- the byte budget ------------------------------------------------------------------------------------
-    def _estimate(self, rec: Record, manifest: dict) -> int:
-        """The memory a version will take before it has loaded: its bytes on disk times the most that model
-        took over its disk size at a load here, or DISK_TO_MEMORY for a model not loaded yet."""
-        on_disk = sum(int(f[1]) for f in manifest.get("files", []))
-        return int(on_disk * self._ratios.get(rec.name, DISK_TO_MEMORY))
-
-    def _fingerprint(self, rec: Record) -> str:
-        manifest = self.tree.manifest(*rec.key)
-        return manifest["fingerprint"] if manifest else ""
-
     def _reserve(self, rec: Record) -> str | None:
-        """Make room for the version's estimated size (evicting idle versions); the reason when it never fits."""
+        """Make room for the version's estimated size (evicting idle versions); the version FAILED with the
+        reason when it can never fit. The estimate: its bytes on disk times the most that model took over its
+        disk size at a load here, or DISK_TO_MEMORY for a model not loaded yet."""
         manifest = self.tree.manifest(*rec.key)
         if manifest is None:
             return None  # removed meanwhile: the load finds out and says so
-        need = self._estimate(rec, manifest)
+        need = int(_disk_bytes(manifest) * self._ratios.get(rec.name, DISK_TO_MEMORY))
         if need > self.cache_memory:
-            return (f"it needs about {format_bytes(need)} in memory (estimated from its size on disk), more than "
-                    f"predictor.models.cache_memory ({format_bytes(self.cache_memory)}); raise cache_memory")
+            error = (f"it needs about {format_bytes(need)} in memory (estimated from its size on disk), more than "
+                     f"predictor.models.cache_memory ({format_bytes(self.cache_memory)}); raise cache_memory")
+            self._fail(rec, error, manifest["fingerprint"], base=FETCH_RETRY_SECONDS)
+            log.warning("model %s version %s is not loaded: %s", *rec.key, error)
+            return error
         self._take_slot(rec, time.monotonic() + self.admission_wait, need)
         return None
 
@@ -319,7 +311,7 @@ class CachingRegistry(ModelRegistry):
         whole budget (FAILED with its size), and evict idle versions while the measured total is over it."""
         if self.cache_memory is None:
             return True
-        on_disk = sum(int(f[1]) for f in manifest.get("files", []))
+        on_disk = _disk_bytes(manifest)
         if on_disk:
             # A framework that keeps an unloaded model's memory in its own allocator (TensorFlow does) serves
             # the next load from it, which then measures almost nothing: a model counts at its largest.
@@ -344,10 +336,10 @@ class CachingRegistry(ModelRegistry):
         return True
 
     def memory_used(self) -> int:
+        """The bytes the budget counts now: the slots' sizes, as the policy sees them."""
         with self._cond:
-            return sum(r.memory_bytes for vs in self._records.values() for r in vs.values()
-                       if r.state in (State.FETCHING, State.LOADING, State.READY)) + sum(
-                r.memory_bytes for r in self._leaving)
+            records = [r for vs in self._records.values() for r in vs.values()] + self._leaving
+            return sum(s.size for s in memory_slots(records, self._inflight))
 
     # -- the supervisor's disk holds ------------------------------------------------------------------------
     def _ensure(self, rec: Record) -> EnsureReply:
@@ -402,6 +394,11 @@ class CachingRegistry(ModelRegistry):
             for key, sent in releases.items():
                 if key not in self._unsent or self._unsent[key].seq < sent.seq:
                     self._unsent[key] = sent
+
+
+def _disk_bytes(manifest: dict) -> int:
+    """A version's bytes on disk, from its manifest's file list."""
+    return sum(int(f[1]) for f in manifest.get("files", []))
 
 
 def _failure(rec: Record) -> Unavailable:
