@@ -176,6 +176,12 @@ class FrontWorker(base.Worker):
             self._dispatch_events((next_sweep if self.accepting else min(next_sweep, next_balance)) - now)
         self._stop()
 
+    @property
+    def open_for_more(self) -> bool:
+        """Whether this worker takes new connections and new requests on its kept ones: not once it stops, nor
+        once it retires for its memory."""
+        return self.alive and self.taking
+
     def _beat(self, now: float) -> None:
         self.notify()
         self.board.beat(int(now * 1000))
@@ -193,9 +199,7 @@ class FrontWorker(base.Worker):
                 continue
             now = time.monotonic()
             self._beat(now)
-            if conn is not None and now >= conn.due and self._take_over(conn):
-                self._answer_abandoned(conn, now - since)
-                self.stuck[conn.fd] = (conn, since)
+            if conn is not None and now >= conn.due and self._abandon(conn, since, now):
                 self._retire(now, self._stuck_reason(1))
             if self.retiring_since is not None and self._replaced(now):
                 self.log.error("exiting: its request thread is stuck in the predictor; the replacement serves")
@@ -216,7 +220,7 @@ class FrontWorker(base.Worker):
         ready = (self.app_ready is None or self.app_ready()) and self.retiring_since is None
         self.board.set_counts(self.n_open, self.in_flight, ready)
         room = self.n_open < self.cfg.worker_connections or bool(self.idle)
-        want = self.alive and self.taking and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
+        want = self.open_for_more and room and may_accept(self.n_open, ready, self.board.others(int(now * 1000)))
         if want == self.accepting:
             return
         for listener in self.sockets:
@@ -346,7 +350,7 @@ class FrontWorker(base.Worker):
         elif conn.error is not None:
             e = conn.error
             self._refuse(conn, e.status, e.message)
-        elif conn.eof or not (self.alive and self.taking):
+        elif conn.eof or not self.open_for_more:
             self._linger(conn)
         elif parser.started:  # the next request's first bytes came with the last one
             conn.state = BODY if parser.in_body else HEAD
@@ -406,7 +410,7 @@ class FrontWorker(base.Worker):
         now = time.monotonic()
         if keep is None:
             self._close(conn)  # the peer is gone
-        elif keep and ((self.alive and self.taking) or conn.parser.ready):
+        elif keep and (self.open_for_more or conn.parser.ready):
             self._next_request(conn, now)  # a request already sent to a stopping worker is answered
         else:
             self._linger(conn)
@@ -423,7 +427,7 @@ class FrontWorker(base.Worker):
         # Requests pipelined before the peer's FIN are all answered, the last saying the connection closes;
         # those before a malformed one too, and the 400 that follows them says so.
         last = conn.eof and conn.error is None and not conn.parser.ready
-        may_keep = bool(self.cfg.keepalive) and self.alive and self.taking and not last
+        may_keep = bool(self.cfg.keepalive) and self.open_for_more and not last
         try:
             ex = http_exchange.run(self.wsgi, req, conn.server, conn.client, conn.sock, may_keep,
                                    before_send=lambda: self._claim(conn))
@@ -462,6 +466,16 @@ class FrontWorker(base.Worker):
             conn.abandoned = True
             return True
 
+    def _abandon(self, conn: Conn, started: float, now: float) -> bool:
+        """Answer a request past its deadline with 504 and count its thread as stuck, unless its thread is
+        answering it already; True when it was abandoned."""
+        if not self._take_over(conn):
+            return False
+        self._answer_abandoned(conn, now - started)
+        self.stuck[conn.fd] = (conn, started)
+        self._publish_stuck()
+        return True
+
     def _answer_abandoned(self, conn: Conn, seconds: float) -> None:
         message = (f"the predictor did not answer within {self.request_timeout:g} s (--request-timeout); "
                    "the request is abandoned")
@@ -477,11 +491,7 @@ class FrontWorker(base.Worker):
 
     def _abandon_overdue(self, now: float) -> None:
         for conn in [c for c in self.conns.values() if c.state == BUSY and c.due <= now and not c.abandoned]:
-            started = conn.due - self.request_timeout
-            if self._take_over(conn):
-                self._answer_abandoned(conn, now - started)
-                self.stuck[conn.fd] = (conn, started)
-                self._publish_stuck()
+            self._abandon(conn, conn.due - self.request_timeout, now)
         if self.stuck and should_retire(len(self.stuck), self.cfg.threads):
             self._retire(now, self._stuck_reason(len(self.stuck)))
 
@@ -586,7 +596,7 @@ class FrontWorker(base.Worker):
         message = (f"{self.max_in_flight} requests already in flight on this replica "
                    "(autoscaling.max_replica_concurrency); retry shortly")
         self.metrics.count_shed()
-        keep = req.keep_alive and self.alive and self.taking and not conn.eof
+        keep = req.keep_alive and self.open_for_more and not conn.eof
         sent = self._write_now(conn, http_exchange.refusal(503, message, close=not keep, retry_after=1))
         self.access.line(conn.client, req.request_line, 503, 0, 0.0)
         if sent and keep:
