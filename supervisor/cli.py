@@ -122,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_format", "text"))
-    from supervisor.preflight import load_checked
+    from replica.spec import load_spec
+    from supervisor.preflight import checked
 
     try:
-        project = _project_packages(args)
+        api = load_spec(args.spec, args.api)
+        project = _project_packages(args, api)
         if project is None:
             return 2
-        api = load_checked(args.spec, args.api, import_check=project is not _UNPREPARED)
+        api = checked(api, import_check=project is not _UNPREPARED)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -215,14 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 _UNPREPARED = Path("unprepared")  # validate: the project has dependencies that are not installed yet
 
 
-def _project_packages(args) -> Path | str | None:
+def _project_packages(args, api: ApiSpec) -> Path | str | None:
     """Set up the project's own dependencies (supervisor/dependencies.py) for serve and prepare, or find them
     for validate, and point the workers (and the import check) at them. "" when the project has none, None
     after printing why they cannot be set up, `_UNPREPARED` for validate when they are not installed yet."""
-    from replica.spec import load_spec
     from supervisor import dependencies
 
-    api = load_spec(args.spec, args.api)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(api.name)
     if args.command == "validate":
         problems = dependencies.problems(api)

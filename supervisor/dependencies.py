@@ -18,6 +18,7 @@ with `replica prepare SPEC` (the same steps, then the service finds them done).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -49,8 +50,10 @@ def _project(api: ApiSpec) -> Path:
     return api.spec_file.parent
 
 
+@functools.lru_cache(maxsize=1)
 def _replica_packages() -> dict[str, str]:
-    """The distributions installed where the replica runs: canonical name -> version."""
+    """The distributions installed where the replica runs: canonical name -> version (read once per process:
+    the checks, the key and the constraints all ask, and nothing here installs into this environment)."""
     out = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata.get("Name")

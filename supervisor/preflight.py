@@ -21,10 +21,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 IMPORT_TIMEOUT = 300.0  # TensorFlow alone can take a minute to import on a busy machine
 
 
-def load_checked(spec: str | Path, api_name: str | None, import_check: bool = True) -> ApiSpec:
-    """The parsed spec, its predictor checked from source and (unless told not to) imported in a subprocess;
+def load_checked(spec: str | Path, api_name: str | None) -> ApiSpec:
+    """The parsed spec, its predictor checked from source and imported in a subprocess; SpecError otherwise."""
+    return checked(load_spec(spec, api_name))
+
+
+def checked(parsed: ApiSpec, import_check: bool = True) -> ApiSpec:
+    """A parsed spec whose predictor is checked from source and (unless told not to) imported in a subprocess;
     SpecError otherwise."""
-    parsed = load_spec(spec, api_name)
     problems = check_source(parsed.predictor.path, parsed.predictor.type, bool(parsed.predictor.sources))
     if problems:
         raise SpecError(str(parsed.spec_file), [f"predictor.path: {p}" for p in problems])
