@@ -25,6 +25,7 @@ __all__ = [
     "ONNX_OPSET",
     "ONNX_IR_VERSION",
     "write_onnx_linear",
+    "write_onnx_mixed",
     "write_tf_linear",
     "write_python_linear",
 ]
@@ -113,6 +114,49 @@ def write_onnx_linear(
     model.ir_version = ONNX_IR_VERSION
     onnx.checker.check_model(model, full_check=True)
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def write_onnx_mixed(path: Path, weights: Sequence[Sequence[float]], bias: Sequence[float]) -> Path:
+    """Write a model with inputs and outputs of several datatypes, for the protocols' tensor encodings.
+
+    Inputs ``features`` (float32 [batch, n_in]), ``counts`` (int64 [batch]) and ``names`` (string [batch]);
+    outputs ``scores`` (float32 [batch, n_out], the linear layer), ``label`` (int64 [batch]), ``doubled``
+    (int64 [batch], 2 * counts) and ``names_out`` (string [batch], the names as they came).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = Path(path)
+    n_in, n_out = _shape(weights, bias)
+    w = numpy_helper.from_array(np.asarray(weights, dtype=np.float32), name="W")
+    b = numpy_helper.from_array(np.asarray(bias, dtype=np.float32), name="b")
+    two = numpy_helper.from_array(np.asarray(2, dtype=np.int64), name="two")
+    nodes = [
+        helper.make_node("MatMul", ["features", "W"], ["matmul_out"]),
+        helper.make_node("Add", ["matmul_out", "b"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        helper.make_node("Mul", ["counts", "two"], ["doubled"]),
+        helper.make_node("Identity", ["names"], ["names_out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mixed_types",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_in]),
+                helper.make_tensor_value_info("counts", TensorProto.INT64, ["batch"]),
+                helper.make_tensor_value_info("names", TensorProto.STRING, ["batch"])],
+        outputs=[helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", n_out]),
+                 helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+                 helper.make_tensor_value_info("doubled", TensorProto.INT64, ["batch"]),
+                 helper.make_tensor_value_info("names_out", TensorProto.STRING, ["batch"])],
+        initializer=[w, b, two],
+    )
+    model = helper.make_model(graph, producer_name="model-replica.model_factory",
+                              opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = ONNX_IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     return path

@@ -12,32 +12,17 @@ import time
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from workers import encoding, metrics
+from workers import encoding, metrics, tfserving_rest, v2_rest
 from workers.board import stalled
-from workers.errors import Unavailable
+from workers.errors import Unavailable, error_response, internal_error
 from workers.payloads import parse_payload, to_response
+from workers.inference import Inference
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# A prediction that reaches a worker still loading the models on disk (a worker that replaced a crashed one
-# while no other could answer) waits this long for them before it is answered 503: they are on disk already,
-# so a short wait is a slower answer instead of a failed one.
-STARTUP_WAIT_SECONDS = 10.0
-
-
-def _error(status: int, message: str, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
-    return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
-
-
-def _internal_error(req, logged: str, answered: str) -> Response:
-    """A 500 that leaves no secret: the exception (message and traceback, which may hold anything the predictor
-    saw) goes to the log under the request's id; the client gets the id to find it there."""
-    rid = req.environ.get("replica.request_id") or "-"
-    log.exception("%s (request %s)", logged, rid)
-    body = {"error": f"{answered}; the replica log has the details under request {rid}", "request_id": rid}
-    return Response(json.dumps(body), status=500, mimetype="application/json")
-
+# The endpoints that run a model, whichever protocol: shed over autoscaling.max_replica_concurrency.
+PREDICTIONS = frozenset({"replica.predict"}) | v2_rest.PREDICTIONS | tfserving_rest.PREDICTIONS
 
 def _status_of(e: HTTPException) -> int:
     return e.response.status_code if e.response is not None else (e.code or 500)
@@ -58,7 +43,7 @@ def _http_error(e: HTTPException) -> Response:
     if e.response is not None:
         return e.response
     headers = [(k, v) for k, v in e.get_headers() if k.lower() != "content-type"]
-    return _error(e.code or 500, e.description or e.name, headers)
+    return error_response(e.code or 500, e.description or e.name, headers)
 
 
 # Werkzeug's own 413, 404 and 405 (body over the limit, no such route, wrong method) get messages that name the
@@ -67,7 +52,7 @@ def _http_error(e: HTTPException) -> Response:
 def _too_large(e: RequestEntityTooLarge) -> Response:
     if e.description != RequestEntityTooLarge.description:
         return _http_error(e)
-    return _error(413, f"request body over the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes "
+    return error_response(413, f"request body over the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes "
                        "(--max-request-size)")
 
 
@@ -75,14 +60,14 @@ def _too_large(e: RequestEntityTooLarge) -> Response:
 def _no_route(e: NotFound) -> Response:
     if e.description != NotFound.description:
         return _http_error(e)
-    return _error(404, f"no route {request.path}; POST / or /predict runs the predictor, GET / describes the API")
+    return error_response(404, f"no route {request.path}; POST / or /predict runs the predictor, GET / describes the API")
 
 
 @bp.app_errorhandler(MethodNotAllowed)
 def _bad_method(e: MethodNotAllowed) -> Response:
     if e.description != MethodNotAllowed.description:
         return _http_error(e)
-    return _error(405, f"{request.method} is not allowed on {request.path}",
+    return error_response(405, f"{request.method} is not allowed on {request.path}",
                   [("Allow", ", ".join(e.valid_methods or ()))])
 
 
@@ -110,30 +95,8 @@ def predict() -> Response:
                                 time.perf_counter() - started)
 
 
-def _not_ready_reason(runtime: Runtime) -> str | None:
-    """Why the supervisor cannot give this replica its models yet (the state directory is gone or unwritable,
-    or the first sync to disk has not finished, with the upstream errors), or None: what /readyz and a
-    prediction answer alike."""
-    runtime.registry.refresh_state()
-    tree_error = runtime.registry.feed.facts.get("state_dir_error")  # removed, replaced or unwritable
-    if tree_error:
-        return tree_error
-    if not runtime.registry.supervisor_ready:
-        why = "; ".join(runtime.upstream_errors().values())
-        return "the first sync of models to disk has not finished" + (f": {why}" if why else "")
-    return None
-
-
 def _predict(runtime: Runtime, scope) -> Response:
-    loaded = runtime.registry.initial_sync_done
-    if not loaded.is_set():
-        why = _not_ready_reason(runtime)
-        if why:  # nothing to wait for: answer now, with the reason
-            raise Unavailable(why, retry_after=2)
-        # The models are on disk and this worker (one replacing a crashed worker) is loading them: a short
-        # wait is a slower answer instead of a failed one.
-        if not loaded.wait(STARTUP_WAIT_SECONDS):
-            raise Unavailable("this worker is still loading the models on disk", retry_after=2)
+    runtime.wait_until_loaded()
     # Only what the predictor declares is built: copying the headers and query string costs ~20 µs a request.
     wanted = runtime.wanted_args
     req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
@@ -146,11 +109,11 @@ def _predict(runtime: Runtime, scope) -> Response:
         except HTTPException:  # a client's ModelNotFound, or the predictor's flask.abort: its own status
             raise
         except Exception as e:
-            return _internal_error(req, f"predictor raised {type(e).__name__}", "the predictor raised an exception")
+            return internal_error(req, f"predictor raised {type(e).__name__}", "the predictor raised an exception")
         try:
             response = to_response(result)
         except (TypeError, ValueError):  # ValueError: a circular reference
-            return _internal_error(req, "cannot serialize the prediction", "cannot serialize the prediction")
+            return internal_error(req, "cannot serialize the prediction", "cannot serialize the prediction")
         if runtime.post_predict is not None:
             available["response"] = response
             args = {k: available[k] for k in runtime.post_predict_args}
@@ -190,13 +153,13 @@ def healthz() -> Response:
     runtime = _runtime()
     ok, why = runtime.supervisor_alive()
     if not ok:
-        return _error(503, why)
+        return error_response(503, why)
     board = getattr(current_app, "replica_board", None)  # set by workers.front.FrontWorker
     if board is not None:
         hung = stalled(board.rows(), int(time.monotonic() * 1000), int(runtime.hang_after * 1000))
         if hung:
             workers = ", ".join(f"{pid} for {age / 1000:.0f}s" for pid, age in hung)
-            return _error(503, f"worker(s) not answering: {workers}; replaced after --worker-timeout "
+            return error_response(503, f"worker(s) not answering: {workers}; replaced after --worker-timeout "
                                f"{runtime.worker_timeout:g}s")
     body: dict = {"status": "ok"}
     stuck = _stuck(runtime, board)
@@ -228,7 +191,7 @@ def _stuck(runtime: Runtime, board) -> list[dict]:
 @bp.route("/readyz")
 def readyz() -> Response:
     runtime = _runtime()
-    why = _not_ready_reason(runtime)
+    why = runtime.not_ready_reason()
     if why:
         raise Unavailable(why, retry_after=2)
     errors = runtime.upstream_errors()
@@ -261,14 +224,14 @@ def models() -> Response:
 def model(name: str, version: str | None = None) -> Response:
     registry = _runtime().registry
     if not registry.known(name):
-        return _error(404, f"model '{name}' not found")
+        return error_response(404, f"model '{name}' not found")
     status = registry.status(name)[0]
     if version is not None:
         if not (version.isascii() and version.isdigit()):  # "²".isdigit() is True, int("²") fails
-            return _error(400, f"invalid model version {version!r}: use a non-negative integer")
+            return error_response(400, f"invalid model version {version!r}: use a non-negative integer")
         rows = [r for r in status["model_version_status"] if r["version"] == str(int(version))]
         if not rows:
-            return _error(404, f"model '{name}' has no version {version}")
+            return error_response(404, f"model '{name}' has no version {version}")
         status = {**status, "model_version_status": rows}
     return Response(encoding.dumps(status), mimetype="application/json")
 
@@ -284,7 +247,7 @@ def _prediction_route(app: Flask):
         known = seen.get(key)
         if known is None:
             try:
-                known = adapter.match(path, method)[0] == "replica.predict"
+                known = adapter.match(path, method)[0] in PREDICTIONS
             except HTTPException:  # no route, a redirect, a wrong method: not a prediction
                 known = False
             if len(seen) >= 1024:  # any path can be sent: remember a bounded few
@@ -299,7 +262,10 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     app = Flask("replica")
     app.config["MAX_CONTENT_LENGTH"] = max_request_size
     app.extensions["replica"] = runtime
+    app.extensions["replica.v2"] = Inference(runtime)
     app.register_blueprint(bp)
+    app.register_blueprint(v2_rest.bp)
+    app.register_blueprint(tfserving_rest.bp)
     app.replica_ready = runtime.registry.initial_sync_done.is_set  # read by workers.front before it accepts
     app.replica_is_prediction = _prediction_route(app)  # what workers.front sheds over max_replica_concurrency
     return app

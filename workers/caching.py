@@ -288,6 +288,16 @@ class CachingRegistry(ModelRegistry):
                                       "requests", retry_after=1)
                 self._cond.wait(remaining)
 
+    def evict(self, name: str) -> int:
+        """Take every version of `name` out of memory now (the model repository's unload); each is unloaded
+        once the requests using it have ended, and the next request brings the latest back. How many left."""
+        with self._cond:
+            served = [r for r in self._records.get(name, {}).values() if r.state is State.READY]
+            for rec in served:
+                self._retire(rec, "unloaded on request")
+        self.unload_idle()
+        return len(served)
+
     # -- the byte budget ------------------------------------------------------------------------------------
     def _reserve(self, rec: Record) -> str | None:
         """Make room for the version's estimated size (evicting idle versions); the version FAILED with the

@@ -5,7 +5,13 @@ its status with `{"error": description}` and its headers (Retry-After)."""
 
 from __future__ import annotations
 
+import json
+import logging
+
+from flask import Response
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaHTTPError(HTTPException):
@@ -38,3 +44,17 @@ class Unavailable(ReplicaHTTPError):
 
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
+    """The replica's one error body, `{"error": message}`, which Cortex, TF Serving and V2 clients all read."""
+    return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
+
+
+def internal_error(req, logged: str, answered: str) -> Response:
+    """A 500 that leaves no secret: the exception (message and traceback, which may hold anything the predictor
+    saw) goes to the log under the request's id; the client gets the id to find it there."""
+    rid = req.environ.get("replica.request_id") or "-"
+    log.exception("%s (request %s)", logged, rid)
+    body = {"error": f"{answered}; the replica log has the details under request {rid}", "request_id": rid}
+    return Response(json.dumps(body), status=500, mimetype="application/json")

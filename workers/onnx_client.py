@@ -73,6 +73,7 @@ def onnx_loader(providers: list[str], entries: dict[str, str] | None = None):
         return {
             "session": session,
             "signatures": inputs,
+            "outputs": session.get_outputs(),
             "input_signatures": {
                 i.name: {"shape": list(i.shape), "type": np.dtype(ONNX_TO_NUMPY.get(i.type, np.object_)).name}
                 for i in inputs
@@ -94,7 +95,11 @@ class ONNXClient:
     def predict(self, model_input: Any, model_name: str | None = None, model_version: Any = "latest") -> list:
         """Run the model; returns the session's outputs (a list of numpy arrays, in output order)."""
         lv = self._registry.get(model_name, model_version)
-        feeds = to_feeds(model_input, lv.model["signatures"], lv.name)  # a bad input is a 400 before any batch
+        return self.run_arrays(lv, to_feeds(model_input, lv.model["signatures"], lv.name))  # a bad input: 400 here
+
+    def run_arrays(self, lv: Record, feeds: dict[str, np.ndarray]) -> list:
+        """Run a pinned version on inputs already typed and shaped; its outputs in output order, batched with
+        other requests when server_side_batching is on. The V2 routes call this directly."""
         if self._batcher is not None and stackable(feeds, _batch_dims(lv.model["signatures"])):
             key = (lv.name, lv.version, lv, None, stack_key(feeds))
             return self._batcher.submit(key, feeds, lambda items: run_stacked(items, lambda f: _run(lv, f)))

@@ -12,7 +12,7 @@ from workers import encoding
 from workers.errors import BadRequest
 
 
-def _body(req: Request) -> bytes:
+def body(req: Request) -> bytes:
     """The request body, at most --max-request-size bytes (413 over it).
 
     With a Content-Length (the usual case) the body is read straight from the server's input stream: werkzeug's
@@ -37,7 +37,7 @@ def parse_payload(req: Request) -> Any:
     if ctype != "application/json":  # the common case skips parsing the header's options
         ctype = (req.mimetype or "").lower()
     if ctype == "application/json" or ctype.endswith("+json"):
-        raw = _body(req)
+        raw = body(req)
         if not raw:
             raise BadRequest("empty body: send a JSON document")
         try:
@@ -49,12 +49,12 @@ def parse_payload(req: Request) -> Any:
     if ctype == "text/plain":
         charset = req.mimetype_params.get("charset", "utf-8")
         try:
-            return _body(req).decode(charset)
+            return body(req).decode(charset)
         except (UnicodeDecodeError, LookupError) as e:
             raise BadRequest(f"text body is not valid {charset}: {e}") from None
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return req.form
-    return _body(req)
+    return body(req)
 
 
 def to_response(result: Any) -> Response:

@@ -25,12 +25,17 @@ from replica.spec import ApiSpec, PredictorSpec
 from workers import memory, metrics
 from workers.batching import Batcher, Failure
 from workers.caching import CachingRegistry
-from workers.errors import ReplicaHTTPError
+from workers.errors import ReplicaHTTPError, Unavailable
 from workers.predictor import load_predictor_class
 from workers.registry import ModelRegistry
 from workers.scope import carry_context_into_thread_pools
 
 log = logging.getLogger(__name__)
+
+# A prediction that reaches a worker still loading the models on disk (a worker that replaced a crashed one
+# while no other could answer) waits this long for them before it is answered 503: they are on disk already,
+# so a short wait is a slower answer instead of a failed one.
+STARTUP_WAIT_SECONDS = 10.0
 
 
 class Runtime:
@@ -148,6 +153,31 @@ class Runtime:
                     pass
 
     # -- health ----------------------------------------------------------------------------------------------
+    def not_ready_reason(self) -> str | None:
+        """Why the supervisor cannot give this replica its models yet (the state directory is gone or
+        unwritable, or the first sync to disk has not finished, with the upstream errors), or None: what
+        /readyz, the V2 health route and a prediction answer alike."""
+        self.registry.refresh_state()
+        tree_error = self.registry.feed.facts.get("state_dir_error")  # removed, replaced or unwritable
+        if tree_error:
+            return tree_error
+        if not self.registry.supervisor_ready:
+            why = "; ".join(self.upstream_errors().values())
+            return "the first sync of models to disk has not finished" + (f": {why}" if why else "")
+        return None
+
+    def wait_until_loaded(self) -> None:
+        """Return once this worker serves the models on disk; 503 (Unavailable) with the reason when the
+        supervisor has none to give yet, or when they take longer than STARTUP_WAIT_SECONDS to load."""
+        loaded = self.registry.initial_sync_done
+        if loaded.is_set():
+            return
+        why = self.not_ready_reason()
+        if why:  # nothing to wait for: answer now, with the reason
+            raise Unavailable(why, retry_after=2)
+        if not loaded.wait(STARTUP_WAIT_SECONDS):
+            raise Unavailable("this worker is still loading the models on disk", retry_after=2)
+
     def supervisor_alive(self) -> tuple[bool, str]:
         try:
             age = time.time() - self.tree.heartbeat_file.stat().st_mtime

@@ -51,6 +51,7 @@ def tensorflow_loader(signature_keys: dict[str, str | None], default_key: str | 
         fn = loaded.signatures[key]
         inputs = fn.structured_input_signature[1]
         return {"model": loaded, "signature_key": key, "function": fn, "inputs": inputs,
+                "outputs": dict(sorted(fn.structured_outputs.items())),
                 "input_signatures": {n: {"shape": spec.shape.as_list() if spec.shape.rank is not None else None,
                                          "type": spec.dtype.name} for n, spec in inputs.items()}}
 
@@ -84,9 +85,14 @@ class TensorFlowClient:
         missing = [n for n in inputs if n not in model_input]
         if missing:
             raise BadRequest(f"model '{lv.name}' input is missing key(s) {', '.join(missing)} (expected: {', '.join(inputs)})")
-        feeds = {n: _input_array(lv.name, n, spec, model_input[n]) for n, spec in inputs.items()}
-        # A bad input is a 400 above, before any batch.
-        if self._batcher is not None and stackable(feeds, _batch_dims(inputs)):
+        feeds = {n: input_array(lv.name, n, spec, model_input[n]) for n, spec in inputs.items()}
+        return self.run_arrays(lv, feeds)  # a bad input is a 400 above, before any batch
+
+    def run_arrays(self, lv: Record, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call a pinned version's signature on inputs already converted; {output name: array}, batched with
+        other requests when server_side_batching is on. The V2 and TF Serving routes call this directly."""
+        m = lv.model
+        if self._batcher is not None and stackable(feeds, _batch_dims(m["inputs"])):
             key = (lv.name, lv.version, lv, m["signature_key"], stack_key(feeds))
             return self._batcher.submit(key, feeds, lambda items: run_stacked(items, lambda f: _call(lv, f)))
         return _call(lv, feeds)
@@ -109,8 +115,9 @@ def _batch_dims(inputs: dict) -> dict[str, bool]:
     return {n: bool(spec.shape.rank) and spec.shape[0] is None for n, spec in inputs.items()}
 
 
-def _input_array(model: str, name: str, spec: Any, value: Any) -> np.ndarray:
-    """One input as an array of the signature's dtype, in a shape the signature accepts."""
+def input_array(model: str, name: str, spec: Any, value: Any) -> np.ndarray:
+    """One input as an array of the signature's dtype, in a shape the signature accepts (TF Serving's and
+    Cortex's conversion of JSON values)."""
     import tensorflow as tf
 
     try:
@@ -171,13 +178,14 @@ def cortex_values(array: np.ndarray) -> list:
         return flat.view(np.uint16).tolist()
     if kind == "c":
         parts = flat.view(np.float32 if flat.dtype.itemsize == 8 else np.float64)
-        return _floats(parts)
+        return json_floats(parts)
     if kind == "f":
-        return _floats(flat)
+        return json_floats(flat)
     raise TypeError(f"outputs of dtype {flat.dtype} have no value field in TF Serving's response")
 
 
-def _floats(flat: np.ndarray) -> list:
+def json_floats(flat: np.ndarray) -> list:
+    """Flat float values as the protobuf JSON mapping (and TF Serving) writes them."""
     if flat.dtype == np.float32:
         # numpy's str() of a float32 is its shortest round-trip decimal, which is what protobuf's JSON mapping
         # gives (ToShortestFloat), except for subnormals, where protobuf starts from 6 significant digits.

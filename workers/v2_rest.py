@@ -1,0 +1,235 @@
+"""The Open Inference Protocol (KServe V2) REST routes, on the replica's own port, over `workers.inference`.
+
+Health (`/v2/health/live`, `/v2/health/ready`: 200 when true, 400 with the reason when not, as the protocol
+asks of a 4xx), server and model metadata, model readiness, inference, and Triton's model repository
+extension (`/v2/repository/index`, `.../models/NAME/load` and `/unload`).
+
+An inference body is JSON, or, with Triton's binary tensor extension (what `tritonclient.http` sends by
+default), a JSON header of `Inference-Header-Content-Length` bytes followed by the raw bytes of each input
+whose `parameters.binary_data_size` says so, in input order. Outputs come back as JSON `data`, or as raw bytes
+after the JSON header for those requested with `binary_data` (or all, with the request's
+`binary_data_output`). Errors are `{"error": message}` with the status of the replica's errors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, current_app, request
+
+from workers import encoding, metrics, tensors
+from workers.errors import BadRequest, error_response, internal_error
+from workers.inference import InferResult, Inference
+from workers.payloads import body
+
+INFER_HEADER = "Inference-Header-Content-Length"
+PREDICTIONS = frozenset({"v2.infer"})  # the endpoints that run a model: shed and counted as predictions
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+
+def _inference() -> Inference:
+    return current_app.extensions["replica.v2"]
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(encoding.dumps(doc), status=status, mimetype="application/json")
+
+
+# -- health and metadata -----------------------------------------------------------------------------------------
+@bp.route("", methods=["GET"])
+def server_metadata() -> Response:
+    return _json(_inference().server_metadata())
+
+
+@bp.route("/health/live", methods=["GET"])
+def live() -> Response:
+    v2 = _inference()
+    if not v2.server_live():
+        return error_response(400, v2.runtime.supervisor_alive()[1])
+    return _json({"live": True})
+
+
+@bp.route("/health/ready", methods=["GET"])
+def ready() -> Response:
+    v2 = _inference()
+    if not v2.server_ready():
+        why = v2.runtime.not_ready_reason() or v2.runtime.supervisor_alive()[1]
+        if why == "ok":
+            why = "this worker is still loading the models on disk"
+        return error_response(400, why)
+    return _json({"ready": True})
+
+
+@bp.route("/models/<name>", methods=["GET"])
+@bp.route("/models/<name>/versions/<version>", methods=["GET"])
+def model_metadata(name: str, version: str | None = None) -> Response:
+    info = _inference().metadata(name, version)
+    return _json({"name": info.name, "versions": info.versions, "platform": info.platform,
+                  "inputs": [vars(t) for t in info.inputs], "outputs": [vars(t) for t in info.outputs]})
+
+
+@bp.route("/models/<name>/ready", methods=["GET"])
+@bp.route("/models/<name>/versions/<version>/ready", methods=["GET"])
+def model_ready(name: str, version: str | None = None) -> Response:
+    if not _inference().model_ready(name, version):
+        return error_response(400, f"model '{name}'{f' version {version}' if version else ''} is not ready")
+    return _json({"name": name, "ready": True})
+
+
+# -- inference ---------------------------------------------------------------------------------------------------
+@bp.route("/models/<name>/infer", methods=["POST"], endpoint="infer")
+@bp.route("/models/<name>/versions/<version>/infer", methods=["POST"], endpoint="infer")
+def infer(name: str, version: str | None = None) -> Response:
+    """Counted as a prediction (metrics by model, version and status), as the Cortex route is."""
+    started = time.perf_counter()
+    metrics.IN_FLIGHT.inc()
+    status, served = 500, version or ""
+    try:
+        response, served = _infer(name, version)
+        status = response.status_code
+        return response
+    except Exception as e:
+        status = getattr(e, "code", None) or 500
+        if status == 500:
+            return internal_error(request, f"V2 inference of model '{name}' raised {type(e).__name__}",
+                                  "the model raised an exception")
+        raise
+    finally:
+        metrics.IN_FLIGHT.dec()
+        metrics.observe_request(name, served, status, time.perf_counter() - started)
+
+
+def _infer(name: str, version: str | None) -> tuple[Response, str]:
+    doc, inputs = read_infer_request(request)
+    requested = _requested_outputs(doc)
+    headers = dict(request.headers) if "headers" in _inference().runtime.wanted_args else {}
+    result = _inference().infer(name, version, inputs, list(requested) or None, headers)
+    return infer_response(result, doc, requested), result.model_version
+
+
+def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
+    """The request's JSON document and its input tensors by name (JSON `data` or binary extension bytes)."""
+    raw = body(req)
+    header = req.headers.get(INFER_HEADER)
+    binary = memoryview(b"")
+    if header is not None:
+        if not header.isascii() or not header.isdigit() or int(header) > len(raw):
+            raise BadRequest(f"{INFER_HEADER} must be the JSON header's size in bytes, at most the body's "
+                             f"{len(raw)}; got {header!r}")
+        binary = memoryview(raw)[int(header):]
+        raw = raw[:int(header)]
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"malformed JSON in the inference request: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise BadRequest('an inference request is a JSON object with a non-empty "inputs" list')
+    inputs: dict[str, np.ndarray] = {}
+    at = 0
+    for i, tensor in enumerate(doc["inputs"]):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise BadRequest(f"inputs[{i}] must be an object with a name, datatype, shape and data")
+        name = tensor["name"]
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice")
+        for key in ("datatype", "shape"):
+            if key not in tensor:
+                raise BadRequest(f"input '{name}' has no {key}")
+        size = _parameters(tensor, f"input '{name}'").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or at + size > len(binary):
+                raise BadRequest(f"input '{name}': binary_data_size {size!r} is past the {len(binary)} bytes "
+                                 "of binary data after the JSON header")
+            inputs[name] = tensors.from_raw(tensor["datatype"], tensor["shape"], binary[at:at + size], name)
+            at += size
+        else:
+            inputs[name] = tensors.from_json(tensor["datatype"], tensor["shape"], tensor.get("data"), name)
+    if at != len(binary):
+        raise BadRequest(f"{len(binary) - at} bytes of binary data after the JSON header belong to no input "
+                         "(each binary input needs parameters.binary_data_size)")
+    return doc, inputs
+
+
+def _parameters(obj: dict, what: str) -> dict:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{what}: parameters must be an object")
+    return params
+
+
+def _requested_outputs(doc: dict) -> dict[str, dict]:
+    """{output name: its parameters}, in the order requested (empty: every output)."""
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise BadRequest('"outputs" must be a list of {"name": ...} objects')
+    out: dict[str, dict] = {}
+    for o in outputs:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise BadRequest('each requested output must be an object with a "name"')
+        params = _parameters(o, f"output '{o['name']}'")
+        if params.get("classification"):
+            raise BadRequest(f"output '{o['name']}': the classification extension is not supported; request "
+                             "the scores and rank them in the client")
+        out[o["name"]] = params
+    return out
+
+
+def infer_response(result: InferResult, doc: dict, requested: dict[str, dict]) -> Response:
+    """The inference response: JSON, or the JSON header and then the outputs requested as binary data."""
+    binary_default = bool(_parameters(doc, "the request").get("binary_data_output", False))
+    outputs, blobs = [], []
+    for name, array in result.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": tensors.datatype_of(array.dtype), "shape": list(array.shape)}
+        if requested.get(name, {}).get("binary_data", binary_default):
+            raw = tensors.to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = tensors.to_json(array)
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
+    if isinstance(doc.get("id"), str):
+        answer["id"] = doc["id"]
+    answer["outputs"] = outputs
+    head = encoding.dumps(answer).encode()
+    if not blobs:
+        return Response(head, mimetype="application/json")
+    return Response(b"".join([head, *blobs]), content_type="application/octet-stream",
+                    headers={INFER_HEADER: str(len(head))})
+
+
+# -- the model repository extension ----------------------------------------------------------------------------
+def _optional_json() -> dict:
+    raw = body(request)
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"malformed JSON body: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    return doc
+
+
+@bp.route("/repository/index", methods=["POST"])
+def repository_index() -> Response:
+    return _json(_inference().index(bool(_optional_json().get("ready", False))))
+
+
+@bp.route("/repository/models/<name>/load", methods=["POST"])
+def repository_load(name: str) -> Response:
+    _optional_json()
+    _inference().load(name)
+    return _json({})
+
+
+@bp.route("/repository/models/<name>/unload", methods=["POST"])
+def repository_unload(name: str) -> Response:
+    _optional_json()
+    _inference().unload(name)
+    return _json({})
