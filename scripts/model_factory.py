@@ -27,6 +27,7 @@ __all__ = [
     "write_onnx_linear",
     "write_onnx_mixed",
     "write_tf_linear",
+    "write_tf_mixed",
     "write_python_linear",
 ]
 
@@ -225,6 +226,40 @@ def write_tf_linear(
         doubled = loaded.signatures["double"](x=probe)["scores"].numpy()
         if not np.allclose(doubled, 2.0 * out["scores"].numpy()):
             raise RuntimeError("'double' signature does not double the scores")
+    return directory
+
+
+def write_tf_mixed(directory: Path, weights: Sequence[Sequence[float]], bias: Sequence[float]) -> Path:
+    """Write a SavedModel with a numeric and a string input, for the protocols' tensor encodings.
+
+    Signature ``serving_default``: ``x`` (float32 [None, n_in]) and ``text`` (string [None]) ->
+    ``{"scores": float32 [None, n_out], "label": int64 [None], "text_length": int32 [None],
+    "echo_bytes": string [None]}`` (the text as it came; the ``_bytes`` suffix is TF Serving's sign for binary
+    output, which its REST API answers as base64).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    directory = Path(directory)
+    n_in, _ = _shape(weights, bias)
+
+    class Mixed(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="mixed")
+            self.w = tf.Variable(np.asarray(weights, dtype=np.float32), name="W")
+            self.b = tf.Variable(np.asarray(bias, dtype=np.float32), name="b")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, n_in], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, x: tf.Tensor, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            scores = tf.matmul(x, self.w) + self.b
+            return {"scores": scores, "label": tf.argmax(scores, axis=1, output_type=tf.int64),
+                    "text_length": tf.strings.length(text), "echo_bytes": tf.identity(text)}
+
+    module = Mixed()
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     return directory
 
 
