@@ -166,6 +166,12 @@ def test_each_model_answered_by_one_home_replica(cluster, homes):
         resp = cluster.session.post(cluster.haproxy.base + "/predict", params={"model": name},
                                     headers={"X-Model": name}, json={})
         assert resp.headers["X-Replica"] == homes[name]
+    # So do the Open Inference Protocol's and TF Serving's routes, which name the model in the path.
+    for name in list(cluster.models)[:3]:
+        for method, path in (("GET", f"/v2/models/{name}/ready"), ("POST", f"/v2/models/{name}/infer"),
+                             ("POST", f"/v2/repository/models/{name}/load"), ("POST", f"/v1/models/{name}:predict")):
+            resp = cluster.session.request(method, cluster.haproxy.base + path, json={})
+            assert resp.headers["X-Replica"] == homes[name], (path, resp.status_code, resp.text)
 
 
 def test_uniform_workload_hits_memory(cluster, workload):

@@ -138,9 +138,13 @@ def render(opts: Options) -> str:
         "frontend models",
         f"    bind {opts.bind}",
         "    monitor-uri /lb-healthz",  # HAProxy's own liveness (200 while it runs), for probes
-        # The model name: /v1/models/NAME, else the `model` query parameter, else the X-Model header (the last
-        # rule that finds one wins). Requests without one (GET /, /v1/models) are spread round robin.
-        "    http-request set-var(txn.model) path,field(4,/) if { path_beg /v1/models/ }",
+        # The model name: /v1/models/NAME (TF Serving's /v1/models/NAME:predict too), /v2/models/NAME/... and
+        # /v2/repository/models/NAME/... (the Open Inference Protocol), else the `model` query parameter, else the
+        # X-Model header (the last rule that finds one wins). Requests without one (GET /, /v1/models, /v2/health)
+        # are spread round robin.
+        "    http-request set-var(txn.model) path,field(4,/),field(1,:) if { path_beg /v1/models/ }",
+        "    http-request set-var(txn.model) path,field(4,/) if { path_beg /v2/models/ }",
+        "    http-request set-var(txn.model) path,field(5,/) if { path_beg /v2/repository/models/ }",
         "    http-request set-var(txn.model) url_param(model) if { url_param(model) -m found }",
         "    http-request set-var(txn.model) req.hdr(x-model) if { req.hdr(x-model) -m found }",
         "    default_backend replicas",
