@@ -168,6 +168,33 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
     assert multi > before[1], "no batch of more than one request under 8 concurrent clients"
 
 
+def test_v2_requests_join_the_same_batches(served):
+    """Open Inference Protocol requests run through the same batcher as Cortex's, for every predictor type."""
+    rng = np.random.default_rng(2)
+    xs = [own_rows(rng) for _ in range(BATCH)]
+    start = threading.Barrier(BATCH)
+
+    def one(i: int) -> dict:
+        start.wait()
+        x = xs[i]
+        if i % 2:
+            resp = requests.post(served.base + "/", json=body(served.ptype, x), timeout=30)
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+        resp = requests.post(served.base + "/v2/models/test-api/infer", timeout=30, json={"inputs": [
+            {"name": KEY[served.ptype], "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]})
+        assert resp.status_code == 200, resp.text
+        out = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in resp.json()["outputs"]}
+        return {"scores": out["scores"], "label": out["label"].tolist()}
+
+    before = batches(served)
+    with ThreadPoolExecutor(BATCH) as pool:
+        answers = list(pool.map(one, range(BATCH)))
+    for x, answer in zip(xs, answers):
+        assert version_of(x, answer) == 1, (x.tolist(), answer)
+    assert batches(served)[1] > before[1], "no batch of more than one request"
+
+
 def test_a_bad_request_in_a_batch_gets_400_and_the_others_200(served):
     rng = np.random.default_rng(1)
     k = KEY[served.ptype]

@@ -193,14 +193,18 @@ def test_over_max_replica_concurrency_sheds_with_503_then_serves(tmp_path):
             assert shed.status_code == 503, shed.text
             assert shed.headers["Retry-After"] == "1"
             assert "max_replica_concurrency" in shed.json()["error"]
+            # The Open Inference Protocol's infer is a prediction too.
+            v2 = r.post("/v2/models/shed/infer", timeout=2, json={
+                "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]})
+            assert v2.status_code == 503 and "max_replica_concurrency" in v2.json()["error"], v2.text
             # Only predictions count: a health check waits for the busy thread instead of being shed.
             assert r.get("/healthz", timeout=10).status_code == 200
         finally:
             t.join(10)
         assert slow["resp"].status_code == 200
         metrics = r.get("/metrics", timeout=5).text
-        assert count(metrics, "replica_requests_shed_total") == 1
-        assert count(metrics, "replica_requests_total", code="503") == 1
+        assert count(metrics, "replica_requests_shed_total") == 2
+        assert count(metrics, "replica_requests_total", code="503") == 2
         after = r.post("/", json={"fast": 2}, timeout=5)
         assert (after.status_code, after.json()) == (200, {"echo": {"fast": 2}})
 
