@@ -20,12 +20,14 @@ import random
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from replica.backoff import backoff
 from replica.disktree import DiskTree, make_dirs, safe_relpath
 from replica.feed import FeedWriter
 from replica.layout import ObjectInfo, VersionListing
+from supervisor import onnx_weights
 from supervisor.catalogue import Catalogue, CatalogueEntry
 from supervisor.feed_publisher import FeedPublisher
 from supervisor.tree_writes import DiskFull, TreeWrites
@@ -379,7 +381,7 @@ class Watcher:
                 "version": version,
                 "fingerprint": listing.fingerprint,
                 "source": entry.upstream.url.rstrip("/") + "/" + entry.prefix + listing.prefix,  # local urls lack the "/"
-                "files": [[f.key, f.size, f.tag, sha] for f, sha in zip(listing.files, digests)],
+                "files": self._on_disk(staging, [[f.key, f.size, f.tag, sha] for f, sha in zip(listing.files, digests)]),
                 "installed_at": time.time(),
             }
             replaced = self.writes.install(staging, name, version, manifest)
@@ -422,6 +424,12 @@ class Watcher:
             if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return error
+
+    def _on_disk(self, staging: Path, files: list[list]) -> list[list]:
+        """The files a staged version installs: ONNX versions get their weights mapped (supervisor/onnx_weights.py)."""
+        if self.catalogue.predictor.type != "onnx":
+            return files
+        return onnx_weights.installed_files(staging, files)
 
     def _at_rest(self, key: Key) -> None:
         with self.lock:
