@@ -12,7 +12,11 @@ import contextlib
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
+from typing import Iterator
 
+import grpc
+import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
@@ -20,31 +24,69 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from scripts.model_factory import IRIS_BIAS, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear, write_onnx_mixed, write_tf_linear
 from tests.helpers import serving, write_api
 from tests.replica_proc import ReplicaProcess, free_port, wait_for
 
 ECHO = """
+import os
+
+
 class PythonPredictor:
     def __init__(self, config):
         pass
 
     def predict(self, payload):
-        return payload
+        return {"pid": os.getpid(), **payload} if isinstance(payload, dict) else payload
 """
 
 
-@contextlib.contextmanager
-def grpc_replica(spec, state_dir, **kw):
-    """A replica serving gRPC on a free port of its own beside its HTTP port: (replica, gRPC port)."""
-    port = free_port()
-    with serving(spec, state_dir, extra_args=("--grpc-port", str(port)), **kw) as r:
-        yield r, port
+FEATURES = np.asarray([x for x, _ in IRIS_SAMPLES], dtype=np.float32)
+SCORES = FEATURES @ np.asarray(IRIS_WEIGHTS, dtype=np.float32) + np.asarray(IRIS_BIAS, dtype=np.float32)
 
 
 def client(port: int) -> grpcclient.InferenceServerClient:
     """A client on a connection of its own (grpcio shares one between channels to the same address otherwise),
     so that each lands on whichever worker the kernel picks."""
     return grpcclient.InferenceServerClient(f"127.0.0.1:{port}", channel_args=[("grpc.use_local_subchannel_pool", 1)])
+
+
+@dataclass
+class Served:
+    replica: ReplicaProcess
+    port: int  # gRPC
+    client: grpcclient.InferenceServerClient
+
+
+@contextlib.contextmanager
+def grpc_replica(spec, state_dir, **kw) -> Iterator[Served]:
+    """A replica serving gRPC on a free port of its own beside its HTTP port, and a client for it."""
+    port = free_port()
+    with serving(spec, state_dir, extra_args=("--grpc-port", str(port)), **kw) as r:
+        c = client(port)
+        try:
+            yield Served(r, port, c)
+        finally:
+            c.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` in /metrics text whose labels include `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def status_of(call) -> str:
+    """The gRPC status code a call fails with, as tritonclient says it ("StatusCode.NOT_FOUND")."""
+    with pytest.raises(InferenceServerException) as e:
+        call()
+    return e.value.status()
+
+
+def fp32_input(values: np.ndarray, name: str = "input") -> grpcclient.InferInput:
+    x = grpcclient.InferInput(name, list(values.shape), "FP32")
+    x.set_data_from_numpy(values)
+    return x
 
 
 def listening_pids(port: int) -> set[int]:
@@ -102,18 +144,25 @@ def test_the_http_app_imports_no_generated_module():
 
 def test_health_and_server_metadata_from_two_workers_that_both_serve_the_port(tmp_path):
     spec = write_api(tmp_path, ECHO, type="python", name="echo", processes_per_replica=2)
-    with grpc_replica(spec, tmp_path / "state") as (r, port):
-        workers = set(r.worker_pids())
+    with grpc_replica(spec, tmp_path / "state") as s:
+        workers = set(s.replica.worker_pids())
         assert len(workers) == 2
-        wait_for(lambda: listening_pids(port) == workers, message="both workers listening on the gRPC port")
-        c = client(port)
-        try:
-            assert c.is_server_live() and c.is_server_ready()
-            meta = c.get_server_metadata(as_json=True)
-            assert meta["name"] == "model-replica" and "model_repository" in meta["extensions"]
-        finally:
-            c.close()
-    assert listening_pids(port) == set()  # each worker stopped its server on the way out
+        wait_for(lambda: listening_pids(s.port) == workers, message="both workers listening on the gRPC port")
+        assert s.client.is_server_live() and s.client.is_server_ready()
+        meta = s.client.get_server_metadata(as_json=True)
+        assert meta["name"] == "model-replica" and "model_repository" in meta["extensions"]
+        # Each new connection lands on one of the two sockets: both workers answer predictions.
+        answered = set()
+        for _ in range(200):
+            c = client(s.port)
+            try:
+                answered.add(int(c.infer("echo", [fp32_input(FEATURES[:1], "x")]).as_numpy("pid")))
+            finally:
+                c.close()
+            if answered == workers:
+                break
+        assert answered == workers
+    assert listening_pids(s.port) == set()  # each worker stopped its server on the way out
 
 
 def test_no_grpc_port_no_grpc_server(tmp_path):
@@ -158,3 +207,114 @@ def test_grpc_port_in_use_is_refused(tmp_path):
             r.stop()
     assert str(port) in line and "in use" in line and "--grpc-port" in line and "REPLICA_GRPC_PORT" in line
 
+
+
+
+# -- ONNX models -----------------------------------------------------------------------------------------------
+
+ONNX_PREDICTOR = """
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload, query_params):
+        return self.client.predict(payload, query_params["model"])
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_grpc(tmp_path_factory):
+    """Two ONNX models: `iris` (FP32 in; FP32 and INT64 out) and `mixed` (FP32, INT64 and BYTES)."""
+    folder = tmp_path_factory.mktemp("grpc-onnx")
+    write_onnx_linear(folder / "models" / "iris" / "1" / "model.onnx", IRIS_WEIGHTS, IRIS_BIAS)
+    write_onnx_mixed(folder / "models" / "mixed" / "1" / "model.onnx", IRIS_WEIGHTS, IRIS_BIAS)
+    spec = write_api(folder, ONNX_PREDICTOR, type="onnx", models={"dir": "models"})
+    with grpc_replica(spec, folder / "state") as s:
+        yield s
+
+
+def tensors_of(meta: dict, key: str) -> list[tuple]:
+    return [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta[key]]
+
+
+def test_onnx_model_ready_and_metadata(onnx_grpc):
+    c = onnx_grpc.client
+    assert c.is_model_ready("iris") and c.is_model_ready("iris", "1")
+    meta = c.get_model_metadata("iris", as_json=True)
+    assert (meta["name"], meta["versions"], meta["platform"]) == ("iris", ["1"], "onnxruntime_onnx")
+    assert tensors_of(meta, "inputs") == [("input", "FP32", [-1, 4])]
+    assert tensors_of(meta, "outputs") == [("scores", "FP32", [-1, 3]), ("label", "INT64", [-1])]
+    mixed = c.get_model_metadata("mixed", as_json=True)
+    assert tensors_of(mixed, "inputs") == [("features", "FP32", [-1, 4]), ("counts", "INT64", [-1]),
+                                           ("names", "BYTES", [-1])]
+
+
+def test_onnx_infer_fp32_answers_every_output_raw_with_the_request_id(onnx_grpc):
+    result = onnx_grpc.client.infer("iris", [fp32_input(FEATURES)], request_id="req-7")
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == ("iris", "1", "req-7")
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("scores", "FP32", [3, 3]), ("label", "INT64", [3])]
+    assert len(response.raw_output_contents) == 2  # raw inputs, raw outputs (as Triton answers)
+    np.testing.assert_allclose(result.as_numpy("scores"), SCORES, rtol=1e-5)
+    assert result.as_numpy("label").tolist() == [0, 1, 2]
+
+
+def test_onnx_infer_only_the_requested_outputs(onnx_grpc):
+    result = onnx_grpc.client.infer("iris", [fp32_input(FEATURES[:1])],
+                                    outputs=[grpcclient.InferRequestedOutput("label")])
+    assert [o.name for o in result.get_response().outputs] == ["label"]
+    assert result.as_numpy("label").tolist() == [0]
+
+
+def test_onnx_infer_int64_and_bytes(onnx_grpc):
+    counts = grpcclient.InferInput("counts", [3], "INT64")
+    counts.set_data_from_numpy(np.asarray([1, -2, 2**40], dtype=np.int64))
+    names = grpcclient.InferInput("names", [3], "BYTES")
+    names.set_data_from_numpy(np.asarray([b"a", "h\u00e9".encode(), b""], dtype=object))
+    result = onnx_grpc.client.infer("mixed", [fp32_input(FEATURES, "features"), counts, names],
+                                    outputs=[grpcclient.InferRequestedOutput(n) for n in ("doubled", "names_out")])
+    assert result.as_numpy("doubled").tolist() == [2, -4, 2**41]
+    assert result.as_numpy("names_out").tolist() == [b"a", "h\u00e9".encode(), b""]
+
+
+def test_onnx_infer_from_typed_contents_answers_typed_contents(onnx_grpc):
+    """A request with each input's `contents` (no raw_input_contents) is answered with `contents`; tritonclient
+    always sends raw bytes, so this request is built from its messages."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    tensor, contents = service_pb2.ModelInferRequest.InferInputTensor, service_pb2.InferTensorContents
+    request = service_pb2.ModelInferRequest(model_name="mixed", id="typed", inputs=[
+        tensor(name="features", datatype="FP32", shape=[2, 4],
+               contents=contents(fp32_contents=FEATURES[:2].reshape(-1).tolist())),
+        tensor(name="counts", datatype="INT64", shape=[2], contents=contents(int64_contents=[3, 4])),
+        tensor(name="names", datatype="BYTES", shape=[2], contents=contents(bytes_contents=[b"x", b"yz"]))])
+    with grpc.insecure_channel(f"127.0.0.1:{onnx_grpc.port}") as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert not response.raw_output_contents and response.id == "typed"
+    out = {o.name: o for o in response.outputs}
+    assert list(out) == ["scores", "label", "doubled", "names_out"]
+    np.testing.assert_allclose(np.reshape(out["scores"].contents.fp32_contents, [2, 3]), SCORES[:2], rtol=1e-5)
+    assert list(out["label"].contents.int64_contents) == [0, 1]
+    assert list(out["doubled"].contents.int64_contents) == [6, 8]
+    assert list(out["names_out"].contents.bytes_contents) == [b"x", b"yz"]
+
+
+def test_onnx_errors_are_grpc_status_codes_and_counted(onnx_grpc):
+    c = onnx_grpc.client
+    before = onnx_grpc.replica.get("/metrics").text
+    wrong_shape = fp32_input(FEATURES[:, :3])
+    assert status_of(lambda: c.infer("iris", [wrong_shape])) == "StatusCode.INVALID_ARGUMENT"
+    wrong_type = grpcclient.InferInput("input", [1, 4], "INT32")
+    wrong_type.set_data_from_numpy(np.ones((1, 4), dtype=np.int32))
+    assert status_of(lambda: c.infer("iris", [wrong_type])) == "StatusCode.INVALID_ARGUMENT"
+    assert status_of(lambda: c.infer("nope", [fp32_input(FEATURES)])) == "StatusCode.NOT_FOUND"
+    assert status_of(lambda: c.infer("iris", [fp32_input(FEATURES)], model_version="7")) == "StatusCode.NOT_FOUND"
+    assert status_of(lambda: c.get_model_metadata("nope")) == "StatusCode.NOT_FOUND"
+    c.infer("iris", [fp32_input(FEATURES)])
+    after = onnx_grpc.replica.get("/metrics").text
+    for labels, n in (({"model": "iris", "code": "400"}, 2), ({"model": "", "code": "404"}, 1),
+                      ({"model": "iris", "code": "404"}, 1), ({"model": "iris", "version": "1", "code": "200"}, 1)):
+        assert metric(after, "replica_requests_total", **labels) - metric(before, "replica_requests_total", **labels) \
+            == n, labels
+    assert metric(after, "replica_requests_in_flight") == 0
