@@ -9,6 +9,7 @@ interpreter and compared with tritonclient's.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import descriptor_pb2, descriptor_pool
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from scripts.model_factory import IRIS_BIAS, IRIS_SAMPLES, IRIS_WEIGHTS, write_onnx_linear, write_onnx_mixed, write_tf_linear
@@ -37,6 +38,8 @@ class PythonPredictor:
         pass
 
     def predict(self, payload):
+        if isinstance(payload, dict) and "boom" in payload:
+            raise RuntimeError("the secret is hunter2")
         return {"pid": os.getpid(), **payload} if isinstance(payload, dict) else payload
 """
 
@@ -162,6 +165,12 @@ def test_health_and_server_metadata_from_two_workers_that_both_serve_the_port(tm
             if answered == workers:
                 break
         assert answered == workers
+        # A predictor's exception is INTERNAL naming the call's id; its text stays in the log.
+        with pytest.raises(InferenceServerException) as e:
+            s.client.infer("echo", [fp32_input(FEATURES[:1], "boom")], headers={"x-request-id": "rid-42"})
+        assert e.value.status() == "StatusCode.INTERNAL"
+        assert "rid-42" in e.value.message() and "hunter2" not in e.value.message()
+        wait_for(lambda: "(request rid-42)" in s.replica.log() and "hunter2" in s.replica.log(), message="logged")
     assert listening_pids(s.port) == set()  # each worker stopped its server on the way out
 
 
@@ -281,8 +290,6 @@ def test_onnx_infer_int64_and_bytes(onnx_grpc):
 def test_onnx_infer_from_typed_contents_answers_typed_contents(onnx_grpc):
     """A request with each input's `contents` (no raw_input_contents) is answered with `contents`; tritonclient
     always sends raw bytes, so this request is built from its messages."""
-    from tritonclient.grpc import service_pb2_grpc
-
     tensor, contents = service_pb2.ModelInferRequest.InferInputTensor, service_pb2.InferTensorContents
     request = service_pb2.ModelInferRequest(model_name="mixed", id="typed", inputs=[
         tensor(name="features", datatype="FP32", shape=[2, 4],
@@ -318,3 +325,105 @@ def test_onnx_errors_are_grpc_status_codes_and_counted(onnx_grpc):
         assert metric(after, "replica_requests_total", **labels) - metric(before, "replica_requests_total", **labels) \
             == n, labels
     assert metric(after, "replica_requests_in_flight") == 0
+
+
+# -- the model repository extension ----------------------------------------------------------------------------
+
+def in_memory(r: ReplicaProcess) -> set[str]:
+    """The models with a version in memory, as GET /v1/models on the HTTP port says."""
+    return {m["name"] for m in r.get("/v1/models").json()["models"] for v in m["model_version_status"] if v["memory"]}
+
+
+def test_repository_index_without_caching(onnx_grpc):
+    c = onnx_grpc.client
+    index = c.get_model_repository_index(as_json=True)["models"]
+    assert {(m["name"], m["version"], m["state"]) for m in index} == {("iris", "1", "READY"), ("mixed", "1", "READY")}
+    c.load_model("iris")  # in memory already: nothing to do
+    assert status_of(lambda: c.unload_model("iris")) == "StatusCode.INVALID_ARGUMENT"  # needs model caching
+    assert status_of(lambda: c.load_model("nope")) == "StatusCode.NOT_FOUND"
+    assert in_memory(onnx_grpc.replica) == {"iris", "mixed"}
+
+
+def test_repository_load_and_unload_with_caching(tmp_path):
+    for name in ("a", "b"):
+        write_onnx_linear(tmp_path / "models" / name / "1" / "model.onnx", IRIS_WEIGHTS, IRIS_BIAS)
+    spec = write_api(tmp_path, ONNX_PREDICTOR, type="onnx",
+                     models={"dir": "models", "cache_size": 1, "disk_cache_size": 2})
+    with grpc_replica(spec, tmp_path / "state") as s:
+        c, r = s.client, s.replica
+        assert in_memory(r) == set()
+        assert {m["state"] for m in c.get_model_repository_index(as_json=True)["models"]} == {"UNAVAILABLE"}
+        c.load_model("a")
+        assert in_memory(r) == {"a"}
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel:  # tritonclient never asks for ready only
+            ready = service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+                service_pb2.RepositoryIndexRequest(ready=True), timeout=30)
+        assert [(m.name, m.version, m.state) for m in ready.models] == [("a", "1", "READY")]
+        c.load_model("b")  # cache_size 1: a makes room
+        wait_for(lambda: in_memory(r) == {"b"}, message="b alone in memory")
+        c.unload_model("b")
+        wait_for(lambda: in_memory(r) == set(), message="b unloaded")
+        assert c.infer("b", [fp32_input(FEATURES)]).as_numpy("label").tolist() == [0, 1, 2]  # brought back
+        assert in_memory(r) == {"b"}
+
+
+# -- TensorFlow, with model caching ----------------------------------------------------------------------------
+
+TF_PREDICTOR = """
+class TensorFlowPredictor:
+    def __init__(self, tensorflow_client, config):
+        self.client = tensorflow_client
+
+    def predict(self, payload, query_params):
+        return self.client.predict(payload, query_params["model"])
+"""
+
+
+@pytest.fixture(scope="module")
+def tf_grpc(tmp_path_factory):
+    """One SavedModel (`x` FP32 [-1, 4] -> `scores`, `label`) served as two models, `iris` and `twin`, with room
+    for one in memory."""
+    folder = tmp_path_factory.mktemp("grpc-tensorflow")
+    write_tf_linear(folder / "models" / "iris" / "1", IRIS_WEIGHTS, IRIS_BIAS, extra_signature=False)
+    shutil.copytree(folder / "models" / "iris", folder / "models" / "twin")
+    spec = write_api(folder, TF_PREDICTOR, type="tensorflow",
+                     models={"dir": "models", "cache_size": 1, "disk_cache_size": 2})
+    with grpc_replica(spec, folder / "state") as s:
+        yield s
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_metadata_and_infer(tf_grpc):
+    c = tf_grpc.client
+    assert c.is_model_ready("iris")
+    meta = c.get_model_metadata("iris", as_json=True)
+    assert (meta["name"], meta["versions"], meta["platform"]) == ("iris", ["1"], "tensorflow_savedmodel")
+    assert tensors_of(meta, "inputs") == [("x", "FP32", [-1, 4])]
+    assert sorted(tensors_of(meta, "outputs")) == [("label", "INT64", [-1]), ("scores", "FP32", [-1, 3])]
+    result = c.infer("iris", [fp32_input(FEATURES, "x")], request_id="tf-1")
+    assert result.get_response().id == "tf-1"
+    np.testing.assert_allclose(result.as_numpy("scores"), SCORES, rtol=1e-5)
+    assert result.as_numpy("label").tolist() == [0, 1, 2]
+    only = c.infer("iris", [fp32_input(FEATURES[:1], "x")], outputs=[grpcclient.InferRequestedOutput("label")])
+    assert [o.name for o in only.get_response().outputs] == ["label"]
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_errors(tf_grpc):
+    c = tf_grpc.client
+    assert status_of(lambda: c.infer("iris", [fp32_input(FEATURES[:, :2], "x")])) == "StatusCode.INVALID_ARGUMENT"
+    wrong_type = grpcclient.InferInput("x", [1, 4], "FP64")
+    wrong_type.set_data_from_numpy(np.ones((1, 4)))
+    assert status_of(lambda: c.infer("iris", [wrong_type])) == "StatusCode.INVALID_ARGUMENT"
+    assert status_of(lambda: c.infer("nope", [fp32_input(FEATURES, "x")])) == "StatusCode.NOT_FOUND"
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_repository_load_and_unload(tf_grpc):
+    c, r = tf_grpc.client, tf_grpc.replica
+    c.load_model("twin")  # cache_size 1: whatever is in memory makes room
+    wait_for(lambda: in_memory(r) == {"twin"}, timeout=60, message="twin alone in memory")
+    index = {(m["name"], m["state"]) for m in c.get_model_repository_index(as_json=True)["models"]}
+    assert index == {("twin", "READY"), ("iris", "UNAVAILABLE")}
+    c.unload_model("twin")
+    wait_for(lambda: in_memory(r) == set(), message="twin unloaded")
