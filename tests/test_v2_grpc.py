@@ -32,6 +32,8 @@ from tests.replica_proc import ReplicaProcess, free_port, wait_for
 ECHO = """
 import os
 
+from workers.errors import Unavailable
+
 
 class PythonPredictor:
     def __init__(self, config):
@@ -40,6 +42,8 @@ class PythonPredictor:
     def predict(self, payload):
         if isinstance(payload, dict) and "boom" in payload:
             raise RuntimeError("the secret is hunter2")
+        if isinstance(payload, dict) and "busy" in payload:
+            raise Unavailable("too busy, come back later", retry_after=3)
         return {"pid": os.getpid(), **payload} if isinstance(payload, dict) else payload
 """
 
@@ -171,6 +175,13 @@ def test_health_and_server_metadata_from_two_workers_that_both_serve_the_port(tm
         assert e.value.status() == "StatusCode.INTERNAL"
         assert "rid-42" in e.value.message() and "hunter2" not in e.value.message()
         wait_for(lambda: "(request rid-42)" in s.replica.log() and "hunter2" in s.replica.log(), message="logged")
+        # The replica's 503 is UNAVAILABLE, its Retry-After in the trailing metadata.
+        busy = service_pb2.ModelInferRequest(model_name="echo", inputs=[service_pb2.ModelInferRequest.InferInputTensor(
+            name="busy", datatype="FP32", shape=[1], contents=service_pb2.InferTensorContents(fp32_contents=[1.0]))])
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as channel, pytest.raises(grpc.RpcError) as e:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(busy, timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == "too busy, come back later"
+        assert ("retry-after", "3") in e.value.trailing_metadata()
     assert listening_pids(s.port) == set()  # each worker stopped its server on the way out
 
 
