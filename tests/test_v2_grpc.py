@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,6 +32,7 @@ from tests.replica_proc import ReplicaProcess, free_port, wait_for
 
 ECHO = """
 import os
+import time
 
 from workers.errors import Unavailable
 
@@ -42,6 +44,8 @@ class PythonPredictor:
     def predict(self, payload):
         if isinstance(payload, dict) and "boom" in payload:
             raise RuntimeError("the secret is hunter2")
+        if isinstance(payload, dict) and "slow" in payload:
+            time.sleep(2)
         if isinstance(payload, dict) and "busy" in payload:
             raise Unavailable("too busy, come back later", retry_after=3)
         return {"pid": os.getpid(), **payload} if isinstance(payload, dict) else payload
@@ -183,6 +187,24 @@ def test_health_and_server_metadata_from_two_workers_that_both_serve_the_port(tm
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == "too busy, come back later"
         assert ("retry-after", "3") in e.value.trailing_metadata()
     assert listening_pids(s.port) == set()  # each worker stopped its server on the way out
+
+
+def test_a_stopping_replica_finishes_the_calls_in_flight(tmp_path):
+    spec = write_api(tmp_path, ECHO, type="python", name="echo")
+    with grpc_replica(spec, tmp_path / "state") as s:
+        answer: dict = {}
+
+        def call() -> None:
+            answer["pid"] = s.client.infer("echo", [fp32_input(FEATURES[:1], "slow")]).as_numpy("pid")
+
+        slow = threading.Thread(target=call)
+        slow.start()
+        wait_for(lambda: metric(s.replica.get("/metrics").text, "replica_requests_in_flight") == 1,
+                 message="the slow call in flight")
+        assert s.replica.stop() == 0
+        slow.join(10)
+        assert "pid" in answer  # answered, not cut off by the stop
+    assert listening_pids(s.port) == set()
 
 
 def test_no_grpc_port_no_grpc_server(tmp_path):
