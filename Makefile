@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 STATE_DIR ?= .state/iris-onnx
 
-.PHONY: help venv install install-test install-bench wrk haproxy s3 run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean service-unit install-service replica-template install-files install-replicas haproxy-config
+.PHONY: help venv install install-test install-bench wrk haproxy s3 run-local run-cluster examples test test-all bench bench-quick bench-stacks lint clean protos service-unit install-service replica-template install-files install-replicas haproxy-config
 
 help:
 	@echo "make run-local   serve examples/onnx on http://$(HOST):$(PORT)"
@@ -180,6 +180,18 @@ haproxy-config:
 		-o $(BUILD)/haproxy.cfg
 	haproxy -c -q -f $(BUILD)/haproxy.cfg
 	@echo "$(BUILD)/haproxy.cfg written and checked"
+
+# The gRPC modules workers/protos/inference_pb2.py and inference_pb2_grpc.py, from workers/protos/inference.proto,
+# by a virtualenv of their own. grpcio-tools 1.81.1 bundles protoc 33.5, whose code imports with protobuf 6.33.5 and
+# later 6.x (setup.cfg pins 6.33.6, as tritonclient needs protobuf < 7); a newer grpcio-tools writes code for
+# protobuf 7, which protobuf 6 refuses to import.
+PROTOS_VENV := .venv-protos
+$(PROTOS_VENV)/bin/python:
+	$(PYTHON) -m venv $(PROTOS_VENV)
+	$(PROTOS_VENV)/bin/python -m pip install --quiet grpcio-tools==1.81.1 grpcio==1.85.3 protobuf==6.33.6
+
+protos: $(PROTOS_VENV)/bin/python
+	$(PROTOS_VENV)/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. workers/protos/inference.proto
 
 clean:
 	rm -rf .state .pytest_cache build *.egg-info

@@ -26,7 +26,7 @@ from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
-from supervisor.listener import PortInUse, bind_listener
+from supervisor.listener import PortInUse, bind_listener, check_free
 from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
 from supervisor.sdnotify import Notifier
@@ -147,7 +147,11 @@ class Arbiter:
             raise StartupError(str(e)) from None
         try:
             self.listener = bind_listener(self.settings.host, self.settings.port)
+            if self.settings.grpc_port is not None:
+                check_free(self.settings.host, self.settings.grpc_port)
         except PortInUse as e:
+            if self.listener is not None:
+                self.listener.close()
             raise StartupError(str(e)) from None
         try:
             return self._run()
@@ -166,8 +170,9 @@ class Arbiter:
         self.guard.started()
         self._start_watcher()
         self._spawn_gunicorn()
-        log.info("replica %s serving on http://%s:%d (state in %s)", self.api.name, self.settings.host,
-                 self.settings.port, self.tree.root)
+        grpc = f" and gRPC on port {self.settings.grpc_port}" if self.settings.grpc_port is not None else ""
+        log.info("replica %s serving on http://%s:%d%s (state in %s)", self.api.name, self.settings.host,
+                 self.settings.port, grpc, self.tree.root)
         self.notifier.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {self.settings.host}:"
                              f"{self.settings.port}")
         while True:

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--download-stall-timeout", type=float, default=float(_env("download-stall-timeout", 30)),
                        help="a download that receives no data for this many seconds fails and is retried with "
                             "backoff; a slow one that keeps moving goes on (default 30)")
+    serve.add_argument("--grpc-port", type=int, default=_env("grpc-port", None) or None,
+                       help="also serve the Open Inference Protocol (KServe V2) over gRPC on this port, on the same "
+                            "host as --port (default: off)")
     validate = sub.add_parser("validate", help="check a spec, its predictor file and its model paths")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--api", default=_env("api", None))
@@ -176,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max-buffered-bytes ({args.max_buffered_bytes}) must be at least --max-request-size "
               f"({args.max_request_size}): one request's body must fit", file=sys.stderr)
         return 2
+    if args.grpc_port is not None and not 0 < args.grpc_port < 65536:
+        print(f"error: --grpc-port must be a TCP port (1-65535), got {args.grpc_port}", file=sys.stderr)
+        return 2
+    if args.grpc_port == args.port:
+        print(f"error: --grpc-port and --port are both {args.port}: give gRPC a port of its own", file=sys.stderr)
+        return 2
     settings = Settings(
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(api.name),
         host=args.host,
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_connections=args.worker_connections,
         max_buffered_bytes=args.max_buffered_bytes,
         download_stall_timeout=args.download_stall_timeout,
+        grpc_port=args.grpc_port,
     )
     from supervisor.arbiter import Arbiter, StartupError
 

@@ -66,6 +66,8 @@ def gunicorn_env(api: ApiSpec, s: Settings, tree: DiskTree, spec_file: Path) -> 
         "REPLICA_BODY_TIMEOUT": str(s.body_timeout),
         "REPLICA_MAX_BUFFERED_BYTES": str(s.max_buffered_bytes),
         "REPLICA_MAX_REPLICA_CONCURRENCY": str(api.max_replica_concurrency),
+        "REPLICA_HOST": s.host,  # where each worker binds its own gRPC server (workers/grpc_server.py)
+        "REPLICA_GRPC_PORT": str(s.grpc_port or 0),
         "REPLICA_LOG_FORMAT": s.log_format,
         "REPLICA_ACCESS_LOG": "1" if s.access_log else "0",
         "REPLICA_SUPERVISOR_PID": str(os.getpid()),

@@ -40,6 +40,7 @@ class Settings:
     worker_connections: int = 1000
     max_buffered_bytes: int = 256 << 20
     download_stall_timeout: float = 30.0  # a download that receives no byte for this long fails as stalled
+    grpc_port: int | None = None  # the Open Inference Protocol over gRPC on host:grpc_port; None: off
 
     @property
     def s3_client_factory(self) -> Callable:

@@ -44,3 +44,13 @@ def test_env_carries_settings_and_the_spec_env_but_not_systemds_socket(tmp_path,
     assert env["REPLICA_HEADER_TIMEOUT"] == "3"
     assert env["REPLICA_MAX_REPLICA_CONCURRENCY"] == "1024"
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tree.metrics_dir)
+
+
+def test_env_carries_the_grpc_port_and_the_host_it_binds(tmp_path):
+    api = _api(tmp_path)
+    tree = DiskTree(tmp_path / "state", runtime=tmp_path / "run")
+    spec_file = tmp_path / "run" / "spec.json"
+    off = gunicorn_env(api, Settings(state_dir=tree.root), tree, spec_file)
+    assert off["REPLICA_GRPC_PORT"] == "0"  # off, whatever the supervisor's own environment said
+    on = gunicorn_env(api, Settings(state_dir=tree.root, host="0.0.0.0", grpc_port=8001), tree, spec_file)
+    assert (on["REPLICA_HOST"], on["REPLICA_GRPC_PORT"]) == ("0.0.0.0", "8001")

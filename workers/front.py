@@ -657,7 +657,10 @@ class FrontWorker(base.Worker):
     def _stop(self) -> None:
         """Graceful stop: no new connections; keep-alive connections between requests are closed at once, a
         connection accepted without its request yet gets a moment for it; requests being read or served are
-        answered (with Connection: close) until `--graceful-timeout`."""
+        answered (with Connection: close) until `--graceful-timeout`. The app's other server (gRPC, its
+        `replica_stop(grace)`) drains alongside, within the same deadline."""
+        stop_other = getattr(self.wsgi, "replica_stop", None)
+        other_stopped = stop_other(self.cfg.graceful_timeout) if stop_other is not None else None
         for listener in self.sockets:
             if self.accepting:
                 self.poller.unregister(listener)
@@ -669,8 +672,9 @@ class FrontWorker(base.Worker):
             else:
                 self._close(conn)
         limit = now + self.cfg.graceful_timeout
-        while time.monotonic() < limit and any((c.state in (HEAD, BODY, BUSY) and not c.abandoned)
-                                               or (c.state == IDLE and c.fresh) for c in self.conns.values()):
+        while time.monotonic() < limit and (any((c.state in (HEAD, BODY, BUSY) and not c.abandoned)
+                                                or (c.state == IDLE and c.fresh) for c in self.conns.values())
+                                            or (other_stopped is not None and not other_stopped.is_set())):
             self._beat(time.monotonic())  # draining is not hanging
             self._dispatch_events(SWEEP_SECONDS)
             self._sweep(time.monotonic())

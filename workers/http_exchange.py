@@ -53,11 +53,17 @@ def path_info(raw_path: bytes) -> str:
     return (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
 
 
+def plain_request_id(value: bytes) -> bool:
+    """Whether a request id a client sent may be used as it is: a token of at most 64 characters, which a log
+    line or a header can carry without quoting."""
+    return 0 < len(value) <= 64 and _TOKEN.fullmatch(value) is not None
+
+
 def request_id(req: Request) -> str:
     """The request's id: the one a load balancer or client sent in X-Request-ID when it is a plain token,
     else a fresh one. It is in the answer's X-Request-ID, the access line and the log of an error."""
     for name, value in req.headers:
-        if name.lower() == b"x-request-id" and 0 < len(value) <= 64 and _TOKEN.fullmatch(value):
+        if name.lower() == b"x-request-id" and plain_request_id(value):
             return value.decode("ascii")
     return os.urandom(8).hex()
 
