@@ -199,6 +199,17 @@ def test_v2_predictions_are_counted_like_the_cortex_route(onnx_replica, client):
                and 'code="200"' in line for line in metrics.splitlines()), metrics[-3000:]
 
 
+def test_a_made_up_model_name_never_becomes_a_metrics_label(onnx_replica):
+    onnx_replica.post("/v2/models/made-up-name/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    onnx_replica.post("/v2/models/iris/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    metrics = onnx_replica.get("/metrics").text
+    assert "made-up-name" not in metrics
+    assert any(line.startswith("replica_requests_total{") and 'model="iris"' in line and 'code="400"' in line
+               for line in metrics.splitlines())
+
+
 def test_repository_index_without_caching(client, onnx_replica):
     index = client.get_model_repository_index()
     assert {(m["name"], m["version"], m["state"]) for m in index} == {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -71,6 +71,30 @@ def observe_request(model: str, version: str, status: int, seconds: float) -> No
                                                   REQUEST_SECONDS.labels(model if _per_model_histograms else "")))
     series[0].inc()
     series[1].observe(seconds)
+
+
+class Prediction:
+    """One prediction of the protocol routes (V2 over REST and gRPC, TF Serving's predict), counted as the
+    Cortex route counts its own: in flight from its creation, observed by `end` with the model and version it
+    was served by, or, when it failed, the model it named only if the catalogue knows it (a name a client made
+    up never becomes a label)."""
+
+    __slots__ = ("started", "model", "version", "status")
+
+    def __init__(self) -> None:
+        IN_FLIGHT.inc()
+        self.started = time.perf_counter()
+        self.model = self.version = ""
+        self.status = 500
+
+    def served(self, model: str, version: str) -> None:
+        self.model, self.version, self.status = model, version, 200
+
+    def end(self, named: str, known: Callable[[str], bool]) -> None:
+        IN_FLIGHT.dec()
+        if self.status != 200 and known(named):
+            self.model = named
+        observe_request(self.model, self.version, self.status, time.perf_counter() - self.started)
 
 
 def count_shed() -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from workers import encoding, metrics
 from workers.errors import BadRequest, internal_error
@@ -53,30 +53,26 @@ def _tensorflow_only(runtime: Runtime) -> None:
 @bp.route("/v1/models/<name>/versions/<version>:predict", methods=["POST"], endpoint="predict")
 def predict(name: str, version: str | None = None) -> Response:
     """Counted as a prediction (metrics by model, version and status), as the Cortex route is."""
-    started = time.perf_counter()
     runtime = _runtime()
-    metrics.IN_FLIGHT.inc()
-    status, served = 500, version or ""
+    counted = metrics.Prediction()
     try:
         _tensorflow_only(runtime)
         runtime.wait_until_loaded()
         doc = _document()
         with runtime.registry.request_scope():
             lv = runtime.registry.get(name, version if version is not None else "latest")
-            served = str(lv.version)
             answer = run(runtime, lv, doc)
         response = Response(encoding.dumps(answer), mimetype="application/json")
-        status = 200
+        counted.served(lv.name, str(lv.version))
         return response
-    except Exception as e:
-        status = getattr(e, "code", None) or 500
-        if status == 500:
-            return internal_error(request, f"TF Serving predict of model '{name}' raised {type(e).__name__}",
-                                  "the model raised an exception")
+    except HTTPException as e:
+        counted.status = e.code or 500
         raise
+    except Exception as e:
+        return internal_error(request, f"TF Serving predict of model '{name}' raised {type(e).__name__}",
+                              "the model raised an exception")
     finally:
-        metrics.IN_FLIGHT.dec()
-        metrics.observe_request(name, served, status, time.perf_counter() - started)
+        counted.end(name, runtime.registry.known)
 
 
 def _document() -> dict:

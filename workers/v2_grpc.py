@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import grpc
 import numpy as np
@@ -130,24 +129,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         """Counted as a prediction (metrics by model, version and HTTP-equivalent status), as HTTP's are; the
         version is pinned for the call by `Inference.infer`'s own request scope."""
-        started = time.perf_counter()
-        metrics.IN_FLIGHT.inc()
-        status, served = 500, ("", "")
+        counted = metrics.Prediction()
         try:
             result = self.v2.infer(request.model_name, request.model_version or None, infer_inputs(request),
                                    [o.name for o in request.outputs] or None, self._headers(context))
-            served = (result.model_name, result.model_version)
             response = infer_response(result, request.id, raw=bool(request.raw_input_contents))
-            status = 200
+            counted.served(result.model_name, result.model_version)
             return response
         except HTTPException as e:
-            status = e.code or 500
+            counted.status = e.code or 500
             raise
         finally:
-            metrics.IN_FLIGHT.dec()
-            if status != 200 and self.v2.registry.known(request.model_name):
-                served = (request.model_name, "")  # a name from the catalogue, never one a client made up
-            metrics.observe_request(*served, status, time.perf_counter() - started)
+            counted.end(request.model_name, self.v2.registry.known)
 
     def _headers(self, context: grpc.ServicerContext) -> dict[str, str]:
         """The call's metadata, for a Python predictor whose `predict` declares `headers` (binary `-bin`

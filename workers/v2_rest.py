@@ -14,11 +14,11 @@ after the JSON header for those requested with `binary_data` (or all, with the r
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from workers import encoding, metrics, tensors
 from workers.errors import BadRequest, error_response, internal_error
@@ -85,30 +85,24 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.route("/models/<name>/versions/<version>/infer", methods=["POST"], endpoint="infer")
 def infer(name: str, version: str | None = None) -> Response:
     """Counted as a prediction (metrics by model, version and status), as the Cortex route is."""
-    started = time.perf_counter()
-    metrics.IN_FLIGHT.inc()
-    status, served = 500, version or ""
+    v2 = _inference()
+    counted = metrics.Prediction()
     try:
-        response, served = _infer(name, version)
-        status = response.status_code
+        doc, inputs = read_infer_request(request)
+        requested = _requested_outputs(doc)
+        headers = dict(request.headers) if "headers" in v2.runtime.wanted_args else {}
+        result = v2.infer(name, version, inputs, list(requested) or None, headers)
+        response = infer_response(result, doc, requested)
+        counted.served(result.model_name, result.model_version)
         return response
-    except Exception as e:
-        status = getattr(e, "code", None) or 500
-        if status == 500:
-            return internal_error(request, f"V2 inference of model '{name}' raised {type(e).__name__}",
-                                  "the model raised an exception")
+    except HTTPException as e:
+        counted.status = e.code or 500
         raise
+    except Exception as e:
+        return internal_error(request, f"V2 inference of model '{name}' raised {type(e).__name__}",
+                              "the model raised an exception")
     finally:
-        metrics.IN_FLIGHT.dec()
-        metrics.observe_request(name, served, status, time.perf_counter() - started)
-
-
-def _infer(name: str, version: str | None) -> tuple[Response, str]:
-    doc, inputs = read_infer_request(request)
-    requested = _requested_outputs(doc)
-    headers = dict(request.headers) if "headers" in _inference().runtime.wanted_args else {}
-    result = _inference().infer(name, version, inputs, list(requested) or None, headers)
-    return infer_response(result, doc, requested), result.model_version
+        counted.end(name, v2.registry.known)
 
 
 def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
