@@ -20,6 +20,7 @@ declares no tensors, so its metadata lists none. Everything raises the replica's
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +126,7 @@ class Inference:
             return ModelInfo(name, versions, platform, [], [])
         with self.registry.request_scope():
             lv = self._get(name, version)
-            inputs, outputs = signature(self.kind, lv.model)
+            inputs, outputs = model_signature(self.kind, lv)
         return ModelInfo(name, versions, platform, inputs, outputs)
 
     def _get(self, name: str, version: str | None) -> Record:
@@ -135,13 +136,16 @@ class Inference:
     # -- inference ---------------------------------------------------------------------------------------------
     def infer(self, name: str, version: str | None, inputs: dict[str, np.ndarray], outputs: list[str] | None,
               headers: dict[str, str] | None = None) -> InferResult:
-        """Run the model (or the Python predictor) on `inputs`; only the `outputs` named, when given."""
+        """Run the model (or the Python predictor) on `inputs`; only the `outputs` named, when given. The
+        registry's own hand-out answers an unknown model or version (404), from memory on a hit."""
+        if version is not None:
+            _version_number(version)
         if self.kind == "python":
             return self._infer_python(name, version, inputs, outputs, headers or {})
-        self._rows(name, version)
+        self.runtime.wait_until_loaded()
         with self.registry.request_scope():
-            lv = self._get(name, version)
-            specs_in, specs_out = signature(self.kind, lv.model)
+            lv = self.registry.get(name, version if version is not None else "latest")
+            specs_in, specs_out = model_signature(self.kind, lv)
             feeds = _checked_inputs(lv.name, specs_in, inputs)
             out_names = [s.name for s in specs_out]
             wanted = _checked_outputs(lv.name, out_names, outputs)
@@ -155,7 +159,8 @@ class Inference:
 
     def _infer_python(self, name: str, version: str | None, inputs: dict[str, np.ndarray],
                       outputs: list[str] | None, headers: dict[str, str]) -> InferResult:
-        rows = self._rows(name, version)
+        if not (self.registry.known(name) if self.has_models else name == self.runtime.api.name):
+            raise ModelNotFound(f"model '{name}' not found")
         self.runtime.wait_until_loaded()
         query = {"model": name}
         if version is not None:
@@ -165,7 +170,7 @@ class Inference:
             used = scope.pinned[0] if scope.pinned else None
         arrays = python_outputs(result)
         wanted = _checked_outputs(name, list(arrays), outputs)
-        served = str(used.version) if used is not None and used.name == name else (version or rows[0]["version"])
+        served = str(used.version) if used is not None and used.name == name else (version or "1")
         return InferResult(name, served, {n: arrays[n] for n in wanted})
 
     # -- the model repository extension ------------------------------------------------------------------------
@@ -227,8 +232,19 @@ def _version_number(version: str) -> int:
     return int(version)
 
 
-def signature(kind: str, model: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The loaded model's inputs and outputs as V2 tensor metadata."""
+# Per loaded copy: (id of its model object, its signature), dropped with the record.
+_SIGNATURES: weakref.WeakKeyDictionary[Record, tuple[int, tuple]] = weakref.WeakKeyDictionary()
+
+
+def model_signature(kind: str, lv: Record) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """A loaded version's inputs and outputs as V2 tensor metadata, worked out once per loaded copy."""
+    known = _SIGNATURES.get(lv)
+    if known is None or known[0] != id(lv.model):
+        known = _SIGNATURES[lv] = (id(lv.model), _signature(kind, lv.model))
+    return known[1]
+
+
+def _signature(kind: str, model: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
     if kind == "onnx":
         return ([TensorSpec(i.name, _onnx_datatype(i.type), _dims(i.shape)) for i in model["signatures"]],
                 [TensorSpec(o.name, _onnx_datatype(o.type), _dims(o.shape)) for o in model["outputs"]])

@@ -93,15 +93,17 @@ def from_json(datatype: str, shape: Any, data: Any, tensor: str) -> np.ndarray:
         array = np.empty(len(values), dtype=object)
         array[:] = values
     else:
-        if datatype != "BOOL" and _has_bool(data):
-            raise BadRequest(f"tensor '{tensor}' is {datatype}: its data holds booleans")
         try:
-            array = np.asarray(data, dtype=dtype)
+            # What the JSON holds decides what it may become: no booleans for numbers, no fractions for integers.
+            probe = np.asarray(data)
+            kind = probe.dtype.kind if probe.size else ("b" if datatype == "BOOL" else "i")  # [] fits any type
+            if kind not in "biuf" or (kind == "b") != (datatype == "BOOL"):
+                raise ValueError(f"{datatype} data must be {'booleans' if datatype == 'BOOL' else 'numbers'}")
+            if kind == "f" and datatype.startswith(("INT", "UINT")):
+                raise ValueError("it holds non-integer values")
+            array = np.asarray(data, dtype=dtype).reshape(-1)
         except (TypeError, ValueError, OverflowError) as e:
             raise BadRequest(f"tensor '{tensor}' is {datatype}: its data does not fit ({e})") from None
-        if datatype.startswith(("INT", "UINT")) and not _all_integers(data):
-            raise BadRequest(f"tensor '{tensor}' is {datatype}: its data holds non-integer values")
-        array = array.reshape(-1)
     return _shaped(array, shape, tensor)
 
 
@@ -112,20 +114,6 @@ def _flatten(data: Any) -> list:
     for v in data:
         out.extend(_flatten(v))
     return out
-
-
-def _has_bool(data: Any) -> bool:
-    if isinstance(data, bool):
-        return True
-    if isinstance(data, list):
-        return any(_has_bool(v) for v in data)
-    return False
-
-
-def _all_integers(data: Any) -> bool:
-    if isinstance(data, list):
-        return all(_all_integers(v) for v in data)
-    return isinstance(data, int)
 
 
 def _shaped(flat: np.ndarray, shape: list[int], tensor: str) -> np.ndarray:
