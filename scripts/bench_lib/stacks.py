@@ -159,12 +159,10 @@ class TritonTensors(Triton):
 KINDS: dict[str, type[StackServer]] = {"granian": Granian, "uvicorn": Uvicorn, "litserve": LitServe, "triton": Triton}
 
 
-def start(name: str, model_file: Path, work: Path,
-          kind: type[StackServer] | None = None) -> tuple[StackServer | None, str]:
-    """(the stack's server, started, "") or (None, why it cannot run here: its install failed). `kind` runs
-    another server class of the same stack (its virtualenv), such as TritonTensors."""
+def start(name: str, model_file: Path, work: Path) -> tuple[StackServer | None, str]:
+    """(the stack's server, started, "") or (None, why it cannot run here: its install failed)."""
     stack = STACKS[name]
     py, why = servers.ensure_venv(name, list(stack.pins), work / f"{name}-install.log")
     if py is None:
         return None, why
-    return (kind or KINDS[name])(stack, py, model_file, work).start(), ""
+    return KINDS[name](stack, py, model_file, work).start(), ""

@@ -11,6 +11,8 @@ rounds. `v2_report` turns the result into the section and its targets.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,11 @@ MLSERVER_JSON = "MLServer, V2 JSON"
 TRITON_JSON, TRITON_BINARY = "Triton, V2 JSON", "Triton, V2 binary"
 
 
+# A peer's start can lose a race with itself on a busy machine (PyTriton's second model instance connects to
+# the first one's handshake socket before it listens: ConnectionRefusedError), so a failed start gets a second try.
+ATTEMPTS = 2
+
+
 def measure(work: Path, *, n_rounds: int, duration: float, mlserver: bool = True, triton: bool = True) -> dict:
     """Per target the summary of its rounds (figures.summarize, with CPU per request of its whole process
     tree); a peer that cannot install or start is left out with the reason in `notes`."""
@@ -47,38 +54,37 @@ def measure(work: Path, *, n_rounds: int, duration: float, mlserver: bool = True
         r = figures.replica(work, MODEL, model_path=str(model_dir), processes_per_replica=N,
                             threads_per_process=1).start()
         running.append(r)
-        peers = []
+        peers: list[tuple[str, Callable[[Path], servers.Server], dict]] = []  # (peer, its server in a folder, requests)
         if mlserver:
             py, why = servers.ensure_mlserver_venv(work / "mlserver-install.log")
             if py is None:
                 notes["mlserver"] = why
             else:
                 notes["mlserver_version"] = servers.mlserver_version(py)
-                m = servers.MLServer(py, model_file, N, work, model=MODEL, implementation="runtime.ONNXTensorRuntime")
-                peers.append(("mlserver", m.start(), {MLSERVER_JSON: (JSON_BODY, None)}))
+                peers.append(("mlserver", partial(servers.MLServer, py, model_file, N, model=MODEL,
+                                                  implementation="runtime.ONNXTensorRuntime"),
+                              {MLSERVER_JSON: (JSON_BODY, None)}))
         if triton:
-            t, why = stacks.start("triton", model_file, work, kind=stacks.TritonTensors)
-            if t is None:
+            stack = stacks.STACKS["triton"]
+            py, why = servers.ensure_venv(stack.name, list(stack.pins), work / "triton-install.log")
+            if py is None:
                 notes["triton"] = why
             else:
-                notes["triton_version"] = stacks.STACKS["triton"].version
-                peers.append(("triton", t, {TRITON_JSON: (JSON_BODY, None),
-                                            TRITON_BINARY: (BINARY_BODY, BINARY_HEADERS)}))
-        running += [server for _, server, _ in peers]
-        r.wait_ready(timeout=180)
-        targets[REPLICA_BINARY] = (r.base, BINARY_BODY, [INFER], BINARY_HEADERS)
-        targets[REPLICA_JSON] = (r.base, JSON_BODY, [INFER], None)
-        targets[CORTEX] = (r.base, models.SAMPLE, ["/"], None)
-        roots.update({name: r.proc.pid for name in targets})
-        for peer, server, wanted in peers:
-            try:
-                server.wait_ready(timeout=180)
-            except (RuntimeError, TimeoutError) as e:
-                notes[peer] = f"did not start: {str(e)[-600:]}"
+                notes["triton_version"] = stack.version
+                peers.append(("triton", partial(stacks.TritonTensors, stack, py, model_file),
+                              {TRITON_JSON: (JSON_BODY, None), TRITON_BINARY: (BINARY_BODY, BINARY_HEADERS)}))
+        for peer, make, wanted in peers:
+            server = _ready(peer, make, work, running, notes)
+            if server is None:
                 continue
             for name, (body, headers) in wanted.items():
                 targets[name] = (server.base, body, [INFER], headers)
                 roots[name] = server.proc.pid
+        r.wait_ready(timeout=180)
+        mine = {REPLICA_BINARY: (r.base, BINARY_BODY, [INFER], BINARY_HEADERS),
+                REPLICA_JSON: (r.base, JSON_BODY, [INFER], None), CORTEX: (r.base, models.SAMPLE, ["/"], None)}
+        targets = {**mine, **targets}
+        roots.update({name: r.proc.pid for name in mine})
         check_answers(targets, model_file)
         print(f"v2: {', '.join(targets)}; {n_rounds} rounds of {duration:g}s each, {figures.CONNECTIONS} "
               "connections", flush=True)
@@ -89,6 +95,25 @@ def measure(work: Path, *, n_rounds: int, duration: float, mlserver: bool = True
     finally:
         for s in running:
             s.stop()
+
+
+def _ready(peer: str, make: Callable[[Path], servers.Server], work: Path, running: list,
+           notes: dict[str, str]) -> servers.Server | None:
+    """The peer, started and ready (a second try, in a fresh folder, after a failed start), or None with the
+    reason in `notes`."""
+    why = ""
+    for attempt in range(1, ATTEMPTS + 1):
+        folder = work / f"{peer}-{attempt}"
+        folder.mkdir(parents=True)
+        server = make(folder).start()
+        running.append(server)
+        try:
+            return server.wait_ready(timeout=180)
+        except (RuntimeError, TimeoutError) as e:
+            server.stop()
+            why = str(e)[-600:]
+    notes[peer] = f"did not start in {ATTEMPTS} tries: {why}"
+    return None
 
 
 def check_answers(targets: dict[str, tuple[str, str | bytes, list[str], dict | None]], model_file: Path) -> None:

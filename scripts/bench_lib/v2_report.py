@@ -97,9 +97,10 @@ is the median of per-round ratios.
 - *MLServer*: MLServer {notes.get('mlserver_version', '')} with `parallel_workers: {n}` and the general ONNX runtime
   of `scripts/mlserver_runtime/runtime.py` (`ONNXTensorRuntime`: every input decoded with its datatype, every
   output encoded back). Its REST front has no binary tensor extension, so it is measured with JSON only.
-- *Triton*: Triton Inference Server from {notes.get('triton_version', 'nvidia-pytriton')} (`scripts/stack_apps/triton_app.py`
-  in its `tensors` mode: {n} model instances, each a Python function with its own session answering both
-  outputs), as JSON and binary both ways; the tensors are decoded and encoded by Triton's C++ front.
+- *Triton*: Triton Inference Server from {notes.get('triton_version', 'nvidia-pytriton')}
+  (`scripts/stack_apps/triton_app.py` in its `tensors` mode: {n} model instances, each a Python function with its
+  own session answering both outputs), as JSON and binary both ways; the tensors are decoded and encoded by
+  Triton's C++ front.
 - Every answer is checked against onnxruntime (names, datatypes, shapes, values) before the rounds. *CPU µs /
   request*: user + system CPU of every process of the server (the replica's supervisor too) during its rounds,
   per answered request; wrk's own is not in it.
