@@ -12,6 +12,7 @@ from scripts.bench_lib.v2_figure import (CORTEX, MLSERVER_JSON, REPLICA_BINARY, 
 
 ORDER = [REPLICA_BINARY, REPLICA_JSON, CORTEX, MLSERVER_JSON, TRITON_BINARY, TRITON_JSON]
 PEER = {MLSERVER_JSON: "mlserver", TRITON_JSON: "triton", TRITON_BINARY: "triton"}
+JSON_PEERS = {CORTEX: "the Cortex route", MLSERVER_JSON: "MLServer", TRITON_JSON: "Triton (V2 JSON)"}
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,10 @@ is the median of per-round ratios.
     for text, value, ok in targets(data):
         lines.append(f"- {text}: **{value}**, {'n/a' if ok is None else ('met' if ok else 'missed')}")
     r = data["results"]
-    beside = [f"{other}: {fmt_ratio(figures.ratio(r, REPLICA_JSON, other))}"
-              for other in (CORTEX, MLSERVER_JSON, TRITON_JSON) if REPLICA_JSON in r and other in r]
+    beside = [f"{fmt_ratio(figures.ratio(r, REPLICA_JSON, other))} {title}" for other, title in JSON_PEERS.items()
+              if REPLICA_JSON in r and other in r]
     if beside:
-        lines.append(f"- Beside them, {REPLICA_JSON} / " + "; / ".join(beside) + ".")
+        lines.append("- Beside them, the replica's V2 JSON: " + ", ".join(beside) + ".")
     if data["rounds"] < 3:
         lines.append(f"\nOnly {data['rounds']} round(s): the medians and worst rounds are rough; `make bench` runs 5.")
     return "\n".join(lines) + "\n"
