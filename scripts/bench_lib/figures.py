@@ -72,21 +72,22 @@ def worker_cpu_s(pids: list[int]) -> list[float]:
     return out
 
 
-def rounds(targets: dict[str, tuple[str, str, list[str]]], *, rounds: int, duration: float,
+def rounds(targets: dict[str, tuple], *, rounds: int, duration: float,
            warmup: float = 1.0, workers: dict[str, list[int]] | None = None,
            roots: dict[str, int] | None = None) -> dict[str, list[dict]]:
-    """Run wrk against every target (name -> (base URL, body, paths)) in turn, `rounds` times, with
+    """Run wrk against every target (name -> (base URL, body, paths[, headers])) in turn, `rounds` times, with
     CONNECTIONS connections; per target the list of per-round results (see `rounds_at`)."""
     return rounds_at({CONNECTIONS: targets}, rounds=rounds, duration=duration, warmup=warmup, workers=workers,
                      roots=roots)[CONNECTIONS]
 
 
-def rounds_at(levels: dict[int, dict[str, tuple[str, str, list[str]]]], *, rounds: int, duration: float,
+def rounds_at(levels: dict[int, dict[str, tuple]], *, rounds: int, duration: float,
               warmup: float = 1.0, workers: dict[str, list[int]] | None = None,
               roots: dict[str, int] | None = None) -> dict[int, dict[str, list[dict]]]:
     """Interleaved rounds at several connection counts: each round runs wrk against every target of every
     level (connections -> targets) in turn, so that every figure of a round sees the same machine state; per
-    level and target the list of per-round results.
+    level and target the list of per-round results. A target is (base URL, body, paths), or (base URL, body,
+    paths, headers) for a request with its own headers (a V2 binary request).
 
     For targets named in `workers` (name -> worker pids), each round also records every worker's CPU seconds,
     which shows whether the load spread over the processes. For targets named in `roots` (name -> the server's
@@ -96,18 +97,20 @@ def rounds_at(levels: dict[int, dict[str, tuple[str, str, list[str]]]], *, round
     workers, roots = workers or {}, roots or {}
     warmed: set[str] = set()
     for c, targets in levels.items():  # warm every server once (lazy sessions, JIT caches)
-        for name, (base, body, paths) in targets.items():
+        for name, (base, body, paths, *headers) in targets.items():
             if name not in warmed:
-                load.run(base, body, paths, duration=max(warmup, 1), connections=c)
+                load.run(base, body, paths, duration=max(warmup, 1), connections=c,
+                         headers=next(iter(headers), None))
                 warmed.add(name)
     label = len(levels) > 1
     for i in range(rounds):
         for c, targets in levels.items():
-            for name, (base, body, paths) in targets.items():
+            for name, (base, body, paths, *headers) in targets.items():
                 pids = workers.get(name, [])
                 everything = profile.tree(roots[name]) if name in roots else []
                 before, before_all = worker_cpu_s(pids), worker_cpu_s(everything)
-                res = load.run(base, body, paths, duration=duration, connections=c).as_dict()
+                res = load.run(base, body, paths, duration=duration, connections=c,
+                               headers=next(iter(headers), None)).as_dict()
                 extra = ""
                 if everything:
                     res["cpu_s"] = sum(max(a - b, 0.0) for a, b in zip(worker_cpu_s(everything), before_all))

@@ -1,6 +1,9 @@
 """Load generation in a separate process: wrk (C, one thread, keep-alive) with a Lua script, or locust's
 FastHttpUser headless (`scripts/locustfile.py`) where wrk is not installed. Both report requests/s, p50/p99
-latency and failed requests (connection errors, timeouts and non-2xx answers)."""
+latency and failed requests (connection errors, timeouts and non-2xx answers).
+
+A body is JSON text or raw bytes (a V2 request with the binary tensor extension: a JSON header, then the
+tensors' bytes), sent with the headers given (Content-Type: application/json unless they say otherwise)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LUA = r"""
 wrk.method = "POST"
-wrk.body = [==[%(body)s]==]
-wrk.headers["Content-Type"] = "application/json"
+wrk.body = %(body)s
+%(headers)s
 local paths = {%(paths)s}
 -- A request() function for every target, one path or several, so that wrk spends the same CPU per request
 -- whatever it measures (it shares the cores with the server).
@@ -56,19 +59,32 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "locust"
 
 
-def run(base: str, body: str, paths: list[str], *, duration: float, connections: int,
-        tool: str | None = None) -> LoadResult:
-    """POST `body` (JSON) to `base` + a path picked at random per request from `paths`, with `connections`
-    concurrent keep-alive connections for `duration` seconds."""
+def run(base: str, body: str | bytes, paths: list[str], *, duration: float, connections: int,
+        tool: str | None = None, headers: dict[str, str] | None = None) -> LoadResult:
+    """POST `body` to `base` + a path picked at random per request from `paths`, with `connections` concurrent
+    keep-alive connections for `duration` seconds."""
     tool = tool or generator()
+    body = body.encode() if isinstance(body, str) else body
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if tool == "wrk":
-        return _wrk(base, body, paths, duration, connections)
-    return _locust(base, body, paths, duration, connections)
+        return _wrk(base, body, headers, paths, duration, connections)
+    return _locust(base, body, headers, paths, duration, connections)
 
 
-def _wrk(base: str, body: str, paths: list[str], duration: float, connections: int) -> LoadResult:
+def lua_string(data: bytes) -> str:
+    """`data` as a quoted Lua string, byte for byte: everything but printable ASCII as a three-digit decimal
+    escape. A long bracket ([==[...]==]) would not do for raw tensor bytes: Lua turns the CR and LF bytes in
+    one into a plain newline, and skips a newline that starts it."""
+    plain = set(range(0x20, 0x7f)) - {ord('"'), ord("\\")}
+    return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in data) + '"'
+
+
+def _wrk(base: str, body: bytes, headers: dict[str, str], paths: list[str], duration: float,
+         connections: int) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % {"body": body, "paths": ", ".join(json.dumps(p) for p in paths)})
+        f.write(LUA % {"body": lua_string(body), "paths": ", ".join(json.dumps(p) for p in paths),
+                       "headers": "\n".join(f"wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode())}"
+                                            for k, v in headers.items())})
         script = f.name
     try:
         cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", script, base]
@@ -83,10 +99,13 @@ def _wrk(base: str, body: str, paths: list[str], duration: float, connections: i
                       p99_ms=r["p99_us"] / 1000, requests=r["requests"], failed=r["failed"], tool="wrk")
 
 
-def _locust(base: str, body: str, paths: list[str], duration: float, connections: int) -> LoadResult:
+def _locust(base: str, body: bytes, headers: dict[str, str], paths: list[str], duration: float,
+            connections: int) -> LoadResult:
     locust = Path(sys.executable).parent / "locust"
     with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
-        env = {**os.environ, "BENCH_BODY": body, "BENCH_PATHS": json.dumps(paths)}
+        Path(tmp, "body").write_bytes(body)  # a file: raw tensor bytes cannot travel in the environment
+        env = {**os.environ, "BENCH_BODY_FILE": f"{tmp}/body", "BENCH_HEADERS": json.dumps(headers),
+               "BENCH_PATHS": json.dumps(paths)}
         cmd = [str(locust), "-f", str(ROOT / "scripts" / "locustfile.py"), "--headless", "--host", base,
                "-u", str(connections), "-r", str(connections), "-t", f"{max(1, round(duration))}s",
                "--csv", f"{tmp}/run", "--only-summary", "--loglevel", "WARNING", "BenchUser"]

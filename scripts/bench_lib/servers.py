@@ -161,17 +161,23 @@ def mlserver_version(py: Path) -> str:
 
 
 class MLServer(Server):
-    """`mlserver start` on a folder holding settings.json and one model (the ONNX runtime)."""
+    """`mlserver start` on a folder holding settings.json and one model: by default the iris model through the
+    iris runtime (the hot path's), or `model` through any runtime of `scripts/mlserver_runtime/runtime.py`
+    (`implementation`, such as "runtime.ONNXTensorRuntime")."""
 
-    ready_path = "/v2/models/iris/ready"
-
-    def __init__(self, py: Path, model_file: Path, workers: int, work: Path):
-        super().__init__(f"mlserver-{workers}", work / f"mlserver-{workers}.log")
+    def __init__(self, py: Path, model_file: Path, workers: int, work: Path, *, model: str = "iris",
+                 implementation: str = "runtime.ONNXIrisRuntime"):
+        super().__init__(f"mlserver-{model}-{workers}", work / f"mlserver-{model}-{workers}.log")
         self.py, self.model_file, self.workers = py, model_file, workers
-        self.folder = work / f"mlserver-{workers}"
+        self.model, self.implementation = model, implementation
+        self.folder = work / f"mlserver-{model}-{workers}"
+
+    @property
+    def ready_path(self) -> str:  # type: ignore[override]
+        return f"/v2/models/{self.model}/ready"
 
     def start(self) -> "MLServer":
-        model_dir = self.folder / "iris"
+        model_dir = self.folder / self.model
         model_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "scripts" / "mlserver_runtime" / "runtime.py", self.folder / "runtime.py")
         (self.folder / "settings.json").write_text(json.dumps({
@@ -180,7 +186,7 @@ class MLServer(Server):
             "parallel_workers": self.workers, "debug": False,
         }))
         (model_dir / "model-settings.json").write_text(json.dumps({
-            "name": "iris", "implementation": "runtime.ONNXIrisRuntime",
+            "name": self.model, "implementation": self.implementation,
             "parameters": {"uri": str(self.model_file)},
         }))
         self._popen([str(self.py.parent / "mlserver"), "start", str(self.folder)], cwd=self.folder,

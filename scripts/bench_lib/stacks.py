@@ -108,12 +108,15 @@ class LitServe(StackServer):
 
 
 class Triton(StackServer):
+    """The iris model answering its label (BYTES), as every limit stack does."""
+
     ready_path = "/v2/models/iris/ready"
+    answer = "label"  # what triton_app.py answers: see its docstring
 
     def command(self) -> list[str]:
         # PyTriton's workspace (sockets, its copy of tritonserver) goes in the run's work folder, removed with it.
         return [str(self.py), "triton_app.py", str(self.port), str(free_port()), str(free_port()),
-                str(self.work / "triton-workspace")]
+                str(self.work / "triton-workspace"), self.answer]
 
     def env(self) -> dict[str, str]:
         # Triton's Python backend stub links libpython3.X.so.1.0 and finds the system's first (Debian's 3.11.2
@@ -145,6 +148,12 @@ def _group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
+
+
+class TritonTensors(Triton):
+    """The iris model answering the session's own outputs (FP32 scores, INT64 label): the V2 figure's Triton."""
+
+    answer = "tensors"
 
 
 KINDS: dict[str, type[StackServer]] = {"granian": Granian, "uvicorn": Uvicorn, "litserve": LitServe, "triton": Triton}
