@@ -3,11 +3,14 @@
 A miss runs three steps, each of which can fail on its own and leaves the cache as it was:
 
 1. admission: the shared policy (replica/cache_policy.py) names the least recently requested idle versions to
-   evict; they are unloaded, and counted, before the new version takes its slot, so the bound holds at every
-   instant; when every slot is pinned the request waits briefly, then gets 503. The slot comes first so that
-   the versions held on disk for this worker never outnumber `cache_size` (<= `disk_cache_size`);
-2. the supervisor puts the version on disk and holds it there for this worker (`ensure`);
-3. the load.
+   evict; they leave service at once and are unloaded on a thread of their own while the next step runs,
+   counted until they are gone; when every slot is pinned the request waits briefly, then gets 503. The slot
+   comes first so that the versions held on disk for this worker never outnumber `cache_size`
+   (<= `disk_cache_size`);
+2. the supervisor puts the version on disk and holds it there for this worker (`ensure`), while the victims
+   are unloaded;
+3. the load, once the victims have left memory, so the versions in memory stay within the bounds at every
+   instant and a miss costs the longer of its download and its victims' unload, not their sum.
 A fetch or load that fails, for any reason (an unreachable supervisor included), is recorded on the version
 (503 with Retry-After, retried with backoff), and what was evicted for it is loaded back into the free slots:
 a broken model never costs a healthy one its place.
@@ -187,6 +190,7 @@ class CachingRegistry(ModelRegistry):
                 log.warning("model %s version %s could not be fetched: %s", name, version, error)
             if error is None and self.cache_memory is not None:
                 error = self._reserve(rec)
+            self._await_unloads(rec)
             loaded = error is None and self._load_into(rec)
         finally:
             if not loaded:
@@ -209,6 +213,10 @@ class CachingRegistry(ModelRegistry):
         for key in displaced:
             if self._current(*key) is None:
                 heir = self._put(Record(*key, State.FETCHING, flight=threading.Event()))
+                heir.unloads, rec.unloads = rec.unloads, []  # its load too waits for the victims to be gone
+                for v in self._leaving:
+                    if v.freed_for is rec:
+                        v.freed_for = heir
                 threading.Thread(target=self._restore, args=(heir, rec.key), name="cache-restore",
                                  daemon=True).start()
                 return
@@ -249,7 +257,8 @@ class CachingRegistry(ModelRegistry):
         evicted: list[tuple[str, int]] = []
         with self._cond:
             while True:
-                records = [r for vs in self._records.values() for r in vs.values() if r is not rec] + self._leaving
+                records = ([r for vs in self._records.values() for r in vs.values() if r is not rec]
+                           + [r for r in self._leaving if r.freed_for is not rec])  # its victims' room is its own
                 choice = victims(memory_slots(records, self._inflight), self.cache_size, rec.key,
                                  self.cache_memory, need)
                 if choice == []:
@@ -263,16 +272,16 @@ class CachingRegistry(ModelRegistry):
                     for v in leaving:
                         self._drop(v)
                         v.state = State.UNLOADING
+                        v.freed_for = rec
                         self._leaving.append(v)
                         metrics.EVICTIONS.inc()
                         log.info("model %s version %s evicted from memory (least recently used; %s freed, making "
                                  "room for %s version %s)", v.name, v.version, format_bytes(v.memory_bytes), *rec.key)
-                    self._cond.release()
-                    try:
-                        for v in leaving:
-                            self._unload(v)
-                    finally:
-                        self._cond.acquire()
+                    # Unloaded while `rec` is fetched; its load waits for them (`_await_unloads`).
+                    done = threading.Event()
+                    rec.unloads.append(done)
+                    threading.Thread(target=self._unload_all, args=(leaving, done), name="cache-evict",
+                                     daemon=True).start()
                     evicted += choice
                     continue
                 remaining = deadline - time.monotonic()
@@ -297,6 +306,22 @@ class CachingRegistry(ModelRegistry):
                 self._retire(rec, "unloaded on request")
         self.unload_idle()
         return len(served)
+
+    def _unload_all(self, leaving: list[Record], done: threading.Event) -> None:
+        try:
+            for v in leaving:
+                self._unload(v)
+        except Exception:
+            log.exception("unloading evicted versions failed")
+        finally:
+            done.set()
+
+    def _await_unloads(self, rec: Record) -> None:
+        """Wait for the versions evicted for `rec` to have left memory: its load never overlaps theirs, so the
+        memory they held is free before it takes any."""
+        for done in rec.unloads:
+            done.wait()
+        rec.unloads.clear()
 
     # -- the byte budget ------------------------------------------------------------------------------------
     def _reserve(self, rec: Record) -> str | None:
@@ -339,7 +364,9 @@ class CachingRegistry(ModelRegistry):
                             f"predictor.models.cache_memory ({format_bytes(self.cache_memory)}); raise cache_memory",
                        manifest["fingerprint"], base=FETCH_RETRY_SECONDS)
             return False
-        if not self._take_slot(rec, time.monotonic(), rec.memory_bytes, best_effort=True):  # what is idle now
+        fits = self._take_slot(rec, time.monotonic(), rec.memory_bytes, best_effort=True)  # what is idle now
+        self._await_unloads(rec)  # back within the budget before the version is served
+        if not fits:
             log.warning("model %s version %s measured %s: the versions in memory are over cache_memory (%s) "
                         "until the ones in use are idle", *rec.key, format_bytes(rec.memory_bytes),
                         format_bytes(self.cache_memory))

@@ -50,6 +50,8 @@ class Record:
     attempts: int = 0  # failures in a row, for the backoff
     flight: threading.Event | None = field(default=None, repr=False)
     displaced: list = field(default_factory=list)  # evicted to make room for it: their slot if it fails
+    freed_for: "Record | None" = field(default=None, repr=False)  # the bring-in this copy is unloaded for
+    unloads: list = field(default_factory=list, repr=False)  # events: its victims' unloads, awaited before its load
     load_seconds: float = 0.0
     memory_bytes: int = 0  # what it takes in memory: measured once loaded, the estimate reserved while it loads
 
