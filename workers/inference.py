@@ -151,7 +151,7 @@ class Inference:
             wanted = _checked_outputs(lv.name, out_names, outputs)
             client = self.runtime.client
             if self.kind == "onnx":
-                feeds = {n: _onnx_text(lv.name, n, a) if a.dtype == object else a for n, a in feeds.items()}
+                feeds = {n: _onnx_text(lv.name, n, a) if a.dtype.kind == "O" else a for n, a in feeds.items()}
                 arrays = dict(zip(out_names, client.run_arrays(lv, feeds)))
             else:
                 arrays = client.run_arrays(lv, feeds)

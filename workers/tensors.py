@@ -47,14 +47,22 @@ CONTENTS_FIELD = {
 _LENGTH = struct.Struct("<I")
 
 
+_DATATYPES: dict[np.dtype, str] = {}  # every dtype seen, native or not, with its datatype
+
+
 def datatype_of(dtype: Any) -> str:
     """The V2 datatype of a numpy dtype; strings and bytes (object, `S`, `U`) are BYTES."""
+    known = _DATATYPES.get(dtype)
+    if known is not None:
+        return known
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
-        return "BYTES"
-    name = _NUMPY_TO_V2.get(dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype)
-    if name is None:
-        raise BadRequest(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+        name = "BYTES"
+    else:
+        name = _NUMPY_TO_V2.get(dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype)
+        if name is None:
+            raise BadRequest(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    _DATATYPES[dtype] = name
     return name
 
 

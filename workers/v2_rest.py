@@ -86,11 +86,12 @@ def model_ready(name: str, version: str | None = None) -> Response:
 def infer(name: str, version: str | None = None) -> Response:
     """Counted as a prediction (metrics by model, version and status), as the Cortex route is."""
     v2 = _inference()
+    req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
     counted = metrics.Prediction()
     try:
-        doc, inputs = read_infer_request(request)
+        doc, inputs = read_infer_request(req)
         requested = _requested_outputs(doc)
-        headers = dict(request.headers) if "headers" in v2.runtime.wanted_args else {}
+        headers = dict(req.headers) if "headers" in v2.runtime.wanted_args else {}
         result = v2.infer(name, version, inputs, list(requested) or None, headers)
         response = infer_response(result, doc, requested)
         counted.served(result.model_name, result.model_version)
@@ -99,7 +100,7 @@ def infer(name: str, version: str | None = None) -> Response:
         counted.status = e.code or 500
         raise
     except Exception as e:
-        return internal_error(request, f"V2 inference of model '{name}' raised {type(e).__name__}",
+        return internal_error(req, f"V2 inference of model '{name}' raised {type(e).__name__}",
                               "the model raised an exception")
     finally:
         counted.end(name, v2.registry.known)
@@ -108,7 +109,7 @@ def infer(name: str, version: str | None = None) -> Response:
 def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
     """The request's JSON document and its input tensors by name (JSON `data` or binary extension bytes)."""
     raw = body(req)
-    header = req.headers.get(INFER_HEADER)
+    header = req.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")  # Inference-Header-Content-Length
     binary = memoryview(b"")
     if header is not None:
         if not header.isascii() or not header.isdigit() or int(header) > len(raw):
@@ -133,7 +134,8 @@ def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
         for key in ("datatype", "shape"):
             if key not in tensor:
                 raise BadRequest(f"input '{name}' has no {key}")
-        size = _parameters(tensor, f"input '{name}'").get("binary_data_size")
+        params = tensor.get("parameters")
+        size = _parameters(tensor, f"input '{name}'").get("binary_data_size") if params else None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or at + size > len(binary):
                 raise BadRequest(f"input '{name}': binary_data_size {size!r} is past the {len(binary)} bytes "
@@ -178,7 +180,8 @@ def infer_response(result: InferResult, doc: dict, requested: dict[str, dict]) -
     outputs, blobs = [], []
     for name, array in result.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": tensors.datatype_of(array.dtype), "shape": list(array.shape)}
-        if requested.get(name, {}).get("binary_data", binary_default):
+        wanted = requested.get(name)
+        if wanted.get("binary_data", binary_default) if wanted else binary_default:
             raw = tensors.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
