@@ -26,6 +26,7 @@ from replica.spec import ApiSpec
 from supervisor.catalogue import Catalogue
 from supervisor.control import control_socket_path, serve_control
 from supervisor.disk_cache import DiskCache
+from supervisor.warm_set import WarmSet
 from supervisor.listener import PortInUse, bind_listener, check_free
 from supervisor.pidfile import stop_leftovers, write_pidfile
 from supervisor.gunicorn_cmd import gunicorn_command, gunicorn_env
@@ -79,7 +80,8 @@ class Arbiter:
                                prefetch=not pred.caching)
         for _, upstream in upstreams:
             upstream.on_page = self.watcher.alive
-        self.disk_cache = DiskCache(self.watcher, pred.disk_cache_size) if pred.caching else None
+        self.disk_cache = (DiskCache(self.watcher, pred.disk_cache_size, WarmSet(self.tree.root))
+                           if pred.caching else None)
         self._control = None
         self.stop_event = threading.Event()
         self.signal_queue: list[int] = []
@@ -163,6 +165,10 @@ class Arbiter:
         self.watcher.start()
         if self.disk_cache is not None:
             self.disk_cache.trim()
+            self.watcher.warm = self.disk_cache.warm_start()
+            if self.watcher.warm:
+                log.info("bringing back into memory what was there when the replica stopped: %s",
+                         ", ".join(f"{n} version {v}" for n, v in self.watcher.warm))
             path = control_socket_path(self.tree.run)
             self._control = serve_control(path, self.disk_cache)
             self.watcher.control_socket = str(path)

@@ -22,6 +22,7 @@ from replica.cache_policy import Slot, victims
 from replica.protocol import LoadFailure
 from supervisor.tree_writes import DiskFull
 from supervisor.versions import State, retry_in
+from supervisor.warm_set import WarmSet
 from supervisor.watcher import Fetched, Watcher
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ Key = tuple[str, int]
 
 
 class DiskCache:
-    def __init__(self, watcher: Watcher, capacity: int):
+    def __init__(self, watcher: Watcher, capacity: int, warm: WarmSet | None = None):
         self.watcher = watcher
         self.capacity = capacity
         self.last_used: dict[Key, float] = {}  # last request, as workers report it (wall clock)
@@ -39,6 +40,23 @@ class DiskCache:
         self._displaced: dict[Key, list[Key]] = {}  # evicted to make room for a version: theirs if it breaks
         self._lock = threading.Lock()
         watcher.make_room = self._make_room
+        self.warm = warm  # where what the workers hold is written down, for the next start
+
+    def warm_start(self) -> list[Key]:
+        """The versions in memory when the last run stopped that are still on disk, most recent first, for the
+        workers to load again right after they are ready (supervisor/warm_set.py)."""
+        if self.warm is None:
+            return []
+        with self.watcher.lock:
+            installed = {(n, v) for n, vs in self.watcher.installed.items() for v in vs}
+        return [k for k in self.warm.previous() if k in installed][:self.capacity]
+
+    def _held_now(self) -> None:
+        """Write down what the workers hold (the lock held), most recently used first."""
+        if self.warm is None:
+            return
+        held = [k for k, holders in self._holds.items() if any(h for _, h in holders.values())]
+        self.warm.record(sorted(held, key=lambda k: self.last_used.get(k, 0.0), reverse=True))
 
     def trim(self) -> None:
         """Bring what a previous run left on disk within the bound (the bound may have shrunk)."""
@@ -61,7 +79,8 @@ class DiskCache:
         when a failed fetch is tried again)."""
         key = (name, version)
         with self._lock:
-            self._record(pid, key, seq, True)
+            if self._record(pid, key, seq, True):
+                self._held_now()
             self.last_used[key] = time.time()
         while True:
             with self._lock:
@@ -97,6 +116,7 @@ class DiskCache:
             if not self._record(pid, key, seq, False):
                 return
             self.last_used[key] = max(self.last_used.get(key, 0.0), last_used)
+            self._held_now()
             if broken is None or self.held(key) or key in self._inflight:
                 return
             displaced = self._displaced.pop(key, [])

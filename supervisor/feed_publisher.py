@@ -115,6 +115,7 @@ class FeedPublisher:
                     "disk_evictions": w.writes.disk_evictions,
                     "poll_seconds": w.poll_seconds,
                     "state_dir_error": w.state_dir_error,
+                    "warm": [list(k) for k in w.warm],
                 }
             catalogue = w.catalogue.models
             live = None

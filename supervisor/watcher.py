@@ -123,6 +123,7 @@ class Watcher:
         self._retry_soon = False
         self._had_disk_copies = False
         self.control_socket: str | None = None  # where workers ask for versions (model caching)
+        self.warm: list[Key] = []  # with model caching: what to load again at start (supervisor/warm_set.py)
         self.stop_event = threading.Event()  # set when the replica stops: downloads end at their next chunk
         self._last_touch = 0.0
         self.state_dir_error: str | None = None  # the state directory is gone or unwritable (supervisor.tree_guard)

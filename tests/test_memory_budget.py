@@ -67,6 +67,21 @@ def test_measuring_a_block_sees_what_it_allocated():
     del block
 
 
+def test_weights_mapped_from_the_version_count_in_full(tmp_path):
+    """np.load(mmap_mode="r") and ONNX external data map a file: nothing is resident at the load, the whole
+    mapping counts; a mapping of some other folder does not."""
+    version, other = tmp_path / "v", tmp_path / "other"
+    version.mkdir()
+    other.mkdir()
+    np.save(version / "w.npy", np.zeros(32 * MiB, dtype=np.uint8))
+    np.save(other / "x.npy", np.zeros(16 * MiB, dtype=np.uint8))
+    with memory.measuring(version) as grown:
+        w = np.load(version / "w.npy", mmap_mode="r")
+        x = np.load(other / "x.npy", mmap_mode="r")
+    assert 32 * MiB <= grown.bytes <= 33 * MiB
+    del w, x
+
+
 def test_the_cache_holds_its_byte_budget_with_models_of_different_sizes(replica, tmp_path):
     models = _numpy_models(tmp_path / "models", {"m50": 50, "m100": 100, "m150": 150, "m200": 200})
     spec = write_api(tmp_path / "api", NUMPY_PREDICTOR, type="python",

@@ -60,6 +60,39 @@ class CachingRegistry(ModelRegistry):
         self._unsent: dict[tuple[str, int], Release] = {}  # releases the supervisor has not heard yet
         self._admitting = threading.Semaphore(self.cache_size)  # bring-ins looking for a slot at once
 
+    # -- a warm restart ----------------------------------------------------------------------------------------
+    def _first_sync_done(self) -> None:
+        """Bring back, all at once, the versions that were in memory when the replica last stopped and are
+        still on disk (the supervisor's list, most recent first: supervisor/warm_set.py). Each is an ordinary
+        bring-in on its own thread, so they load in parallel within the cache's bounds, and a request for one
+        of them meanwhile shares its bring-in."""
+        warm = [(str(n), int(v)) for n, v in self.feed.facts.get("warm") or []][:self.cache_size]
+        if self.cache_memory is not None:
+            warm = self._within_budget(warm)
+        for name, version in warm:
+            threading.Thread(target=self._warm, args=(name, version), name="cache-warm", daemon=True).start()
+
+    def _within_budget(self, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The most recent of `keys` whose estimated sizes fit the byte budget together."""
+        out, total = [], 0
+        for key in keys:
+            manifest = self.tree.manifest(*key)
+            need = int(_disk_bytes(manifest) * DISK_TO_MEMORY) if manifest else 0
+            if total + need > self.cache_memory:
+                break
+            out.append(key)
+            total += need
+        return out
+
+    def _warm(self, name: str, version: int) -> None:
+        try:
+            with self.request_scope():
+                self.get(name, version)
+            log.info("model %s version %s back in memory after the restart", name, version)
+        except Exception as e:  # the version's own failure, recorded on it; requests learn it as usual
+            log.warning("model %s version %s was not brought back after the restart: %s", name, version,
+                        getattr(e, "description", None) or e)
+
     # -- sync: updated copies leave, nothing loads without a request ----------------------------------------
     def _sync_disk(self, disk: dict[str, dict[int, str]]) -> None:
         with self._cond:
@@ -274,6 +307,7 @@ class CachingRegistry(ModelRegistry):
                         v.state = State.UNLOADING
                         v.freed_for = rec
                         self._leaving.append(v)
+                        self._release_hold(v)  # it serves nothing more: its disk slot can go with rec's ensure
                         metrics.EVICTIONS.inc()
                         log.info("model %s version %s evicted from memory (least recently used; %s freed, making "
                                  "room for %s version %s)", v.name, v.version, format_bytes(v.memory_bytes), *rec.key)

@@ -88,8 +88,9 @@ class VersionLoader:
         runs (replica/quarantine.py), with the `--load-timeout` deadline; a load that returns after its
         deadline has its model unloaded at once. Under a byte budget loads are measured one at a time."""
         def run() -> tuple[Any, int]:
-            with self.marks.loading(name, version, fp), self._measure_lock, memory.measuring() as grown:
-                model = self._load_fn(str(self.tree.model_path(name, version)), name, version)
+            path = self.tree.model_path(name, version)
+            with self.marks.loading(name, version, fp), self._measure_lock, memory.measuring(path) as grown:
+                model = self._load_fn(str(path), name, version)
             return model, grown.bytes
 
         def late(loaded: tuple[Any, int]) -> None:

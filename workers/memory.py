@@ -4,8 +4,9 @@ A version's size is measured as the larger of two deltas across its `load_model`
 (what the kernel, and a memory cgroup, count) and glibc's heap in use (`mallinfo2`: bytes handed out by
 malloc, mapped chunks included). The heap delta is right even where the load reuses memory an unload freed
 without giving it back (the resident set then barely grows); the resident delta sees what malloc does not
-(a framework's own mappings). Loads measured at once would blur each other, so the caller measures under one
-lock.
+(a framework's own mappings). Weights mapped from the version's files count in full (`mapped_from`): they are
+resident once runs touch them, not at the load. Loads measured at once would blur each other, so the caller
+measures under one lock.
 
 glibc keeps freed memory in its arenas; `malloc_trim(0)` returns what it can, so an eviction lowers the resident
 set instead of leaving it at its high-water mark.
@@ -85,9 +86,28 @@ class Measured:
     bytes: int = 0
 
 
+def mapped_from(folder: str | os.PathLike) -> int:
+    """Bytes this process maps from files under `folder` (weights a loader maps instead of reading: ONNX
+    external data, `np.load(mmap_mode="r")`). They count as the model's memory although they become resident
+    only as runs touch them; a file replaced since (`(deleted)`) is an older copy's, not this one's."""
+    prefix = os.path.realpath(folder).rstrip("/") + "/"
+    total = 0
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[5].startswith(prefix) and not parts[5].rstrip().endswith("(deleted)"):
+                    start, end = parts[0].split("-")
+                    total += int(end, 16) - int(start, 16)
+    except OSError:
+        return 0
+    return total
+
+
 @contextlib.contextmanager
-def measuring() -> Iterator[Measured]:
-    """What the block added to this process's memory (see the module's doc), in `.bytes` once it has run."""
+def measuring(folder: str | os.PathLike | None = None) -> Iterator[Measured]:
+    """What the block added to this process's memory (see the module's doc), in `.bytes` once it has run; at
+    least what it mapped from the files under `folder` (the version being loaded)."""
     out = Measured()
     rss_before, heap_before = rss(), heap_in_use()
     yield out
@@ -95,4 +115,6 @@ def measuring() -> Iterator[Measured]:
     heap_after = heap_in_use()
     if heap_before is not None and heap_after is not None:
         grown = max(grown, heap_after - heap_before)
+    if folder is not None:
+        grown = max(grown, mapped_from(folder))
     out.bytes = max(grown, 0)

@@ -108,9 +108,13 @@ class ModelRegistry(VersionLoader):
                 self.sync()
                 if self.supervisor_ready and not self.initial_sync_done.is_set():
                     self.initial_sync_done.set()
+                    self._first_sync_done()
             except Exception:
                 log.exception("model sync failed; retrying")
             time.sleep(self.tick)
+
+    def _first_sync_done(self) -> None:
+        """Called once, when the worker has become ready (the caching registry warms up here)."""
 
     def sync(self) -> None:
         """Load what is new on disk, retire what left it, unload retired copies nobody pins any more."""
