@@ -248,7 +248,8 @@ def _signature(kind: str, model: dict) -> tuple[list[TensorSpec], list[TensorSpe
     if kind == "onnx":
         return ([TensorSpec(i.name, _onnx_datatype(i.type), _dims(i.shape)) for i in model["signatures"]],
                 [TensorSpec(o.name, _onnx_datatype(o.type), _dims(o.shape)) for o in model["outputs"]])
-    return ([TensorSpec(n, _tf_datatype(s.dtype), _tf_dims(s.shape)) for n, s in model["inputs"].items()],
+    # Sorted by name, as TensorFlow flattens a signature's inputs: the order a dict happens to have is no contract.
+    return ([TensorSpec(n, _tf_datatype(s.dtype), _tf_dims(s.shape)) for n, s in sorted(model["inputs"].items())],
             [TensorSpec(n, _tf_datatype(s.dtype), _tf_dims(s.shape)) for n, s in model["outputs"].items()])
 
 
