@@ -13,61 +13,22 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, Protocol
 
 from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
+from supervisor.download_types import (ChangedDuringDownload, LocalDiskError, Progress, Stopped, UpstreamError,
+                                       Written, disk_error)
 from supervisor.s3_client import make_s3_client
+
+# The download vocabulary lives in supervisor.download_types; it is re-exported here, where the upstreams are.
+__all__ = ["ChangedDuringDownload", "LocalDiskError", "LocalUpstream", "Progress", "S3Upstream", "Stopped", "Upstream",
+           "UpstreamError", "Written", "open_upstream"]
 
 log = logging.getLogger(__name__)
 
-
-class UpstreamError(Exception):
-    """The upstream could not be listed or read (network, credentials, missing bucket).
-
-    `str(e)` is the whole story for the log (URLs, endpoint, local paths); `public` is what a client may be
-    told: the reason, without where the replica keeps or gets its files."""
-
-    def __init__(self, message: str, public: str = "the upstream could not be read"):
-        super().__init__(message)
-        self.public = public
-
-
-class ChangedDuringDownload(Exception):
-    """A file changed upstream between the listing and its download."""
-
-
-class LocalDiskError(Exception):
-    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault.
-
-    `public` names the reason without the path (see UpstreamError)."""
-
-    def __init__(self, message: str, public: str = "the state directory cannot take the download"):
-        super().__init__(message)
-        self.public = public
-
-
-def _disk_error(dest: Path, e: OSError) -> LocalDiskError:
-    return LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}",
-                          f"the state directory's disk refused the download ({e.strerror})")
-
-
-class Stopped(Exception):
-    """The replica is stopping: a download ends between two chunks instead of running to its end."""
-
-
 CHUNK = 1 << 20
 S3_CHUNK = 64 << 10  # a socket read: at a trickle of 20 KB/s a stopping replica still ends it within seconds
-Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
-
-
-class Written(NamedTuple):
-    """A downloaded file: its size and the sha256 of its bytes, taken as they were written (no second read).
-    The digest is what the disk copy is checked against later: S3's ETag is an MD5 only for single-part
-    uploads, and a local file's tag is its modification time."""
-
-    size: int
-    sha256: str
 
 
 def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
@@ -77,13 +38,13 @@ def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
     try:
         f = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE), "wb")
     except OSError as e:
-        raise _disk_error(dest, e) from e
+        raise disk_error(dest, e) from e
     with f:
         for chunk in chunks:
             try:
                 f.write(chunk)
             except OSError as e:
-                raise _disk_error(dest, e) from e
+                raise disk_error(dest, e) from e
             digest.update(chunk)
             if progress is not None:
                 progress(len(chunk))
