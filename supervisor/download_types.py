@@ -48,9 +48,11 @@ Progress = Callable[[int], None]  # called with each chunk's size; raises Stoppe
 
 
 class Written(NamedTuple):
-    """A downloaded file: its size and the sha256 of its bytes, taken as they were written (no second read).
-    The digest is what the disk copy is checked against later: S3's ETag is an MD5 only for single-part
-    uploads, and a local file's tag is its modification time."""
+    """A downloaded file: its size and the sha256 of its bytes, taken while it downloads (a local copy hashes
+    each chunk it writes; a ranged S3 fetch hashes the file's completed prefix back from the page cache as its
+    parts land), so no read of the disk copy follows the download. The digest is of the whole file, what the
+    disk copy is checked against later: S3's ETag is an MD5 only for single-part uploads, and a local file's
+    tag is its modification time."""
 
     size: int
     sha256: str

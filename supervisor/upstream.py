@@ -3,27 +3,31 @@
 An upstream answers two questions: what is under the root now (one paginated listing, never one request
 per model or per file), and give me this file as listed. A file whose tag no longer matches the listing
 raises `ChangedDuringDownload`, so a version that changes while it downloads is fetched again instead of
-being served mixed.
+being served mixed. A version's files download at once (`fetch_files`), and an S3 file in parallel ranged
+parts (supervisor/ranged.py), all under one process-wide bound on requests in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
 from supervisor.download_types import (ChangedDuringDownload, LocalDiskError, Progress, Stopped, UpstreamError,
                                        Written, disk_error)
+from supervisor import ranged
 from supervisor.s3_client import make_s3_client
 
 # The download vocabulary lives in supervisor.download_types; it is re-exported here, where the upstreams are.
 __all__ = ["ChangedDuringDownload", "LocalDiskError", "LocalUpstream", "Progress", "S3Upstream", "Stopped", "Upstream",
-           "UpstreamError", "Written", "open_upstream"]
+           "UpstreamError", "Written", "fetch_files", "open_upstream"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +62,61 @@ class Upstream(Protocol):
         """Every file under the root, keys relative to it."""
 
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
-        """Copy one listed file to `dest`, calling `progress` per chunk; return its size and digest.
+        """Copy one listed file to `dest`, calling `progress` per chunk (from any thread: S3 fetches parts on
+        several); return its size and digest.
 
         Raises ChangedDuringDownload, UpstreamError (reading), LocalDiskError (writing) or Stopped."""
+
+
+class _Cancelled(Exception):
+    """Another file of the version failed first: this one ends at its next chunk."""
+
+
+def fetch_files(upstream: Upstream, files: list[tuple[ObjectInfo, Path]],
+                progress: Progress | None = None) -> list[Written]:
+    """Copy a version's listed files, each to its path, several at once; what each wrote, in order.
+
+    One after the other, a version of many files waits for each file's first byte in turn and a small file
+    leaves the part pool idle; so up to PARTS_IN_FLIGHT files run at once, their parts sharing that one bound
+    (supervisor/ranged.py). The first failure ends the other files at their next chunk, files not started
+    yet never start, and it is raised once every file has ended, so nothing writes into the staging folder
+    afterwards. A file that does not come out at its listed size changed upstream."""
+    results: dict[int, Written] = {}
+    failures: list[BaseException] = []  # the first one is raised
+    lock = threading.Lock()
+    pending = iter(range(len(files)))
+
+    def guarded(nbytes: int) -> None:
+        if failures:
+            raise _Cancelled()
+        if progress is not None:
+            progress(nbytes)
+
+    def work() -> None:
+        while True:
+            with lock:
+                index = None if failures else next(pending, None)
+            if index is None:
+                return
+            obj, dest = files[index]
+            try:
+                results[index] = upstream.fetch(obj, dest, guarded)
+                if dest.stat().st_size != obj.size:
+                    raise ChangedDuringDownload(obj.key)
+            except BaseException as e:  # handed to the caller, which raises the first
+                with lock:
+                    failures.append(e)
+                return
+
+    threads = [threading.Thread(target=work, name="fetch-files", daemon=True)
+               for _ in range(min(len(files), ranged.PARTS_IN_FLIGHT))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return [results[index] for index in range(len(files))]
 
 
 class LocalUpstream:
@@ -186,20 +242,14 @@ class S3Upstream:
         return float(self.download_client.meta.config.read_timeout)
 
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
+        """Fetch the file in parallel ranged parts (supervisor/ranged.py), each pinned to the listed ETag."""
         from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         key = self.prefix + safe_relpath(obj.key)
         try:
-            resp = self.download_client.get_object(Bucket=self.bucket, Key=key)
-            body = resp["Body"]
-            try:
-                if resp["ETag"].strip('"') != obj.tag:
-                    raise ChangedDuringDownload(obj.key)
-                sha256 = _write_chunks(body.iter_chunks(S3_CHUNK), dest, progress)
-            finally:
-                body.close()
+            sha256 = ranged.fetch(obj.key, obj.size, dest, functools.partial(self._read, key, obj), progress)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if e.response.get("Error", {}).get("Code") in _CHANGED:
                 raise ChangedDuringDownload(obj.key) from None
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 refused the download ({_public(e)})") from e
@@ -211,6 +261,35 @@ class S3Upstream:
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 could not be read ({_public(e)})") from e
         return Written(obj.size, sha256)
+
+    def _read(self, key: str, obj: ObjectInfo, start: int, end: int | None) -> Iterator[bytes]:
+        """The bytes [start, end) of the listed object (all of it when `end` is None), as socket reads.
+
+        If-Match on the listing's ETag pins every part to the version listed: once the object is replaced, each
+        part asked for after that is refused (412), so a file is never assembled from two versions. The ETag
+        and the range answered are checked too, for a store that ignores If-Match or Range."""
+        args = {"Bucket": self.bucket, "Key": key, "IfMatch": f'"{obj.tag}"'}
+        if end is not None:
+            args["Range"] = f"bytes={start}-{end - 1}"
+        resp = self.download_client.get_object(**args)
+        body = resp["Body"]
+        try:
+            if resp["ETag"].strip('"') != obj.tag:
+                raise ChangedDuringDownload(obj.key)
+            if end is not None:
+                answered = resp.get("ContentRange", "")
+                if not answered.endswith(f"/{obj.size}"):
+                    raise ChangedDuringDownload(obj.key)
+                if answered != f"bytes {start}-{end - 1}/{obj.size}":
+                    raise UpstreamError(f"s3://{self.bucket}/{key}: asked for bytes {start}-{end - 1}, got "
+                                        f"{answered or 'the whole object'}", "S3 answered another byte range")
+            yield from body.iter_chunks(S3_CHUNK)
+        finally:
+            body.close()
+
+
+# Error codes of a GET for an object that is no longer the one listed: gone, replaced (If-Match), shorter.
+_CHANGED = {"NoSuchKey", "404", "PreconditionFailed", "412", "InvalidRange", "416"}
 
 
 def _describe(e: Exception) -> str:
