@@ -13,7 +13,8 @@ it back from the staging file it was just written to (the page cache), so parts 
 one read buffer is all that is held in memory, and the hash runs beside the parts still downloading.
 
 Consistency is the caller's `read`: it pins each part to the listed version of the object (S3: If-Match on
-the listing's ETag) and raises ChangedDuringDownload otherwise. The first failure of any part (the upstream's,
+the listing's ETag) and raises ChangedDuringDownload otherwise; a part of another length than asked for is an
+UpstreamError. The first failure of any part (the upstream's,
 the disk's, Stopped from `progress`) ends the other parts at their next chunk, parts not started yet never
 start, and it is raised once every started part has ended, so nothing writes to the file after `fetch`
 returns.
@@ -28,26 +29,29 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator
 
 from replica.disktree import FILE_MODE
 from supervisor.download_pool import DownloadPool
-from supervisor.download_types import ChangedDuringDownload, Progress, disk_error
+from supervisor.download_types import Progress, UpstreamError, disk_error
 
-# AWS's guidance for ranged GETs is 8-16 MB a request. The low end: a part's fixed cost (a signed request and
-# a round trip to its first byte) stays small beside its transfer, while a 64 MiB file still spreads over 8
-# connections, the last parts of a file end close together, and a change seen mid-download wastes little.
-PART_SIZE = 8 << 20
-# Requests in flight across every download: about what a 10 Gbit/s link to S3 takes at the 50-100 MB/s one S3
-# connection carries, and below the download client's pool of 32 connections (supervisor/s3_client.py), so
-# every part reuses a kept-alive connection instead of opening one it then has to throw away.
+# AWS's guidance for ranged GETs is 8-16 MB a request. The high end: each request also costs botocore CPU
+# (building, signing and parsing it), which shows on a small machine, and halving the requests halves it, while
+# a file of 256 MiB still spreads over every part in flight, the last parts of a file end close together, and
+# a change seen mid-download wastes at most 16 MiB a connection.
+PART_SIZE = 16 << 20
+# Requests in flight across every download. AWS's performance guidelines: one concurrent request for each
+# 85-90 MB/s wanted, so 16 fill about a 10 Gbit/s link to S3; and below the download client's pool of 32
+# connections (supervisor/s3_client.py), so every part reuses a kept-alive connection instead of opening one it
+# then has to throw away. Each part holds one socket read (64 KiB) of memory, so memory is not the bound.
 PARTS_IN_FLIGHT = 16
 PARTS = DownloadPool(PARTS_IN_FLIGHT, "part")
 
 HASH_READ = 1 << 20  # the read buffer that hashes the staging file's completed prefix
 
-# (start, end) -> the object's bytes [start, end) as chunks; end None: the whole object, one plain GET.
-ReadRange = Callable[[int, int | None], Iterator[bytes]]
+# (start, end) -> the object's bytes [start, end) as chunks; end None: the whole object, one plain GET. A
+# generator, closed when its part ends early, so that its response is released then.
+ReadRange = Callable[[int, int | None], Generator[bytes, None, None]]
 
 
 class _Ended(Exception):
@@ -145,12 +149,18 @@ class _Parts:
         with contextlib.closing(self.read(start, None if self.whole else end)) as chunks:
             for chunk in chunks:
                 if offset + len(chunk) > end:
-                    raise ChangedDuringDownload(f"{self.key}: more bytes than listed")
+                    raise self._other_length(start, end)
                 self._write(chunk, offset)
                 offset += len(chunk)
                 self._check(len(chunk))
         if offset != end:
-            raise ChangedDuringDownload(f"{self.key}: fewer bytes than listed")
+            raise self._other_length(start, end)
+
+    def _other_length(self, start: int, end: int) -> UpstreamError:
+        """`read` answered for the listed version (its tag checked), so another length is the transport's fault
+        or the store's: retried with the version's backoff, not at once as a change would be."""
+        return UpstreamError(f"{self.key}: bytes {start}-{end - 1} came back as another length",
+                             "the upstream sent another length than listed")
 
     def _write(self, chunk: bytes, offset: int) -> None:
         view = memoryview(chunk)

@@ -16,7 +16,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Generator, Protocol
 
 from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
@@ -262,7 +262,7 @@ class S3Upstream:
                                 f"S3 could not be read ({_public(e)})") from e
         return Written(obj.size, sha256)
 
-    def _read(self, key: str, obj: ObjectInfo, start: int, end: int | None) -> Iterator[bytes]:
+    def _read(self, key: str, obj: ObjectInfo, start: int, end: int | None) -> Generator[bytes, None, None]:
         """The bytes [start, end) of the listed object (all of it when `end` is None), as socket reads.
 
         If-Match on the listing's ETag pins every part to the version listed: once the object is replaced, each

@@ -1,7 +1,8 @@
 """Parallel ranged downloads (supervisor/ranged.py) against the real SeaweedFS: a file in many parts arrives
 byte for byte with the digest every later check recomputes, a file replaced upstream between two of its parts
 is detected and fetched again, parts in flight never pass the process-wide bound, a stopping replica ends
-every part, and a full state disk is the disk's error before any byte is fetched.
+every part, a full state disk is the disk's error before any byte is fetched, and a part of another length
+than asked for is the upstream's error.
 
 The part size is made small (monkeypatched) so that a few MiB make many parts; the download client is wrapped
 to count the GETs in flight, from the request until its body is closed, independently of the pool.
@@ -24,7 +25,7 @@ from supervisor import ranged
 from supervisor.catalogue import Catalogue
 from supervisor.download_pool import DownloadPool
 from supervisor.s3_client import make_s3_client
-from supervisor.upstream import LocalDiskError, S3Upstream, Stopped, fetch_files
+from supervisor.upstream import LocalDiskError, S3Upstream, Stopped, UpstreamError, fetch_files
 from supervisor.watcher import Watcher
 from tests.helpers import read_state, sync
 from tests.replica_proc import wait_for
@@ -247,3 +248,20 @@ def test_a_full_state_disk_fails_before_any_byte_is_fetched(s3, s3_client, bucke
         upstream.fetch(obj, small_fs / "weights.bin")
     assert "the state directory's disk refused the download" in e.value.public
     assert client.ranges == []
+
+
+def test_a_part_of_another_length_than_asked_is_the_upstreams_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(ranged, "PART_SIZE", 4)
+    data = b"0123456789"
+
+    def parts(start: int, end: int | None):
+        yield data[start:end]
+
+    def short_last_part(start: int, end: int | None):
+        yield data[start:min(end, 9)]  # the last part comes back one byte short
+
+    with pytest.raises(UpstreamError) as e:
+        ranged.fetch("w.bin", len(data), tmp_path / "w.bin", short_last_part)
+    assert "bytes 8-9 came back as another length" in str(e.value)
+    assert ranged.fetch("w.bin", len(data), tmp_path / "w.bin", parts) == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "w.bin").read_bytes() == data
