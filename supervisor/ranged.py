@@ -4,36 +4,35 @@ download the supervisor runs through one process-wide bound.
 One GET stream carries what one connection gets, a fraction of what S3 and the network can, and a cold
 start waits for whole models. So a file larger than PART_SIZE is fetched as ranged GETs of PART_SIZE bytes,
 each written with pwrite at its offset into a staging file preallocated to the object's size; a file of one
-part stays one plain GET. Every part, a plain GET included, runs on the process-wide pool `PARTS`, so
-however many versions and files download at once, at most PARTS_IN_FLIGHT requests are in flight.
+part stays one plain GET. Every part, a plain GET included, runs on the process-wide pool `PARTS`
+(supervisor/part_pool.py), so however many versions and files download at once, at most PARTS_IN_FLIGHT
+requests are in flight, shared fairly among the files: a ranged part may stop at a socket read to give its
+slot to a file that waits, and the rest of its range is fetched later as a part of its own.
 
 The digest is still the sha256 of the whole file, the one every later check recomputes from the disk copy
-(`DiskTree.damaged`): the calling thread hashes the file's contiguous prefix as its parts complete, reading
-it back from the staging file it was just written to (the page cache), so parts may end in any order while
-one read buffer is all that is held in memory, and the hash runs beside the parts still downloading.
+(`DiskTree.damaged`): the calling thread hashes the file's contiguous prefix as its parts land, reading it
+back from the staging file it was just written to (the page cache), so parts may end in any order while one
+read buffer is all that is held in memory, and the hash runs beside the parts still downloading.
 
 Consistency is the caller's `read`: it pins each part to the listed version of the object (S3: If-Match on
 the listing's ETag) and raises ChangedDuringDownload otherwise; a part of another length than asked for is an
-UpstreamError. The first failure of any part (the upstream's,
-the disk's, Stopped from `progress`) ends the other parts at their next chunk, parts not started yet never
-start, and it is raised once every started part has ended, so nothing writes to the file after `fetch`
-returns.
+UpstreamError. The first failure of any part (the upstream's, the disk's, Stopped from `progress`) ends the
+other parts at their next chunk, parts not started yet never start, and it is raised once every started part
+has ended, so nothing writes to the file after `fetch` returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import os
-import threading
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable, Generator, NamedTuple
 
 from replica.disktree import FILE_MODE
-from supervisor.download_pool import DownloadPool
 from supervisor.download_types import Progress, UpstreamError, disk_error
+from supervisor.part_pool import PartPool, Parts
 
 # AWS's guidance for ranged GETs is 8-16 MB a request. The high end: each request also costs botocore CPU
 # (building, signing and parsing it), which shows on a small machine, and halving the requests halves it, while
@@ -45,7 +44,7 @@ PART_SIZE = 16 << 20
 # connections (supervisor/s3_client.py), so every part reuses a kept-alive connection instead of opening one it
 # then has to throw away. Each part holds one socket read (64 KiB) of memory, so memory is not the bound.
 PARTS_IN_FLIGHT = 16
-PARTS = DownloadPool(PARTS_IN_FLIGHT, "part")
+PARTS = PartPool(PARTS_IN_FLIGHT)
 
 HASH_READ = 1 << 20  # the read buffer that hashes the staging file's completed prefix
 
@@ -65,52 +64,61 @@ def fetch(key: str, size: int, dest: Path, read: ReadRange, progress: Progress |
     directory refuses the file, or what `progress` raises (Stopped)."""
     fd = _open_preallocated(dest, size)
     try:
-        return _Parts(key, fd, dest, size, read, progress).run()
+        return _File(PARTS, key, fd, dest, size, read, progress).download()
     finally:
         os.close(fd)
 
 
-class _Parts:
-    """The parts of one file: which have ended, how many run, and the first failure."""
+class _Outcome(NamedTuple):
+    reached: int  # the part's bytes are on disk up to this offset
+    done: bool  # the whole part; else it yielded its slot (or failed)
+    error: BaseException | None = None
 
-    def __init__(self, key: str, fd: int, dest: Path, size: int, read: ReadRange, progress: Progress | None):
-        self.key, self.fd, self.dest, self.read, self.progress = key, fd, dest, read, progress
+
+class _File(Parts):
+    """The parts of one file: how far each is written, which are whole, and the first failure."""
+
+    def __init__(self, pool: PartPool, key: str, fd: int, dest: Path, size: int, read: ReadRange,
+                 progress: Progress | None):
         self.ranges = [(start, min(start + PART_SIZE, size)) for start in range(0, size, PART_SIZE)] or [(0, 0)]
-        self.whole = len(self.ranges) == 1
-        self.cond = threading.Condition()
+        super().__init__(pool, len(self.ranges))
+        self.key, self.fd, self.dest, self.size, self.read, self.progress = key, fd, dest, size, read, progress
+        self.whole = len(self.ranges) == 1  # one plain GET, which cannot resume, so never yields
+        self.reached = [start for start, _ in self.ranges]
         self.done = [False] * len(self.ranges)
-        self.running = 0
         self.error: BaseException | None = None
 
-    def run(self) -> str:
+    def download(self) -> str:
+        self.pool.add(self)
         try:
-            for index in range(len(self.ranges)):
-                PARTS.submit(functools.partial(self._part, index))
             return self._digest()
         except BaseException as e:
             with self.cond:  # no part starts from here on; the running ones end at their next chunk
                 if self.error is None:
                     self.error = e
+                self.pool.cancel(self)
                 while self.running:
                     self.cond.wait()
             raise
 
     def _digest(self) -> str:
-        """Hash the file's completed prefix as it grows, until every part has ended; raise the first failure."""
+        """Hash the file's written prefix as it grows, until every part is whole; raise the first failure."""
         digest = hashlib.sha256()
         view = memoryview(bytearray(HASH_READ))
-        hashed = 0  # parts hashed so far
-        while hashed < len(self.ranges):
+        hashed, head = 0, 0  # bytes hashed; the first part not whole yet
+        while head < len(self.ranges):
             with self.cond:
-                while self.error is None and not self.done[hashed]:
+                while True:
+                    if self.error is not None:
+                        raise self.error
+                    while head < len(self.ranges) and self.done[head]:
+                        head += 1
+                    upto = self.size if head == len(self.ranges) else self.reached[head]
+                    if upto > hashed or head == len(self.ranges):
+                        break
                     self.cond.wait()
-                if self.error is not None:
-                    raise self.error
-                upto = hashed
-                while upto < len(self.ranges) and self.done[upto]:
-                    upto += 1
             try:
-                self._hash(digest, view, self.ranges[hashed][0], self.ranges[upto - 1][1])
+                self._hash(digest, view, hashed, upto)
             except OSError as e:
                 raise disk_error(self.dest, e) from e
             hashed = upto
@@ -124,41 +132,43 @@ class _Parts:
             digest.update(view[:n])
             start += n
 
-    def _part(self, index: int) -> None:
-        """One part, on the pool: nothing when another part already failed, else fetch it and record the end."""
-        with self.cond:
-            if self.error is not None:
-                return
-            self.running += 1
-        failure = None
+    # -- the pool's side: one part in one of its threads, then its outcome under the lock ------------------------
+    def run(self, index: int) -> _Outcome:
+        offset = self.reached[index]  # past the start when the part yielded before
         try:
-            self._fetch(*self.ranges[index])
+            self._check(0)  # a failed part or a stopping replica: no request at all
+            end = self.ranges[index][1]
+            with contextlib.closing(self.read(offset, None if self.whole else end)) as chunks:
+                for chunk in chunks:
+                    if offset + len(chunk) > end:
+                        raise self._other_length(index)
+                    self._write(chunk, offset)
+                    offset += len(chunk)
+                    self._check(len(chunk))
+                    if offset < end and not self.whole and self.pool.should_yield(self):
+                        return _Outcome(offset, False)
+            if offset != end:
+                raise self._other_length(index)
+            return _Outcome(offset, True)
         except BaseException as e:  # handed to the calling thread, which raises it
-            failure = e
-        with self.cond:
-            self.running -= 1
-            if failure is None:
-                self.done[index] = True
-            elif self.error is None:
-                self.error = failure
-            self.cond.notify_all()
+            return _Outcome(offset, False, e)
 
-    def _fetch(self, start: int, end: int) -> None:
-        self._check(0)  # a failed part or a stopping replica: no request at all
-        offset = start
-        with contextlib.closing(self.read(start, None if self.whole else end)) as chunks:
-            for chunk in chunks:
-                if offset + len(chunk) > end:
-                    raise self._other_length(start, end)
-                self._write(chunk, offset)
-                offset += len(chunk)
-                self._check(len(chunk))
-        if offset != end:
-            raise self._other_length(start, end)
+    def ended(self, index: int, outcome: _Outcome) -> None:
+        self.reached[index] = outcome.reached
+        if outcome.error is not None:
+            if self.error is None:
+                self.error = outcome.error
+            self.pool.cancel(self)
+        elif outcome.done:
+            self.done[index] = True
+        elif self.error is None:
+            self.waiting.appendleft(index)  # the rest of its range, before the parts after it
+        self.cond.notify_all()
 
-    def _other_length(self, start: int, end: int) -> UpstreamError:
+    def _other_length(self, index: int) -> UpstreamError:
         """`read` answered for the listed version (its tag checked), so another length is the transport's fault
         or the store's: retried with the version's backoff, not at once as a change would be."""
+        start, end = self.ranges[index]
         return UpstreamError(f"{self.key}: bytes {start}-{end - 1} came back as another length",
                              "the upstream sent another length than listed")
 

@@ -15,6 +15,7 @@ makes a running one look dead.
 from __future__ import annotations
 
 import logging
+import collections
 import random
 import shutil
 import threading
@@ -26,7 +27,6 @@ from replica.disktree import DiskTree, make_dirs, safe_relpath
 from replica.feed import FeedWriter
 from replica.layout import ObjectInfo, VersionListing
 from supervisor.catalogue import Catalogue, CatalogueEntry
-from supervisor.download_pool import DownloadPool
 from supervisor.feed_publisher import FeedPublisher
 from supervisor.tree_writes import DiskFull, TreeWrites
 from replica.single_flight import SingleFlight
@@ -47,6 +47,45 @@ class Fetched(NamedTuple):
 
     error: str | None
     retry_after: int | None = None
+
+
+class DownloadPool:
+    """A bounded pool of daemon threads that run downloads off the watcher loop.
+
+    Daemon threads, because a download blocked on a silent upstream must never hold up the replica's exit
+    (the stall deadline ends it, the process exit ends it sooner). Threads are started on demand, up to
+    `size`, and end once the queue is empty, so an idle watcher keeps no thread."""
+
+    def __init__(self, size: int, name: str = "download"):
+        self.size = max(1, size)
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._running = 0
+        self._started = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue `job`; it runs as soon as one of the pool's threads is free."""
+        with self._lock:
+            self._queue.append(job)
+            if self._running >= self.size:
+                return
+            self._running += 1
+            self._started += 1
+            number = self._started
+        threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running -= 1
+                    return
+                job = self._queue.popleft()
+            try:
+                job()
+            except BaseException:  # a job answers for itself; this thread goes on with the next one
+                log.exception("a download job failed")
 
 
 class Watcher:
