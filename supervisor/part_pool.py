@@ -38,6 +38,8 @@ class Parts:
 
 
 class PartPool:
+    """At most `size` parts running at once, over every file added; see the module's docstring."""
+
     def __init__(self, size: int, name: str = "part"):
         self.size = max(1, size)
         self.name = name
@@ -52,11 +54,11 @@ class PartPool:
         """Schedule a file's parts; they start as slots free up."""
         with self.lock:
             self._files.append(parts)
-            waiting = sum(len(f.waiting) for f in self._files)
-            spawn = min(self.size - self._threads, waiting - (self._threads - self._busy))
-            self._threads += max(0, spawn)
-            numbers = range(self._started + 1, self._started + 1 + max(0, spawn))
-            self._started += max(0, spawn)
+            idle = self._threads - self._busy  # threads between two parts, about to take the next
+            spawn = max(0, min(self.size - self._threads, sum(len(f.waiting) for f in self._files) - idle))
+            self._threads += spawn
+            numbers = range(self._started + 1, self._started + 1 + spawn)
+            self._started += spawn
             self._update_hint()
         for number in numbers:
             threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True).start()

@@ -46,7 +46,7 @@ PART_SIZE = 16 << 20
 PARTS_IN_FLIGHT = 16
 PARTS = PartPool(PARTS_IN_FLIGHT)
 
-HASH_READ = 1 << 20  # the read buffer that hashes the staging file's completed prefix
+HASH_READ = 1 << 20  # the most read back at once to hash the staging file's written prefix
 
 # (start, end) -> the object's bytes [start, end) as chunks; end None: the whole object, one plain GET. A
 # generator, closed when its part ends early, so that its response is released then.
@@ -76,7 +76,8 @@ class _Outcome(NamedTuple):
 
 
 class _File(Parts):
-    """The parts of one file: how far each is written, which are whole, and the first failure."""
+    """The parts of one file: how far each is written, which are whole, and the first failure. `download` runs
+    in the caller's thread; `run` and `ended` are the pool's side."""
 
     def __init__(self, pool: PartPool, key: str, fd: int, dest: Path, size: int, read: ReadRange,
                  progress: Progress | None):
@@ -104,7 +105,6 @@ class _File(Parts):
     def _digest(self) -> str:
         """Hash the file's written prefix as it grows, until every part is whole; raise the first failure."""
         digest = hashlib.sha256()
-        view = memoryview(bytearray(HASH_READ))
         hashed, head = 0, 0  # bytes hashed; the first part not whole yet
         while head < len(self.ranges):
             with self.cond:
@@ -118,13 +118,16 @@ class _File(Parts):
                         break
                     self.cond.wait()
             try:
-                self._hash(digest, view, hashed, upto)
+                self._hash(digest, hashed, upto)
             except OSError as e:
                 raise disk_error(self.dest, e) from e
             hashed = upto
         return digest.hexdigest()
 
-    def _hash(self, digest, view: memoryview, start: int, end: int) -> None:
+    def _hash(self, digest, start: int, end: int) -> None:
+        """Add the bytes [start, end) of the staging file, read back through one buffer held only meanwhile:
+        a version's files wait for their parts together, and only the ones hashing hold memory for it."""
+        view = memoryview(bytearray(min(HASH_READ, end - start)))
         while start < end:
             n = os.preadv(self.fd, [view[:min(len(view), end - start)]], start)
             if n == 0:
