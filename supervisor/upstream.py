@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 S3_CHUNK = 64 << 10  # a socket read: at a trickle of 20 KB/s a stopping replica still ends it within seconds
+S3_READ = 1 << 20  # the most one read of a ranged part returns (it returns what has arrived, see _as_it_arrives)
 
 
 def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
@@ -283,9 +284,34 @@ class S3Upstream:
                 if answered != f"bytes {start}-{end - 1}/{obj.size}":
                     raise UpstreamError(f"s3://{self.bucket}/{key}: asked for bytes {start}-{end - 1}, got "
                                         f"{answered or 'the whole object'}", "S3 answered another byte range")
-            yield from body.iter_chunks(S3_CHUNK)
+            yield from body.iter_chunks(S3_CHUNK) if end is None else _as_it_arrives(body)
         finally:
             body.close()
+
+
+def _as_it_arrives(body) -> Generator[bytes, None, None]:
+    """A ranged answer's bytes, each read returning what has arrived (up to S3_READ), not a set amount.
+
+    botocore's StreamingBody reads a set amount, waiting until that much has arrived: small reads keep a
+    trickle reporting (and a stopping replica ending) at each one, but at speed every read of every part in
+    flight is a handoff of the interpreter lock, and those dominate the CPU of a parallel download. read1 of the
+    urllib3 response beneath (a plain GET keeps botocore's reads, and with them its checksum checks, which do
+    not apply to a range) returns what one socket read brings: few large reads at speed, a report per packet
+    at a trickle. Its errors become botocore's, as StreamingBody's do, so a stall reads as one."""
+    from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError as URLLib3ReadTimeoutError
+
+    raw = body._raw_stream  # noqa: SLF001 - the urllib3 response, for read1 (see above)
+    while True:
+        try:
+            chunk = raw.read1(S3_READ)
+        except URLLib3ReadTimeoutError as e:
+            raise ReadTimeoutError(endpoint_url=e.url, error=e) from e
+        except ProtocolError as e:
+            raise ResponseStreamingError(error=e) from e
+        if not chunk:
+            return
+        yield chunk
 
 
 # Error codes of a GET for an object that is no longer the one listed: gone, replaced (If-Match), shorter.

@@ -1,8 +1,8 @@
 """Parallel ranged downloads (supervisor/ranged.py) against the real SeaweedFS: a file in many parts arrives
 byte for byte with the digest every later check recomputes, a file replaced upstream between two of its parts
 is detected and fetched again, parts in flight never pass the process-wide bound, a stopping replica ends
-every part, a download gets its share of the bound even while another holds every slot, a full state disk is
-the disk's error before any byte is fetched, and a part of another length than asked for is the upstream's
+every part, a stalled part fails the download with the stall reason, a download gets its share of the bound
+even while another holds every slot, a full state disk is the disk's error before any byte is fetched, and a part of another length than asked for is the upstream's
 error.
 
 The part size is made small (monkeypatched) so that a few MiB make many parts; the download client is wrapped
@@ -65,13 +65,13 @@ class CountingClient:
 
 
 class _Counted:
-    """A response body that tells its client once it is closed."""
+    """A response body that tells its client once it is closed; everything else is the body's."""
 
     def __init__(self, body, ended):
         self.body, self.ended, self.closed = body, ended, False
 
-    def iter_chunks(self, size):
-        return self.body.iter_chunks(size)
+    def __getattr__(self, name: str):
+        return getattr(self.body, name)
 
     def close(self) -> None:
         self.body.close()
@@ -283,6 +283,21 @@ def test_a_stopping_replica_ends_every_part_at_its_next_chunk(s3, s3_client, buc
     assert [type(e) for e in outcome] == [Stopped]
     assert client.in_flight == 0  # every part ended before fetch returned
     assert len(client.ranges) == 4  # the twelve parts waiting for the pool never started
+
+
+def test_a_stalled_part_fails_the_download_with_the_stall_reason(s3, s3_client, bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(ranged, "PART_SIZE", 256 << 10)
+    s3_client.put_object(Bucket=bucket, Key="m/1/weights.bin", Body=os.urandom(MiB))
+    s3_env(s3, monkeypatch)
+    with ThrottleProxy(s3.s3_port, mode="stall") as proxy:
+        upstream = S3Upstream(f"s3://{bucket}/m/", make_s3_client(),
+                              CountingClient(make_s3_client(endpoint_url=proxy.endpoint_url, read_timeout=1.0)))
+        (obj,) = upstream.list()
+        with pytest.raises(UpstreamError) as e:
+            upstream.fetch(obj, tmp_path / "weights.bin")
+        assert proxy.stalled.is_set()
+    assert e.value.public == "the download stalled: no data for 1 s"
+    assert upstream.download_client.in_flight == 0
 
 
 def test_a_full_state_disk_fails_before_any_byte_is_fetched(s3, s3_client, bucket, small_fs, monkeypatch):
