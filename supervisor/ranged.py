@@ -42,7 +42,7 @@ PART_SIZE = 16 << 20
 # Requests in flight across every download. AWS's performance guidelines: one concurrent request for each
 # 85-90 MB/s wanted, so 16 fill about a 10 Gbit/s link to S3; and below the download client's pool of 32
 # connections (supervisor/s3_client.py), so every part reuses a kept-alive connection instead of opening one it
-# then has to throw away. Each part holds one socket read (64 KiB) of memory, so memory is not the bound.
+# then has to throw away. Each part holds one socket read (1 MiB at most) of memory: memory is not the bound.
 PARTS_IN_FLIGHT = 16
 PARTS = PartPool(PARTS_IN_FLIGHT)
 

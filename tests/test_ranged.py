@@ -1,9 +1,9 @@
-"""Parallel ranged downloads (supervisor/ranged.py) against the real SeaweedFS: a file in many parts arrives
-byte for byte with the digest every later check recomputes, a file replaced upstream between two of its parts
-is detected and fetched again, parts in flight never pass the process-wide bound, a stopping replica ends
-every part, a stalled part fails the download with the stall reason, a download gets its share of the bound
-even while another holds every slot, a full state disk is the disk's error before any byte is fetched, and a part of another length than asked for is the upstream's
-error.
+"""Parallel ranged downloads (supervisor/ranged.py) against the real SeaweedFS: a file in many parts arrives byte
+for byte with the digest every later check recomputes, a file replaced upstream between two of its parts is
+detected and fetched again, parts in flight never pass the process-wide bound, a stopping replica ends every
+part, a stalled part fails the download with the stall reason, a download gets its share of the bound even
+while another holds every slot, a full state disk is the disk's error before any byte is fetched, and a part
+of another length than asked for is the upstream's error.
 
 The part size is made small (monkeypatched) so that a few MiB make many parts; the download client is wrapped
 to count the GETs in flight, from the request until its body is closed, independently of the pool.
