@@ -17,6 +17,7 @@ from typing import Any, Callable
 from replica.disktree import make_dirs, safe_relpath
 from replica.spec import ApiSpec
 from supervisor.catalogue import CatalogueEntry
+from supervisor.upstream import fetch_files
 from supervisor.watcher import prefixed
 
 
@@ -43,10 +44,12 @@ def try_load(entry: CatalogueEntry, name: str, loader: Callable[[str, str, int],
     listing = valid[-1]
     folder = Path(tempfile.mkdtemp(prefix="replica-validate-"))
     try:
+        files = []
         for f in listing.files:
             dest = folder / safe_relpath(f.key)
             make_dirs(dest.parent)
-            entry.upstream.fetch(prefixed(entry.prefix + listing.prefix, f), dest)
+            files.append((prefixed(entry.prefix + listing.prefix, f), dest))
+        fetch_files(entry.upstream, files)
         started = time.perf_counter()
         model = loader(str(folder), name, listing.version)
         seconds = time.perf_counter() - started

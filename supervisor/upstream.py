@@ -3,71 +3,37 @@
 An upstream answers two questions: what is under the root now (one paginated listing, never one request
 per model or per file), and give me this file as listed. A file whose tag no longer matches the listing
 raises `ChangedDuringDownload`, so a version that changes while it downloads is fetched again instead of
-being served mixed.
+being served mixed. A version's files download at once (`fetch_files`), and an S3 file in parallel ranged
+parts (supervisor/ranged.py), all under one process-wide bound on requests in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, Generator, Protocol
 
 from replica.disktree import FILE_MODE, safe_relpath
 from replica.layout import ObjectInfo
+from supervisor.download_types import (ChangedDuringDownload, LocalDiskError, Progress, Stopped, UpstreamError,
+                                       Written, disk_error)
+from supervisor import ranged
 from supervisor.s3_client import make_s3_client
+
+# The download vocabulary lives in supervisor.download_types; it is re-exported here, where the upstreams are.
+__all__ = ["ChangedDuringDownload", "LocalDiskError", "LocalUpstream", "Progress", "S3Upstream", "Stopped", "Upstream",
+           "UpstreamError", "Written", "fetch_files", "open_upstream"]
 
 log = logging.getLogger(__name__)
 
-
-class UpstreamError(Exception):
-    """The upstream could not be listed or read (network, credentials, missing bucket).
-
-    `str(e)` is the whole story for the log (URLs, endpoint, local paths); `public` is what a client may be
-    told: the reason, without where the replica keeps or gets its files."""
-
-    def __init__(self, message: str, public: str = "the upstream could not be read"):
-        super().__init__(message)
-        self.public = public
-
-
-class ChangedDuringDownload(Exception):
-    """A file changed upstream between the listing and its download."""
-
-
-class LocalDiskError(Exception):
-    """Writing a download to the state directory failed (full disk, permissions): not the upstream's fault.
-
-    `public` names the reason without the path (see UpstreamError)."""
-
-    def __init__(self, message: str, public: str = "the state directory cannot take the download"):
-        super().__init__(message)
-        self.public = public
-
-
-def _disk_error(dest: Path, e: OSError) -> LocalDiskError:
-    return LocalDiskError(f"cannot write {dest} on the state directory's disk: {e.strerror}",
-                          f"the state directory's disk refused the download ({e.strerror})")
-
-
-class Stopped(Exception):
-    """The replica is stopping: a download ends between two chunks instead of running to its end."""
-
-
 CHUNK = 1 << 20
 S3_CHUNK = 64 << 10  # a socket read: at a trickle of 20 KB/s a stopping replica still ends it within seconds
-Progress = Callable[[int], None]  # called with each chunk's size; raises Stopped when the replica stops
-
-
-class Written(NamedTuple):
-    """A downloaded file: its size and the sha256 of its bytes, taken as they were written (no second read).
-    The digest is what the disk copy is checked against later: S3's ETag is an MD5 only for single-part
-    uploads, and a local file's tag is its modification time."""
-
-    size: int
-    sha256: str
+S3_READ = 1 << 20  # the most one read of a ranged part returns (it returns what has arrived, see _as_it_arrives)
 
 
 def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
@@ -77,13 +43,13 @@ def _write_chunks(chunks, dest: Path, progress: Progress | None) -> str:
     try:
         f = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE), "wb")
     except OSError as e:
-        raise _disk_error(dest, e) from e
+        raise disk_error(dest, e) from e
     with f:
         for chunk in chunks:
             try:
                 f.write(chunk)
             except OSError as e:
-                raise _disk_error(dest, e) from e
+                raise disk_error(dest, e) from e
             digest.update(chunk)
             if progress is not None:
                 progress(len(chunk))
@@ -97,9 +63,61 @@ class Upstream(Protocol):
         """Every file under the root, keys relative to it."""
 
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
-        """Copy one listed file to `dest`, calling `progress` per chunk; return its size and digest.
+        """Copy one listed file to `dest`, calling `progress` per chunk (from any thread: S3 fetches parts on
+        several); return its size and digest.
 
         Raises ChangedDuringDownload, UpstreamError (reading), LocalDiskError (writing) or Stopped."""
+
+
+class _Cancelled(Exception):
+    """Another file of the version failed first: this one ends at its next chunk."""
+
+
+def fetch_files(upstream: Upstream, files: list[tuple[ObjectInfo, Path]],
+                progress: Progress | None = None) -> list[Written]:
+    """Copy a version's listed files, each to its path, several at once; what each wrote, in order.
+
+    One after the other, a version of many files waits for each file's first byte in turn and a small file
+    leaves the part pool idle; so up to PARTS_IN_FLIGHT files run at once, their parts sharing that one bound
+    (supervisor/ranged.py). The first failure ends the other files at their next chunk, files not started
+    yet never start, and it is raised once every file has ended, so nothing writes into the staging folder
+    afterwards. A file that does not come out at its listed size changed upstream."""
+    results: dict[int, Written] = {}
+    failures: list[BaseException] = []  # the first one is raised
+    lock = threading.Lock()
+    pending = iter(range(len(files)))
+
+    def guarded(nbytes: int) -> None:
+        if failures:
+            raise _Cancelled()
+        if progress is not None:
+            progress(nbytes)
+
+    def work() -> None:
+        while True:
+            with lock:
+                index = None if failures else next(pending, None)
+            if index is None:
+                return
+            obj, dest = files[index]
+            try:
+                results[index] = upstream.fetch(obj, dest, guarded)
+                if dest.stat().st_size != obj.size:
+                    raise ChangedDuringDownload(obj.key)
+            except BaseException as e:  # handed to the caller, which raises the first
+                with lock:
+                    failures.append(e)
+                return
+
+    threads = [threading.Thread(target=work, name="fetch-files", daemon=True)
+               for _ in range(min(len(files), ranged.PARTS_IN_FLIGHT))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return [results[index] for index in range(len(files))]
 
 
 class LocalUpstream:
@@ -225,20 +243,14 @@ class S3Upstream:
         return float(self.download_client.meta.config.read_timeout)
 
     def fetch(self, obj: ObjectInfo, dest: Path, progress: Progress | None = None) -> Written:
+        """Fetch the file in parallel ranged parts (supervisor/ranged.py), each pinned to the listed ETag."""
         from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         key = self.prefix + safe_relpath(obj.key)
         try:
-            resp = self.download_client.get_object(Bucket=self.bucket, Key=key)
-            body = resp["Body"]
-            try:
-                if resp["ETag"].strip('"') != obj.tag:
-                    raise ChangedDuringDownload(obj.key)
-                sha256 = _write_chunks(body.iter_chunks(S3_CHUNK), dest, progress)
-            finally:
-                body.close()
+            sha256 = ranged.fetch(obj.key, obj.size, dest, functools.partial(self._read, key, obj), progress)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if e.response.get("Error", {}).get("Code") in _CHANGED:
                 raise ChangedDuringDownload(obj.key) from None
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 refused the download ({_public(e)})") from e
@@ -250,6 +262,60 @@ class S3Upstream:
             raise UpstreamError(f"downloading s3://{self.bucket}/{key} failed: {_describe(e)}",
                                 f"S3 could not be read ({_public(e)})") from e
         return Written(obj.size, sha256)
+
+    def _read(self, key: str, obj: ObjectInfo, start: int, end: int | None) -> Generator[bytes, None, None]:
+        """The bytes [start, end) of the listed object (all of it when `end` is None), as socket reads.
+
+        If-Match on the listing's ETag pins every part to the version listed: once the object is replaced, each
+        part asked for after that is refused (412), so a file is never assembled from two versions. The ETag
+        and the range answered are checked too, for a store that ignores If-Match or Range."""
+        args = {"Bucket": self.bucket, "Key": key, "IfMatch": f'"{obj.tag}"'}
+        if end is not None:
+            args["Range"] = f"bytes={start}-{end - 1}"
+        resp = self.download_client.get_object(**args)
+        body = resp["Body"]
+        try:
+            if resp["ETag"].strip('"') != obj.tag:
+                raise ChangedDuringDownload(obj.key)
+            if end is not None:
+                answered = resp.get("ContentRange", "")
+                if not answered.endswith(f"/{obj.size}"):
+                    raise ChangedDuringDownload(obj.key)
+                if answered != f"bytes {start}-{end - 1}/{obj.size}":
+                    raise UpstreamError(f"s3://{self.bucket}/{key}: asked for bytes {start}-{end - 1}, got "
+                                        f"{answered or 'the whole object'}", "S3 answered another byte range")
+            yield from body.iter_chunks(S3_CHUNK) if end is None else _as_it_arrives(body)
+        finally:
+            body.close()
+
+
+def _as_it_arrives(body) -> Generator[bytes, None, None]:
+    """A ranged answer's bytes, each read returning what has arrived (up to S3_READ), not a set amount.
+
+    botocore's StreamingBody reads a set amount, waiting until that much has arrived: small reads keep a
+    trickle reporting (and a stopping replica ending) at each one, but at speed every read of every part in
+    flight is a handoff of the interpreter lock, and those dominate the CPU of a parallel download. read1 of the
+    urllib3 response beneath (a plain GET keeps botocore's reads, and with them its checksum checks, which do
+    not apply to a range) returns what one socket read brings: few large reads at speed, a report per packet
+    at a trickle. Its errors become botocore's, as StreamingBody's do, so a stall reads as one."""
+    from botocore.exceptions import ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError as URLLib3ReadTimeoutError
+
+    raw = body._raw_stream  # noqa: SLF001 - the urllib3 response, for read1 (see above)
+    while True:
+        try:
+            chunk = raw.read1(S3_READ)
+        except URLLib3ReadTimeoutError as e:
+            raise ReadTimeoutError(endpoint_url=e.url, error=e) from e
+        except ProtocolError as e:
+            raise ResponseStreamingError(error=e) from e
+        if not chunk:
+            return
+        yield chunk
+
+
+# Error codes of a GET for an object that is no longer the one listed: gone, replaced (If-Match), shorter.
+_CHANGED = {"NoSuchKey", "404", "PreconditionFailed", "412", "InvalidRange", "416"}
 
 
 def _describe(e: Exception) -> str:

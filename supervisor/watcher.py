@@ -32,7 +32,7 @@ from supervisor.catalogue import Catalogue, CatalogueEntry
 from supervisor.feed_publisher import FeedPublisher
 from supervisor.tree_writes import DiskFull, TreeWrites
 from replica.single_flight import SingleFlight
-from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError
+from supervisor.upstream import ChangedDuringDownload, LocalDiskError, Stopped, UpstreamError, fetch_files
 from supervisor.versions import Key, State, VersionTable, retry_in
 
 log = logging.getLogger(__name__)
@@ -367,22 +367,19 @@ class Watcher:
         staging = None
         try:
             staging = self.tree.new_staging_dir(name, version)
-            total = 0
-            digests = []
+            files = []
             for f in listing.files:
                 dest = staging / safe_relpath(f.key)
                 make_dirs(dest.parent)
-                written = entry.upstream.fetch(prefixed(entry.prefix + listing.prefix, f), dest, self.progress)
-                if dest.stat().st_size != f.size:
-                    raise ChangedDuringDownload(f.key)
-                total += written.size
-                digests.append(written.sha256)
+                files.append((prefixed(entry.prefix + listing.prefix, f), dest))
+            written = fetch_files(entry.upstream, files, self.progress)
+            total = sum(w.size for w in written)
             manifest = {
                 "name": name,
                 "version": version,
                 "fingerprint": listing.fingerprint,
                 "source": entry.upstream.url.rstrip("/") + "/" + entry.prefix + listing.prefix,  # local urls lack the "/"
-                "files": self._on_disk(staging, [[f.key, f.size, f.tag, sha] for f, sha in zip(listing.files, digests)]),
+                "files": self._on_disk(staging, [[f.key, f.size, f.tag, w.sha256] for f, w in zip(listing.files, written)]),
                 "installed_at": time.time(),
             }
             replaced = self.writes.install(staging, name, version, manifest)
