@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from workers import encoding, metrics, tfserving_rest, v2_rest
 from workers.board import stalled
-from workers.errors import Unavailable, error_response, internal_error
+from workers.errors import Unavailable, error_response, http_error_parts, internal_error
 from workers.payloads import parse_payload, to_response
 from workers.inference import Inference
 from workers.runtime import Runtime
@@ -42,8 +42,8 @@ def _http_error(e: HTTPException) -> Response:
     its status with `{"error": description}` and its headers; one that carries a response answers that."""
     if e.response is not None:
         return e.response
-    headers = [(k, v) for k, v in e.get_headers() if k.lower() != "content-type"]
-    return error_response(e.code or 500, e.description or e.name, headers)
+    status, body, headers = http_error_parts(e)
+    return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
 # Werkzeug's own 413, 404 and 405 (body over the limit, no such route, wrong method) get messages that name the
@@ -266,6 +266,7 @@ def create_app(runtime: Runtime, max_request_size: int) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(v2_rest.bp)
     app.register_blueprint(tfserving_rest.bp)
+    app.wsgi_app = v2_rest.InferRoute(app.wsgi_app, app.extensions["replica.v2"], max_request_size)
     app.replica_ready = runtime.registry.initial_sync_done.is_set  # read by workers.front before it accepts
     app.replica_is_prediction = _prediction_route(app)  # what workers.front sheds over max_replica_concurrency
     return app

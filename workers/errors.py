@@ -48,13 +48,28 @@ class Unavailable(ReplicaHTTPError):
 
 def error_response(status: int, message: str, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
     """The replica's one error body, `{"error": message}`, which Cortex, TF Serving and V2 clients all read."""
-    return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers or {})
+    return Response(error_body(message), status=status, mimetype="application/json", headers=headers or {})
+
+
+def error_body(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def http_error_parts(e: HTTPException) -> tuple[int, str, list[tuple[str, str]]]:
+    """(status, body, headers) of any HTTP error, the replica's own or werkzeug's: its status with
+    `{"error": description}` and its own headers (Retry-After), less werkzeug's HTML content type."""
+    headers = [(k, v) for k, v in e.get_headers() if k.lower() != "content-type"]
+    return e.code or 500, error_body(e.description or e.name), headers
+
+
+def internal_error_body(environ: dict, logged: str, answered: str) -> str:
+    """A 500's body that leaves no secret: the exception (message and traceback, which may hold anything the
+    predictor saw) goes to the log under the request's id; the client gets the id to find it there."""
+    rid = environ.get("replica.request_id") or "-"
+    log.exception("%s (request %s)", logged, rid)
+    return json.dumps({"error": f"{answered}; the replica log has the details under request {rid}", "request_id": rid})
 
 
 def internal_error(req, logged: str, answered: str) -> Response:
-    """A 500 that leaves no secret: the exception (message and traceback, which may hold anything the predictor
-    saw) goes to the log under the request's id; the client gets the id to find it there."""
-    rid = req.environ.get("replica.request_id") or "-"
-    log.exception("%s (request %s)", logged, rid)
-    body = {"error": f"{answered}; the replica log has the details under request {rid}", "request_id": rid}
-    return Response(json.dumps(body), status=500, mimetype="application/json")
+    """`internal_error_body` as a response (call it in an `except` block)."""
+    return Response(internal_error_body(req.environ, logged, answered), status=500, mimetype="application/json")

@@ -14,14 +14,17 @@ after the JSON header for those requested with `binary_data` (or all, with the r
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from http import HTTPStatus
+from typing import Any, Callable
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from workers import encoding, metrics, tensors
-from workers.errors import BadRequest, error_response, internal_error
+from workers.errors import BadRequest, error_response, http_error_parts, internal_error_body
 from workers.inference import InferResult, Inference
 from workers.payloads import body
 
@@ -81,35 +84,76 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 
 # -- inference ---------------------------------------------------------------------------------------------------
+# The one route that runs a model is served beneath Flask (`InferRoute`), straight from the WSGI environ: a
+# request context, routing and a Response object would cost more than the whole exchange does. The Flask view
+# answers the same way for what reaches it (the same path spelled differently).
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+JSON_TYPE = [("Content-Type", "application/json")]
+
+
 @bp.route("/models/<name>/infer", methods=["POST"], endpoint="infer")
 @bp.route("/models/<name>/versions/<version>/infer", methods=["POST"], endpoint="infer")
 def infer(name: str, version: str | None = None) -> Response:
-    """Counted as a prediction (metrics by model, version and status), as the Cortex route is."""
-    v2 = _inference()
-    req = request._get_current_object()  # one lookup through Flask's context-local proxy, not one per use
+    status, headers, payload = exchange(_inference(), request.environ, name, version, current_app.config["MAX_CONTENT_LENGTH"])
+    return Response(payload, status=status, headers=headers)
+
+
+class InferRoute:
+    """WSGI middleware in front of the Flask app: `POST /v2/models/NAME[/versions/V]/infer` answered by
+    `exchange`, everything else passed on."""
+
+    def __init__(self, app: Any, v2: Inference, max_request_size: int | None):
+        self.app, self.v2, self.max_request_size = app, v2, max_request_size
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        if environ.get("REQUEST_METHOD") == "POST":
+            m = INFER_PATH.fullmatch(environ.get("PATH_INFO", ""))
+            if m is not None:
+                status, headers, payload = exchange(self.v2, environ, m.group(1), m.group(2), self.max_request_size)
+                start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+                return [payload]
+        return self.app(environ, start_response)
+
+
+def exchange(v2: Inference, environ: dict, name: str, version: str | None,
+             max_request_size: int | None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One inference, whatever its outcome, as (status, headers, body), counted as a prediction (metrics by
+    model, version and status) as the Cortex route is; errors are the replica's `{"error": ...}` bodies."""
     counted = metrics.Prediction()
     try:
-        doc, inputs = read_infer_request(req)
+        doc, inputs = read_infer_request(_body(environ, max_request_size),
+                                         environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
         requested = _requested_outputs(doc)
-        headers = dict(req.headers) if "headers" in v2.runtime.wanted_args else {}
+        headers = dict(EnvironHeaders(environ)) if "headers" in v2.runtime.wanted_args else {}
         result = v2.infer(name, version, inputs, list(requested) or None, headers)
-        response = infer_response(result, doc, requested)
+        answer = infer_response(result, doc, requested)
         counted.served(result.model_name, result.model_version)
-        return response
+        return answer
     except HTTPException as e:
-        counted.status = e.code or 500
-        raise
+        counted.status, payload, extra = http_error_parts(e)
+        return counted.status, JSON_TYPE + extra, payload.encode()
     except Exception as e:
-        return internal_error(req, f"V2 inference of model '{name}' raised {type(e).__name__}",
-                              "the model raised an exception")
+        payload = internal_error_body(environ, f"V2 inference of model '{name}' raised {type(e).__name__}",
+                                      "the model raised an exception")
+        return 500, JSON_TYPE, payload.encode()
     finally:
         counted.end(name, v2.registry.known)
 
 
-def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
-    """The request's JSON document and its input tensors by name (JSON `data` or binary extension bytes)."""
-    raw = body(req)
-    header = req.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")  # Inference-Header-Content-Length
+def _body(environ: dict, limit: int | None) -> bytes:
+    """The request body: the front hands every body whole, with its length (a chunked one decoded)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("Content-Length is not a number") from None
+    if limit is not None and length > limit:
+        raise RequestEntityTooLarge(f"request body over the limit of {limit} bytes (--max-request-size)")
+    return environ["wsgi.input"].read(length) if length else b""
+
+
+def read_infer_request(raw: bytes, header: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The request's JSON document and its input tensors by name (JSON `data`, or with the binary extension's
+    `header` (Inference-Header-Content-Length), the bytes after the JSON header)."""
     binary = memoryview(b"")
     if header is not None:
         if not header.isascii() or not header.isdigit() or int(header) > len(raw):
@@ -121,6 +165,8 @@ def read_infer_request(req) -> tuple[dict, dict[str, np.ndarray]]:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"malformed JSON in the inference request: {e}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON in the inference request: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise BadRequest('an inference request is a JSON object with a non-empty "inputs" list')
     inputs: dict[str, np.ndarray] = {}
@@ -174,7 +220,7 @@ def _requested_outputs(doc: dict) -> dict[str, dict]:
     return out
 
 
-def infer_response(result: InferResult, doc: dict, requested: dict[str, dict]) -> Response:
+def infer_response(result: InferResult, doc: dict, requested: dict[str, dict]) -> tuple[int, list[tuple[str, str]], bytes]:
     """The inference response: JSON, or the JSON header and then the outputs requested as binary data."""
     binary_default = bool(_parameters(doc, "the request").get("binary_data_output", False))
     outputs, blobs = [], []
@@ -194,9 +240,8 @@ def infer_response(result: InferResult, doc: dict, requested: dict[str, dict]) -
     answer["outputs"] = outputs
     head = encoding.dumps(answer).encode()
     if not blobs:
-        return Response(head, mimetype="application/json")
-    return Response(b"".join([head, *blobs]), content_type="application/octet-stream",
-                    headers={INFER_HEADER: str(len(head))})
+        return 200, JSON_TYPE, head
+    return 200, [("Content-Type", "application/octet-stream"), (INFER_HEADER, str(len(head)))], b"".join([head, *blobs])
 
 
 # -- the model repository extension ----------------------------------------------------------------------------
