@@ -4,10 +4,11 @@
 A SeaweedFS on 127.0.0.1 (started and stopped here) holds ONNX models of 50 MiB, 300 MiB and 1 GiB (chains of
 2048 x 2048 float32 MatMul layers, weights embedded as exported), a 300 MiB TensorFlow SavedModel and a 300 MiB
 NumPy array (loaded with `np.load(mmap_mode="r")`), with small filler models of each type. One replica per
-type, `cache_size: 2`, `disk_cache_size: 3`, and a second ONNX replica with `session.disable_prepacking`.
+type, `cache_size: 2`, `disk_cache_size: 3`, 4 request threads (with one, a request waits for the one before
+it, a miss included), and a second ONNX replica with `session.disable_prepacking`.
 For each model, in each round:
 
-- full miss: neither in memory nor on disk (two fillers pushed it out): the request's wall time;
+- full miss: neither in memory nor on disk (three fillers pushed it out): the request's wall time;
 - memory hit: the next request;
 - disk hit: after a filler took its memory slot, on disk still;
 - floors: one GET stream of its files, parallel ranged GETs (16 MiB parts, 8 in flight), `cat` of the installed
@@ -127,17 +128,17 @@ def build(work: Path) -> dict[str, dict[str, Path]]:
     for mib in (50, 300, 1024):
         write_chain(work / "onnx" / f"onnx{mib}" / "1" / "model.onnx", mib)
         out["onnx"][f"onnx{mib}"] = work / "onnx" / f"onnx{mib}"
-    for name in ("hot", "f1", "f2"):
+    for name in ("hot", "f1", "f2", "f3"):
         model_factory.write_onnx_linear(work / "onnx" / name / "1" / "model.onnx", model_factory.IRIS_WEIGHTS,
                                         model_factory.IRIS_BIAS)
         out["onnx"][name] = work / "onnx" / name
     write_tf_big(work / "tensorflow" / "tf300" / "1", 300)
     out["tensorflow"]["tf300"] = work / "tensorflow" / "tf300"
-    for name in ("f1", "f2"):
+    for name in ("f1", "f2", "f3"):
         model_factory.write_tf_linear(work / "tensorflow" / name / "1", model_factory.IRIS_WEIGHTS,
                                       model_factory.IRIS_BIAS, extra_signature=False)
         out["tensorflow"][name] = work / "tensorflow" / name
-    for name, mib in (("np300", 300), ("f1", 1), ("f2", 1)):
+    for name, mib in (("np300", 300), ("f1", 1), ("f2", 1), ("f3", 1)):
         (work / "python" / name / "1").mkdir(parents=True)
         np.save(work / "python" / name / "1" / "weights.npy", np.ones(mib * MiB // 8))
         out["python"][name] = work / "python" / name
@@ -209,7 +210,8 @@ class Replica:
     def __init__(self, work: Path, s3: SeaweedS3, kind: str, tag: str, config: dict | None = None):
         folder = work / f"replica-{tag}"
         spec = write_api(folder, PREDICTORS[kind], type=kind, name=tag, config=config,
-                         models={"dir": f"s3://{BUCKET}/{kind}/", "cache_size": 2, "disk_cache_size": 3})
+                         models={"dir": f"s3://{BUCKET}/{kind}/", "cache_size": 2, "disk_cache_size": 3},
+                         threads_per_process=4)
         self.kind, self.tag, self.state = kind, tag, folder / "state"
         self.proc = ReplicaProcess(spec, self.state, env=s3.env)
         self.session = requests.Session()
@@ -240,10 +242,10 @@ def p99(values: list[float]) -> float:
 
 def measure(r: Replica, s3_client, name: str, prepacking: bool, results: dict, with_hot: bool) -> None:
     row = results.setdefault((r.tag, name), {})
-    for filler in ("f1", "f2", "f1", "f2"):  # out of memory and off disk
+    for filler in ("f1", "f2", "f3"):  # out of memory and off disk (3 versions on disk)
         r.ask(filler)
-    if with_hot:
-        r.ask("hot")  # in memory for the miss, beside it
+    companion = "hot" if with_hot else "f3"  # in memory for the miss, beside it
+    r.ask(companion)
     files = keys(s3_client, f"{r.kind}/{name}/")
     row.setdefault("one GET stream", []).append(one_stream(s3_client, files))
     row.setdefault("ranged GETs", []).append(ranged(s3_client, files))
@@ -258,9 +260,8 @@ def measure(r: Replica, s3_client, name: str, prepacking: bool, results: dict, w
         if hot:
             hot.join()
     row.setdefault("memory hit", []).append(min(r.ask(name) for _ in range(3)))
-    if with_hot:
-        r.ask("hot")
-    r.ask("f1")  # takes the model's memory slot (hot was more recent); it stays on disk
+    r.ask(companion)
+    r.ask("f2")  # takes the model's memory slot (the companion is more recent); it stays on disk
     row.setdefault("disk hit", []).append(r.ask(name))
     installed = r.installed(name)
     row.setdefault("cat", []).append(cat(installed))
