@@ -20,7 +20,7 @@ Everything runs on 127.0.0.1 and is started and stopped (by PID) here:
     .venv/bin/python scripts/bench.py            # everything (10-20 min), writes docs/benchmarks.md + docs/bench/
     .venv/bin/python scripts/bench.py --quick    # hot-path ratio replica / floor only (under a minute)
     .venv/bin/python scripts/bench.py --only stacks --rounds 2 --duration 3 --no-doc   # the limit stacks alone
-    .venv/bin/python scripts/bench.py --only v2 --no-doc   # the V2 figure alone (a few minutes)
+    .venv/bin/python scripts/bench.py --only v2   # the V2 figure alone, printed (a few minutes)
 """
 
 from __future__ import annotations
@@ -546,7 +546,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
     parser.add_argument("--only", nargs="+",
                         choices=["hot", "stacks", "profile", "v2", "caching", "reloads", "scale", "memory"],
-                        help="these figures only; `stacks`: figure 1's 2-process targets and the limit stacks alone; "
+                        help="these figures only, printed (the document holds every figure); `stacks`: figure 1's 2-process targets and the limit stacks alone; "
                              "`v2`: the V2 inference protocol figure alone")
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path and V2 figures")
@@ -573,11 +573,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     argv = " ".join(sys.argv[1:])
     data["command"] = f"scripts/bench.py{' ' + argv if argv else ''}"
-    if args.only and not args.no_doc and (ASSETS / "results.json").exists():
-        # Some figures measured: the others keep their last results, so the document loses none of them.
-        data = {**json.loads((ASSETS / "results.json").read_text()), **data}
     text = document(data, data["command"])
-    if args.no_doc:
+    if args.no_doc or args.only:  # a partial run prints its sections: the document holds every figure
         print(text)
     else:
         write_plots(data)
