@@ -546,8 +546,9 @@ def main() -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1000, 10000], help="catalogue sizes (figure 4)")
     parser.add_argument("--only", nargs="+",
                         choices=["hot", "stacks", "profile", "v2", "caching", "reloads", "scale", "memory"],
-                        help="these figures only, printed (the document holds every figure); `stacks`: figure 1's 2-process targets and the limit stacks alone; "
-                             "`v2`: the V2 inference protocol figure alone")
+                        help="these figures only, printed (the document holds every figure); `stacks`: figure "
+                             "1's 2-process targets and the limit stacks alone; `v2`: the V2 inference protocol "
+                             "figure alone")
     parser.add_argument("--no-doc", action="store_true", help="print the document instead of writing it")
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out of the hot-path and V2 figures")
     parser.add_argument("--no-stack", nargs="+", choices=list(stacks.STACKS), metavar="STACK",
