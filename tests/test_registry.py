@@ -269,11 +269,13 @@ def test_polling_v1_models_at_10000_models_keeps_predictions_fast(replica, tmp_p
         return sorted(out)
 
     quiet = latencies(60)
-    stop, polls = threading.Event(), [0]
+    stop, polls, renders = threading.Event(), [0], []
 
     def poll() -> None:
         while not stop.is_set():
+            start = time.perf_counter()
             assert len(r.get("/v1/models", timeout=60).json()["models"]) == 10_000
+            renders.append(time.perf_counter() - start)
             polls[0] += 1
 
     poller = threading.Thread(target=poll)
@@ -285,7 +287,11 @@ def test_polling_v1_models_at_10000_models_keeps_predictions_fast(replica, tmp_p
         stop.set()
         poller.join(60)
     median_quiet, median_busy = quiet[len(quiet) // 2], busy[len(busy) // 2]
+    render = sorted(renders)[len(renders) // 2]
     print(f"prediction median {median_quiet * 1000:.1f} ms quiet, {median_busy * 1000:.1f} ms while "
-          f"/v1/models was polled {polls[0]} times")
+          f"/v1/models was polled {polls[0]} times ({render * 1000:.0f} ms each)")
     assert polls[0] >= 2
-    assert median_busy <= 8 * median_quiet, (median_quiet, median_busy)
+    # Sharing the CPU with the renders slows a prediction by a bounded factor (a quiet one takes about a
+    # millisecond, so the factor is loose); waiting for a whole render would cost at least a render.
+    assert median_busy <= 16 * median_quiet, (median_quiet, median_busy)
+    assert median_busy < render / 2, (median_busy, render)
