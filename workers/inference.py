@@ -93,20 +93,15 @@ class Inference:
 
     def _rows(self, name: str, version: str | None) -> list[dict]:
         """The model's version rows (GET /v1/models/NAME), only `version`'s when given; 404 when unknown."""
+        return _version_rows(self._all_rows(name), name, version)
+
+    def _all_rows(self, name: str) -> list[dict]:
         if self.kind == "python" and not self.has_models and name == self.runtime.api.name:
             return [{"version": "1", "state": "AVAILABLE", "memory": True, "upstream": False, "disk": False,
                      "error": None}]
         if not self.registry.known(name):
             raise ModelNotFound(f"model '{name}' not found")
-        rows = self.registry.status(name)[0]["model_version_status"]
-        if version is None:
-            return rows
-        number = _version_number(version)
-        picked = [r for r in rows if r["version"] == str(number)]
-        if not picked:
-            have = ", ".join(r["version"] for r in rows) or "none"
-            raise ModelNotFound(f"model '{name}' has no version {version} (versions: {have})")
-        return picked
+        return self.registry.status(name)[0]["model_version_status"]
 
     def _servable(self, row: dict) -> bool:
         """In memory, or (with model caching) brought in by the next request: a request would be answered."""
@@ -118,9 +113,9 @@ class Inference:
         return self.server_ready() and any(self._servable(r) for r in self._rows(name, version))
 
     def metadata(self, name: str, version: str | None) -> ModelInfo:
-        self._rows(name, version)
-        versions = sorted({r["version"] for r in self._rows(name, None) if r["upstream"] or r["disk"]
-                           or r["memory"]}, key=int)
+        rows = self._all_rows(name)  # one status render for the check and the versions
+        _version_rows(rows, name, version)
+        versions = sorted({r["version"] for r in rows if r["upstream"] or r["disk"] or r["memory"]}, key=int)
         platform = PLATFORMS[self.kind]
         if self.kind == "python":
             return ModelInfo(name, versions, platform, [], [])
@@ -202,7 +197,7 @@ class Inference:
         """With model caching, bring the model's latest version into memory now (a warm-up before traffic
         moves to this replica), evicting the least recently used; without, every model on disk is in memory
         already: succeed when it is, say why when it is not."""
-        rows = self._rows(name, None)
+        rows = self._all_rows(name)
         if self.kind == "python" and not self.has_models:
             return
         if self.caching:
@@ -219,11 +214,23 @@ class Inference:
         """With model caching, evict the model's versions from memory (they stay on disk and in the catalogue,
         and the next request brings the latest back); without, the replica serves every model on disk from
         memory, so it cannot unload one."""
-        self._rows(name, None)
+        self._all_rows(name)
         if not self.caching:
             raise BadRequest(f"model '{name}' cannot be unloaded: without model caching (predictor.models."
                              "cache_size) every model on disk is served from memory; remove it upstream instead")
         self.registry.evict(name)
+
+
+def _version_rows(rows: list[dict], name: str, version: str | None) -> list[dict]:
+    """`rows` (a model's version rows), only `version`'s when given; 404 when it has none."""
+    if version is None:
+        return rows
+    number = _version_number(version)
+    picked = [r for r in rows if r["version"] == str(number)]
+    if not picked:
+        have = ", ".join(r["version"] for r in rows) or "none"
+        raise ModelNotFound(f"model '{name}' has no version {version} (versions: {have})")
+    return picked
 
 
 def _version_number(version: str) -> int:
