@@ -9,6 +9,11 @@ part stays one plain GET. Every part, a plain GET included, runs on the process-
 requests are in flight, shared fairly among the files: a ranged part may stop at a socket read to give its
 slot to a file that waits, and the rest of its range is fetched later as a part of its own.
 
+A file's parts write one at a time: ext4 takes the file's inode lock for each buffered write, and parts
+contending for it in the kernel spin there for the owner's copy, which on a small machine cost more CPU than
+the copies themselves; parts waiting on a lock of their own sleep instead, and one copy into the page cache
+at a time still runs several times faster than any link.
+
 The digest is still the sha256 of the whole file, the one every later check recomputes from the disk copy
 (`DiskTree.damaged`): the calling thread hashes the file's contiguous prefix as its parts land, reading it
 back from the staging file it was just written to (the page cache), so parts may end in any order while one
@@ -27,6 +32,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Generator, NamedTuple
 
@@ -88,6 +94,7 @@ class _File(Parts):
         self.reached = [start for start, _ in self.ranges]
         self.done = [False] * len(self.ranges)
         self.error: BaseException | None = None
+        self.writing = threading.Lock()  # one pwrite into the file at a time (see above)
 
     def download(self) -> str:
         self.pool.add(self)
@@ -178,9 +185,10 @@ class _File(Parts):
     def _write(self, chunk: bytes, offset: int) -> None:
         view = memoryview(chunk)
         try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view, offset = view[n:], offset + n
+            with self.writing:
+                while view:
+                    n = os.pwrite(self.fd, view, offset)
+                    view, offset = view[n:], offset + n
         except OSError as e:
             raise disk_error(self.dest, e) from e
 
