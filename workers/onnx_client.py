@@ -10,6 +10,7 @@ import numpy as np
 
 from workers.batching import Batcher, run_stacked, stack_key, stackable
 from workers.errors import BadRequest
+from workers.onnx_prepack import PREPACKING_KEY, OnnxModel, Packer
 from workers.records import Record
 from workers.registry import ModelRegistry
 
@@ -56,31 +57,44 @@ def session_config(config: dict) -> dict[str, str]:
     return {**SESSION_CONFIG, **{k: str(v) for k, v in extra.items()}}
 
 
-def onnx_loader(providers: list[str], entries: dict[str, str] | None = None):
+def onnx_loader(providers: list[str], entries: dict[str, str] | None = None, packer: Packer | None = None):
+    """(model_path, name, version) -> the version's OnnxModel. With a `packer`, the session is created with
+    pre-packing off and the packer swaps in a pre-packed one later (workers/onnx_prepack.py)."""
     entries = SESSION_CONFIG if entries is None else entries
 
-    def load(model_path: str, name: str, version: int) -> dict:
-        import onnxruntime as ort
-
+    def load(model_path: str, name: str, version: int) -> OnnxModel:
         files = sorted(Path(model_path).glob("*.onnx"))
         if len(files) != 1:
             raise ValueError(f"expected exactly one .onnx file in the version, found {len(files)}")
-        options = ort.SessionOptions()
-        for key, value in entries.items():
-            options.add_session_config_entry(key, value)
-        session = ort.InferenceSession(str(files[0]), options, providers=providers)
-        inputs = session.get_inputs()
-        return {
-            "session": session,
-            "signatures": inputs,
-            "outputs": session.get_outputs(),
-            "input_signatures": {
-                i.name: {"shape": list(i.shape), "type": np.dtype(ONNX_TO_NUMPY.get(i.type, np.object_)).name}
-                for i in inputs
-            },
-        }
+        if packer is None:
+            return _model(_session(files[0], entries, providers))
+        model = _model(_session(files[0], {**entries, PREPACKING_KEY: "1"}, providers))
+        packer.add(model, f"model {name} version {version}", lambda: _session(files[0], entries, providers))
+        return model
 
     return load
+
+
+def _session(path: Path, entries: dict[str, str], providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _model(session) -> OnnxModel:
+    inputs = session.get_inputs()
+    return OnnxModel(
+        session=session,
+        signatures=inputs,
+        outputs=session.get_outputs(),
+        input_signatures={
+            i.name: {"shape": list(i.shape), "type": np.dtype(ONNX_TO_NUMPY.get(i.type, np.object_)).name}
+            for i in inputs
+        },
+    )
 
 
 class ONNXClient:

@@ -203,15 +203,20 @@ class Runtime:
         return pids
 
 
-def framework_loader(pred: PredictorSpec) -> Callable[[str, str, int], Any] | None:
+def framework_loader(pred: PredictorSpec, serving: bool = True) -> Callable[[str, str, int], Any] | None:
     """(model_path, name, version) -> model for ONNX and TensorFlow versions (the session, the SavedModel), as
-    every worker loads them; None for a Python predictor, whose own `load_model` loads."""
+    every worker loads them; None for a Python predictor, whose own `load_model` loads. A serving worker's
+    ONNX sessions are pre-packed after they serve where that applies (workers/onnx_prepack.py); a trial load
+    (`serving=False`) builds each version's session as it will finally run."""
     if pred.type == "onnx":
         from workers.onnx_client import execution_providers, onnx_loader, session_config
+        from workers.onnx_prepack import Packer, deferred
 
         providers = execution_providers(pred.config)
         log.info("onnxruntime execution providers: %s", ", ".join(providers))
-        return onnx_loader(providers, session_config(pred.config))
+        entries = session_config(pred.config)
+        packer = Packer() if serving and deferred(entries, providers, pred.cache_memory) else None
+        return onnx_loader(providers, entries, packer)
     if pred.type == "tensorflow":
         from workers.tensorflow_client import tensorflow_loader
 
