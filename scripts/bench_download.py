@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--part-mib", type=int, default=ranged.PART_SIZE >> 20, help="the ranged fetch's part size")
     ap.add_argument("--parts-in-flight", type=int, default=ranged.PARTS_IN_FLIGHT)
     args = ap.parse_args()
-    ranged.PARTS = PartPool(args.parts_in_flight)
+    ranged.PARTS = PartPool(args.parts_in_flight, nice=ranged.DOWNLOAD_NICE)
     part_size = args.part_mib << 20
     print(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
 

@@ -8,13 +8,30 @@ running than another, one of that other file's parts stops at its next socket re
 its range: a download that starts gets its share of the bound within one read of asking, and the bound holds.
 
 Threads are daemons, started on demand up to `size`, and end once nothing waits (an idle replica keeps none):
-a part blocked on a silent upstream never holds up the replica's exit.
+a part blocked on a silent upstream never holds up the replica's exit. Each runs `nice` nicer than the
+process (Linux schedules threads, so a thread's niceness is its own): a pool that works in the background gives the
+CPU to whatever else runs the moment that wants it, and takes all of it while nothing does.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
+
+
+def lower_priority(by: int) -> None:
+    """Make the calling thread `by` nicer than the process's main thread, at most 19, unless it is already
+    nicer (a thread inherits its creator's niceness). For a thread that ends with its background work: a
+    thread cannot raise its priority back unprivileged."""
+    if by:
+        try:
+            tid = threading.get_native_id()
+            wanted = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + by)
+            if wanted > os.getpriority(os.PRIO_PROCESS, tid):
+                os.setpriority(os.PRIO_PROCESS, tid, wanted)  # this thread only
+        except (AttributeError, OSError):  # not Linux, or not allowed: the thread runs as it is
+            pass
 
 
 class Parts:
@@ -40,9 +57,10 @@ class Parts:
 class PartPool:
     """At most `size` parts running at once, over every file added; see the module's docstring."""
 
-    def __init__(self, size: int, name: str = "part"):
+    def __init__(self, size: int, name: str = "part", nice: int = 0):
         self.size = max(1, size)
         self.name = name
+        self.nice = nice
         self.lock = threading.Lock()
         self._files: list[Parts] = []  # files with parts waiting or running, in the order they came
         self._threads = 0
@@ -80,6 +98,7 @@ class PartPool:
         return any(f.waiting and f.running + 1 < parts.running for f in self._files if f is not parts)
 
     def _work(self) -> None:
+        lower_priority(self.nice)
         while True:
             with self.lock:
                 waiting = [f for f in self._files if f.waiting]

@@ -50,7 +50,11 @@ PART_SIZE = 16 << 20
 # connections (supervisor/s3_client.py), so every part reuses a kept-alive connection instead of opening one it
 # then has to throw away. Each part holds one socket read (1 MiB at most) of memory: memory is not the bound.
 PARTS_IN_FLIGHT = 16
-PARTS = PartPool(PARTS_IN_FLIGHT)
+# The parts' threads take the CPU only when the workers leave it: on a small machine a download's sockets and
+# page-cache writes would otherwise take a share of the cores per part thread (the scheduler is fair per
+# thread), and the requests being served meanwhile wait behind them.
+DOWNLOAD_NICE = 10  # how much nicer than the process
+PARTS = PartPool(PARTS_IN_FLIGHT, nice=DOWNLOAD_NICE)
 
 HASH_READ = 1 << 20  # the most read back at once to hash the staging file's written prefix
 

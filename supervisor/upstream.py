@@ -23,6 +23,7 @@ from replica.layout import ObjectInfo
 from supervisor.download_types import (ChangedDuringDownload, LocalDiskError, Progress, Stopped, UpstreamError,
                                        Written, disk_error)
 from supervisor import ranged
+from supervisor.part_pool import lower_priority
 from supervisor.s3_client import make_s3_client
 
 # The download vocabulary lives in supervisor.download_types; it is re-exported here, where the upstreams are.
@@ -94,6 +95,7 @@ def fetch_files(upstream: Upstream, files: list[tuple[ObjectInfo, Path]],
             progress(nbytes)
 
     def work() -> None:
+        lower_priority(ranged.DOWNLOAD_NICE)  # it hashes its files: background work, as their parts are
         while True:
             with lock:
                 index = None if failures else next(pending, None)

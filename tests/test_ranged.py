@@ -327,3 +327,32 @@ def test_a_part_of_another_length_than_asked_is_the_upstreams_error(tmp_path, mo
     assert "bytes 8-9 came back as another length" in str(e.value)
     assert ranged.fetch("w.bin", len(data), tmp_path / "w.bin", parts) == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "w.bin").read_bytes() == data
+
+
+def test_downloads_run_below_the_serving_threads_priority(tmp_path, monkeypatch):
+    """Every thread that downloads (the parts, and each file's thread, which hashes it) runs DOWNLOAD_NICE nicer, so
+    a worker's requests take the CPU first while a download runs on the same machine."""
+    monkeypatch.setattr(ranged, "PART_SIZE", 4)
+    monkeypatch.setattr(ranged, "PARTS", PartPool(2, nice=ranged.DOWNLOAD_NICE))
+    seen: list[int] = []
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Local:
+        def fetch(self, obj, dest, progress=None):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+            def parts(start: int, end: int | None):
+                seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+                yield obj.data[start:end]
+
+            ranged.fetch(obj.key, len(obj.data), dest, parts)
+            return None
+
+    class Obj:
+        def __init__(self, key: str, data: bytes):
+            self.key, self.data, self.size = key, data, len(data)
+
+    files = [(Obj(f"f{i}", b"0123456789"), tmp_path / f"f{i}") for i in range(2)]
+    fetch_files(Local(), files)
+    assert len(seen) == 2 + 2 * 3 and set(seen) == {min(base + ranged.DOWNLOAD_NICE, 19)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller's thread as it was
