@@ -75,12 +75,22 @@ def load_seconds(path: Path, prepacking: bool) -> float:
 
 
 def after_serving(path: Path):
-    """The session the replica's loader serves from once its pre-packed session has been swapped in."""
+    """The session the replica's loader serves from once its pre-packed session has been swapped in: `path`'s
+    folder installed as version 1 of a disk tree beside it, loaded as a worker loads it."""
+    from replica.disktree import DiskTree
     from workers.onnx_client import SESSION_CONFIG, onnx_loader
     from workers.onnx_prepack import Packer
 
-    packer = Packer()
-    model = onnx_loader(["CPUExecutionProvider"], SESSION_CONFIG, packer)(str(path.parent), "m", 1)
+    tree = DiskTree(path.parent.parent / "tree", runtime=path.parent.parent / "run")
+    tree.prepare()
+    if tree.manifest("m", 1) is None:
+        staging = tree.new_staging_dir("m", 1)
+        for f in path.parent.iterdir():
+            shutil.copy(f, staging / f.name)
+        tree.install(staging, "m", 1, {"fingerprint": "bench", "files": []})
+    packer = Packer(tree)
+    with tree.read_lock("m", 1):
+        model = onnx_loader(["CPUExecutionProvider"], SESSION_CONFIG, packer)(str(tree.version_dir("m", 1)), "m", 1)
     if not packer.wait_idle(timeout=600):
         raise RuntimeError("the version was not pre-packed within 10 minutes")
     return model["session"]

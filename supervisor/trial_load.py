@@ -28,7 +28,7 @@ def model_loader(api: ApiSpec) -> Callable[[str, str, int], Any]:
     from workers.python_client import PythonClient
     from workers.runtime import framework_loader, make_predictor
 
-    loader = framework_loader(api.predictor, serving=False)
+    loader = framework_loader(api.predictor)
     if loader is not None:
         return loader
     # A client without a registry: get_model is for predict, not for load_model.

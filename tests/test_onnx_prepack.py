@@ -1,6 +1,7 @@
 """ONNX versions serve from a session that maps their weights and run on a pre-packed one once it is built
 (workers/onnx_prepack.py): the same outputs before and after, one version packed at a time, nothing packed
-for a version that left memory, and pre-packing in the load where it must be measured or was set."""
+for a version that left memory or whose disk copy was replaced, and pre-packing in the load where it must be
+measured or was set."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from replica.disktree import DiskTree
 from replica.spec import load_spec
 from supervisor.onnx_weights import rewrite
 from tests.helpers import serving, write_api
@@ -31,20 +33,31 @@ def _prepacking_disabled(session) -> bool:
         return False
 
 
-def _mapped_version(tmp_path):
-    """A version as the supervisor installs it: weights in `model.onnx.weights`, mapped by the graph."""
-    version = tmp_path / "m" / "1"
-    _mlp(version / "model.onnx", [256, 512, 512, 8], seed=3)
-    rewrite(version / "model.onnx")
-    return version
+def _tree(tmp_path) -> DiskTree:
+    tree = DiskTree(tmp_path / "state", runtime=tmp_path / "run")
+    tree.prepare()
+    return tree
+
+
+def _install(tree: DiskTree, name: str, fingerprint: str, onnx: bool = False) -> None:
+    """Version 1 of `name` into the tree as the supervisor installs it: with `onnx`, a model whose weights are
+    in `model.onnx.weights`, mapped by the graph."""
+    staging = tree.new_staging_dir(name, 1)
+    if onnx:
+        _mlp(staging / "model.onnx", [256, 512, 512, 8], seed=3)
+        rewrite(staging / "model.onnx")
+    tree.install(staging, name, 1, {"fingerprint": fingerprint, "files": []})
 
 
 def test_a_version_serves_unpacked_then_runs_packed_with_the_same_outputs(tmp_path):
-    version = _mapped_version(tmp_path)
+    tree = _tree(tmp_path)
+    _install(tree, "m", "a", onnx=True)
+    version = tree.version_dir("m", 1)
     x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
     want = ort.InferenceSession(str(version / "model.onnx"), providers=CPU).run(None, {"x": x})[0]
-    packer = Packer()
-    model = onnx_loader(CPU, SESSION_CONFIG, packer)(str(version), "m", 1)
+    packer = Packer(tree)
+    with tree.read_lock("m", 1):  # as the worker loads
+        model = onnx_loader(CPU, SESSION_CONFIG, packer)(str(version), "m", 1)
     first = model["session"]
     assert isinstance(model, OnnxModel)
     np.testing.assert_allclose(first.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
@@ -55,8 +68,11 @@ def test_a_version_serves_unpacked_then_runs_packed_with_the_same_outputs(tmp_pa
     assert packed.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_versions_pack_one_at_a_time_in_the_order_they_loaded():
-    packer, order, running, most = Packer(), [], [0], [0]
+def test_versions_pack_one_at_a_time_in_the_order_they_loaded(tmp_path):
+    tree = _tree(tmp_path)
+    for i in range(4):
+        _install(tree, f"m{i}", "a")
+    packer, order, running, most = Packer(tree), [], [0], [0]
     lock = threading.Lock()
 
     def build(label):
@@ -73,18 +89,21 @@ def test_versions_pack_one_at_a_time_in_the_order_they_loaded():
 
     models = [OnnxModel(session=f"unpacked {i}") for i in range(4)]
     for i, model in enumerate(models):
-        packer.add(model, str(i), build(str(i)))
+        packer.add(model, f"m{i}", 1, build(str(i)))
     assert packer.wait_idle(timeout=10)
     assert order == ["0", "1", "2", "3"] and most[0] == 1
     assert [m["session"] for m in models] == [f"packed {i}" for i in range(4)]
 
 
-def test_a_version_that_left_memory_is_not_packed_or_is_dropped_once_packed():
-    packer, gate, built = Packer(), threading.Event(), []
+def test_a_version_that_left_memory_is_not_packed_or_is_dropped_once_packed(tmp_path):
+    tree = _tree(tmp_path)
+    for name in ("held", "gone", "leaving"):
+        _install(tree, name, "a")
+    packer, gate, built = Packer(tree), threading.Event(), []
     held = OnnxModel(session="unpacked")
-    packer.add(held, "held", lambda: gate.wait(10) and "packed held")  # holds the thread until the gate opens
+    packer.add(held, "held", 1, lambda: gate.wait(10) and "packed held")  # holds the thread until the gate opens
     gone = OnnxModel(session="unpacked")
-    packer.add(gone, "gone", lambda: built.append("gone") or "packed gone")
+    packer.add(gone, "gone", 1, lambda: built.append("gone") or "packed gone")
     del gone
     gc.collect()
     gate.set()
@@ -99,21 +118,41 @@ def test_a_version_that_left_memory_is_not_packed_or_is_dropped_once_packed():
         return object()
 
     refs.append(leaving)
-    packer.add(leaving, "leaving", build_and_leave)
+    packer.add(leaving, "leaving", 1, build_and_leave)
     del leaving
     assert packer.wait_idle(timeout=10)
     assert refs == []
 
 
-def test_a_failed_pack_keeps_the_version_serving_and_is_logged(caplog):
-    packer = Packer()
+def test_a_copy_replaced_on_disk_before_its_turn_is_not_packed(tmp_path, caplog):
+    """A new upload of the same version replaces its disk copy: the record loaded from the old copy keeps its
+    session, and nothing is built from the new files for it (the new copy gets a load of its own)."""
+    tree = _tree(tmp_path)
+    _install(tree, "blocker", "a")
+    _install(tree, "m", "a")
+    packer, gate, built = Packer(tree), threading.Event(), []
+    packer.add(OnnxModel(session="x"), "blocker", 1, lambda: gate.wait(10) and "packed")
+    model = OnnxModel(session="unpacked")
+    packer.add(model, "m", 1, lambda: built.append("m") or "packed from the new copy")
+    _install(tree, "m", "b")  # the supervisor installs a new copy of m version 1
+    with caplog.at_level(logging.INFO, logger="workers.onnx_prepack"):
+        gate.set()
+        assert packer.wait_idle(timeout=10)
+    assert built == [] and model["session"] == "unpacked"
+    assert "model m version 1: its copy on disk changed before it was pre-packed; it is not packed" in caplog.text
+
+
+def test_a_failed_pack_keeps_the_version_serving_and_is_logged(tmp_path, caplog):
+    tree = _tree(tmp_path)
+    _install(tree, "m", "a")
+    packer = Packer(tree)
     model = OnnxModel(session="unpacked")
 
     def refuse():
         raise RuntimeError("out of memory")
 
     with caplog.at_level(logging.WARNING, logger="workers.onnx_prepack"):
-        packer.add(model, "model m version 1", refuse)
+        packer.add(model, "m", 1, refuse)
         assert packer.wait_idle(timeout=10)
     assert model["session"] == "unpacked"
     assert "model m version 1: pre-packing failed, it goes on serving unpacked: out of memory" in caplog.text
@@ -131,17 +170,18 @@ def test_when_packing_waits_until_a_version_serves(entries, providers, cache_mem
 
 
 def test_a_byte_budget_or_a_trial_load_packs_in_the_load(tmp_path):
-    version = _mapped_version(tmp_path)
+    tree = _tree(tmp_path)
+    _install(tree, "m", "a", onnx=True)
+    version = tree.version_dir("m", 1)
     budget = load_spec(write_api(tmp_path, PREDICTOR, type="onnx", spec_file="budget.yaml", processes_per_replica=1,
-                                 models={"dir": str(version.parent.parent), "cache_size": 2,
+                                 models={"dir": str(tree.models), "cache_size": 2,
                                          "cache_memory": "512Mi", "disk_cache_size": 3})).predictor
-    plain = load_spec(write_api(tmp_path, PREDICTOR, type="onnx",
-                                models={"dir": str(version.parent.parent)})).predictor
-    for pred, serving_worker in ((budget, True), (plain, False)):
-        model = framework_loader(pred, serving=serving_worker)(str(version), "m", 1)
-        assert not _prepacking_disabled(model["session"])
-    model = framework_loader(plain)(str(version), "m", 1)
-    assert _prepacking_disabled(model["session"])
+    plain = load_spec(write_api(tmp_path, PREDICTOR, type="onnx", models={"dir": str(tree.models)})).predictor
+    for loader in (framework_loader(budget, tree), framework_loader(plain)):  # a budget; a trial load (no tree)
+        with tree.read_lock("m", 1):
+            assert not _prepacking_disabled(loader(str(version), "m", 1)["session"])
+    with tree.read_lock("m", 1):
+        assert _prepacking_disabled(framework_loader(plain, tree)(str(version), "m", 1)["session"])
 
 
 def test_a_replica_answers_the_same_before_and_after_a_version_is_packed(tmp_path):

@@ -69,7 +69,7 @@ def onnx_loader(providers: list[str], entries: dict[str, str] | None = None, pac
         if packer is None:
             return _model(_session(files[0], entries, providers))
         model = _model(_session(files[0], {**entries, PREPACKING_KEY: "1"}, providers))
-        packer.add(model, f"model {name} version {version}", lambda: _session(files[0], entries, providers))
+        packer.add(model, name, version, lambda: _session(files[0], entries, providers))
         return model
 
     return load

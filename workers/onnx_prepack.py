@@ -13,7 +13,9 @@ One thread per worker packs, one version at a time, in the order the versions lo
 work, and on a small machine several at once would only slow the requests being served. A version that
 leaves memory before its turn is skipped; one that leaves while it is packed is dropped once packed. A
 version that fails to pack (a kernel that refuses, memory) keeps serving from the session it has, and the
-failure is logged.
+failure is logged. The packed session is built from the same disk copy the version loaded, as a load reads
+one: under the version's shared lock, and only while its manifest still has the fingerprint it had at the
+load. A copy replaced meanwhile (a new upload of the same version) is not packed: its new copy is loaded.
 
 Where the replica bounds memory in bytes (`cache_memory`), the packed copies must be in what a load
 measures, so the replica pre-packs in the load there and does not use this; it does not either where the
@@ -29,6 +31,8 @@ import threading
 import time
 import weakref
 from typing import Callable
+
+from replica.disktree import DiskTree
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +51,29 @@ def deferred(entries: dict[str, str], providers: list[str], cache_memory: int | 
 
 class Packer:
     """The worker's pre-packing thread. `add` queues a version that serves from an unpacked session together
-    with how to build its packed one; the thread builds it and swaps it in while the version is still held."""
+    with how to build its packed one; the thread builds it from the same disk copy and swaps it in while the
+    version is still held."""
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[weakref.ref, str, Callable[[], object]]] = queue.Queue()
+    def __init__(self, tree: DiskTree) -> None:
+        self._tree = tree
+        self._queue: queue.Queue[tuple[weakref.ref, str, int, str, Callable[[], object]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0
 
-    def add(self, model: OnnxModel, label: str, build: Callable[[], object]) -> None:
-        """Queue `model` (its label for the log): `build()` makes its packed session, which replaces
-        `model["session"]` if the model is still referenced once built."""
+    def add(self, model: OnnxModel, name: str, version: int, build: Callable[[], object]) -> None:
+        """Queue `model`, just loaded from the disk copy of `name` `version` (under its shared lock, so its
+        manifest is that copy's): `build()` makes its packed session, which replaces `model["session"]` if the
+        model is still referenced once built."""
+        manifest = self._tree.manifest(name, version)
+        fingerprint = manifest["fingerprint"] if manifest else ""
         with self._lock:
             self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="onnx-prepack", daemon=True)
                 self._thread.start()
-        self._queue.put((weakref.ref(model), label, build))
+        self._queue.put((weakref.ref(model), name, version, fingerprint, build))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Until nothing is queued or being packed (True), or `timeout` seconds (False)."""
@@ -73,21 +82,27 @@ class Packer:
 
     def _run(self) -> None:
         while True:
-            ref, label, build = self._queue.get()
+            item = self._queue.get()
             try:
-                self._pack(ref, label, build)
+                self._pack(*item)
             finally:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
 
-    @staticmethod
-    def _pack(ref: weakref.ref, label: str, build: Callable[[], object]) -> None:
+    def _pack(self, ref: weakref.ref, name: str, version: int, fingerprint: str,
+              build: Callable[[], object]) -> None:
+        label = f"model {name} version {version}"
         if ref() is None:
             return  # left memory before its turn
         started = time.monotonic()
         try:
-            session = build()
+            with self._tree.read_lock(name, version):
+                manifest = self._tree.manifest(name, version)
+                if not fingerprint or manifest is None or manifest["fingerprint"] != fingerprint:
+                    log.info("%s: its copy on disk changed before it was pre-packed; it is not packed", label)
+                    return
+                session = build()
         except Exception as e:  # the version keeps its unpacked session
             log.warning("%s: pre-packing failed, it goes on serving unpacked: %s", label, e)
             return
