@@ -78,6 +78,7 @@ def after_serving(path: Path):
     """The session the replica's loader serves from once its pre-packed session has been swapped in: `path`'s
     folder installed as version 1 of a disk tree beside it, loaded as a worker loads it."""
     from replica.disktree import DiskTree
+    from replica.quarantine import LoadMarks
     from workers.onnx_client import SESSION_CONFIG, onnx_loader
     from workers.onnx_prepack import Packer
 
@@ -88,7 +89,7 @@ def after_serving(path: Path):
         for f in path.parent.iterdir():
             shutil.copy(f, staging / f.name)
         tree.install(staging, "m", 1, {"fingerprint": "bench", "files": []})
-    packer = Packer(tree)
+    packer = Packer(tree, LoadMarks(tree.workers_dir))
     with tree.read_lock("m", 1):
         model = onnx_loader(["CPUExecutionProvider"], SESSION_CONFIG, packer)(str(tree.version_dir("m", 1)), "m", 1)
     if not packer.wait_idle(timeout=600):

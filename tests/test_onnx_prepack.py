@@ -6,7 +6,9 @@ measured or was set."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import threading
 
 import numpy as np
@@ -14,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from replica.disktree import DiskTree
+from replica.quarantine import MARK_SUFFIX, LoadMarks
 from replica.spec import load_spec
 from supervisor.onnx_weights import rewrite
 from tests.helpers import serving, write_api
@@ -21,6 +24,7 @@ from tests.replica_proc import wait_for
 from tests.test_onnx_weights import PREDICTOR, _mlp
 from workers.onnx_client import SESSION_CONFIG, onnx_loader
 from workers.onnx_prepack import PREPACKING_KEY, OnnxModel, Packer, deferred
+from workers.registry import ModelRegistry
 from workers.runtime import framework_loader
 
 CPU = ["CPUExecutionProvider"]
@@ -55,7 +59,7 @@ def test_a_version_serves_unpacked_then_runs_packed_with_the_same_outputs(tmp_pa
     version = tree.version_dir("m", 1)
     x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
     want = ort.InferenceSession(str(version / "model.onnx"), providers=CPU).run(None, {"x": x})[0]
-    packer = Packer(tree)
+    packer = Packer(tree, LoadMarks(tree.workers_dir))
     with tree.read_lock("m", 1):  # as the worker loads
         model = onnx_loader(CPU, SESSION_CONFIG, packer)(str(version), "m", 1)
     first = model["session"]
@@ -72,7 +76,7 @@ def test_versions_pack_one_at_a_time_in_the_order_they_loaded(tmp_path):
     tree = _tree(tmp_path)
     for i in range(4):
         _install(tree, f"m{i}", "a")
-    packer, order, running, most = Packer(tree), [], [0], [0]
+    packer, order, running, most = Packer(tree, LoadMarks(tree.workers_dir)), [], [0], [0]
     lock = threading.Lock()
 
     def build(label):
@@ -99,7 +103,7 @@ def test_a_version_that_left_memory_is_not_packed_or_is_dropped_once_packed(tmp_
     tree = _tree(tmp_path)
     for name in ("held", "gone", "leaving"):
         _install(tree, name, "a")
-    packer, gate, built = Packer(tree), threading.Event(), []
+    packer, gate, built = Packer(tree, LoadMarks(tree.workers_dir)), threading.Event(), []
     held = OnnxModel(session="unpacked")
     packer.add(held, "held", 1, lambda: gate.wait(10) and "packed held")  # holds the thread until the gate opens
     gone = OnnxModel(session="unpacked")
@@ -130,8 +134,9 @@ def test_a_copy_replaced_on_disk_before_its_turn_is_not_packed(tmp_path, caplog)
     tree = _tree(tmp_path)
     _install(tree, "blocker", "a")
     _install(tree, "m", "a")
-    packer, gate, built = Packer(tree), threading.Event(), []
-    packer.add(OnnxModel(session="x"), "blocker", 1, lambda: gate.wait(10) and "packed")
+    packer, gate, built = Packer(tree, LoadMarks(tree.workers_dir)), threading.Event(), []
+    blocker = OnnxModel(session="x")
+    packer.add(blocker, "blocker", 1, lambda: gate.wait(10) and "packed")
     model = OnnxModel(session="unpacked")
     packer.add(model, "m", 1, lambda: built.append("m") or "packed from the new copy")
     _install(tree, "m", "b")  # the supervisor installs a new copy of m version 1
@@ -142,10 +147,24 @@ def test_a_copy_replaced_on_disk_before_its_turn_is_not_packed(tmp_path, caplog)
     assert "model m version 1: its copy on disk changed before it was pre-packed; it is not packed" in caplog.text
 
 
+def test_a_pack_is_marked_as_a_load_for_the_quarantine(tmp_path):
+    """Should pre-packing kill the worker, the master finds the version in the worker's load marks and
+    quarantines it, as it does for a load that kills its worker."""
+    tree = _tree(tmp_path)
+    _install(tree, "m", "a")
+    packer, seen = Packer(tree, LoadMarks(tree.workers_dir)), []
+    marks = tree.workers_dir / f"{os.getpid()}{MARK_SUFFIX}"
+    model = OnnxModel(session="unpacked")
+    packer.add(model, "m", 1, lambda: seen.append(json.loads(marks.read_text())) or "packed")
+    assert packer.wait_idle(timeout=10)
+    assert seen == [[{"name": "m", "version": 1, "fingerprint": "a"}]] and not marks.exists()
+    assert model["session"] == "packed"
+
+
 def test_a_failed_pack_keeps_the_version_serving_and_is_logged(tmp_path, caplog):
     tree = _tree(tmp_path)
     _install(tree, "m", "a")
-    packer = Packer(tree)
+    packer = Packer(tree, LoadMarks(tree.workers_dir))
     model = OnnxModel(session="unpacked")
 
     def refuse():
@@ -177,11 +196,12 @@ def test_a_byte_budget_or_a_trial_load_packs_in_the_load(tmp_path):
                                  models={"dir": str(tree.models), "cache_size": 2,
                                          "cache_memory": "512Mi", "disk_cache_size": 3})).predictor
     plain = load_spec(write_api(tmp_path, PREDICTOR, type="onnx", models={"dir": str(tree.models)})).predictor
-    for loader in (framework_loader(budget, tree), framework_loader(plain)):  # a budget; a trial load (no tree)
+    registry = ModelRegistry(tree, load=lambda *args: None)
+    for loader in (framework_loader(budget, registry), framework_loader(plain)):  # a budget; a trial load
         with tree.read_lock("m", 1):
             assert not _prepacking_disabled(loader(str(version), "m", 1)["session"])
     with tree.read_lock("m", 1):
-        assert _prepacking_disabled(framework_loader(plain, tree)(str(version), "m", 1)["session"])
+        assert _prepacking_disabled(framework_loader(plain, registry)(str(version), "m", 1)["session"])
 
 
 def test_a_replica_answers_the_same_before_and_after_a_version_is_packed(tmp_path):

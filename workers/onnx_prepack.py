@@ -16,6 +16,8 @@ version that fails to pack (a kernel that refuses, memory) keeps serving from th
 failure is logged. The packed session is built from the same disk copy the version loaded, as a load reads
 one: under the version's shared lock, and only while its manifest still has the fingerprint it had at the
 load. A copy replaced meanwhile (a new upload of the same version) is not packed: its new copy is loaded.
+The build is marked as a load is (replica/quarantine.py), so a pre-packing that kills its worker quarantines
+the version instead of killing every worker that loads it after.
 
 Where the replica bounds memory in bytes (`cache_memory`), the packed copies must be in what a load
 measures, so the replica pre-packs in the load there and does not use this; it does not either where the
@@ -33,6 +35,7 @@ import weakref
 from typing import Callable
 
 from replica.disktree import DiskTree
+from replica.quarantine import LoadMarks
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ class Packer:
     with how to build its packed one; the thread builds it from the same disk copy and swaps it in while the
     version is still held."""
 
-    def __init__(self, tree: DiskTree) -> None:
-        self._tree = tree
+    def __init__(self, tree: DiskTree, marks: LoadMarks) -> None:
+        self._tree, self._marks = tree, marks
         self._queue: queue.Queue[tuple[weakref.ref, str, int, str, Callable[[], object]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -102,7 +105,8 @@ class Packer:
                 if not fingerprint or manifest is None or manifest["fingerprint"] != fingerprint:
                     log.info("%s: its copy on disk changed before it was pre-packed; it is not packed", label)
                     return
-                session = build()
+                with self._marks.loading(name, version, fingerprint):
+                    session = build()
         except Exception as e:  # the version keeps its unpacked session
             log.warning("%s: pre-packing failed, it goes on serving unpacked: %s", label, e)
             return

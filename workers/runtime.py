@@ -85,7 +85,7 @@ class Runtime:
 
     def _make_client(self):
         pred = self.api.predictor
-        self._loader = framework_loader(pred, self.tree)  # None: the predictor's load_model, bound once the predictor exists
+        self._loader = framework_loader(pred, self.registry)  # None: the predictor's load_model, bound once the predictor exists
         if pred.type == "onnx":
             from workers.onnx_client import ONNXClient
 
@@ -203,11 +203,12 @@ class Runtime:
         return pids
 
 
-def framework_loader(pred: PredictorSpec, tree: DiskTree | None = None) -> Callable[[str, str, int], Any] | None:
+def framework_loader(pred: PredictorSpec,
+                     registry: ModelRegistry | None = None) -> Callable[[str, str, int], Any] | None:
     """(model_path, name, version) -> model for ONNX and TensorFlow versions (the session, the SavedModel), as
     every worker loads them; None for a Python predictor, whose own `load_model` loads. A serving worker's
-    ONNX sessions, loaded from its disk `tree`, are pre-packed after they serve where that applies
-    (workers/onnx_prepack.py); without a tree (a trial load) each session is built as it will finally run."""
+    ONNX sessions, loaded by its `registry`, are pre-packed after they serve where that applies
+    (workers/onnx_prepack.py); without a registry (a trial load) each session is built as it will finally run."""
     if pred.type == "onnx":
         from workers.onnx_client import execution_providers, onnx_loader, session_config
         from workers.onnx_prepack import Packer, deferred
@@ -215,7 +216,8 @@ def framework_loader(pred: PredictorSpec, tree: DiskTree | None = None) -> Calla
         providers = execution_providers(pred.config)
         log.info("onnxruntime execution providers: %s", ", ".join(providers))
         entries = session_config(pred.config)
-        packer = Packer(tree) if tree is not None and deferred(entries, providers, pred.cache_memory) else None
+        packer = Packer(registry.tree, registry.marks) \
+            if registry is not None and deferred(entries, providers, pred.cache_memory) else None
         return onnx_loader(providers, entries, packer)
     if pred.type == "tensorflow":
         from workers.tensorflow_client import tensorflow_loader
