@@ -22,11 +22,12 @@ requests a second (the issue's own load) and in a closed loop (each request as s
 which alone keeps about a core busy here): the small model's p99 while the miss runs, and while the version
 is pre-packed after it (the default replica), against its p99 at the same load with nothing else happening;
 beside it, a bare TCP echo server in a process of its own, asked 50 times a second, is the machine's own floor
-for that p99 (what the download does to any round trip on these cores). Median and worst of the rounds, and the issue's targets for the 1 GiB model: full miss
-<= 1.3 x the best download floor + 0.2 s, disk hit <= 0.3 s, the memory-hit model's p99 during the miss <= 2 x
-idle. Then a warm restart, three times: a replica with three ONNX versions in memory (1 GiB, 300 MiB, 50 MiB)
-is stopped and started again; the time until all three are in memory against the time to ready plus their
-longest load, and the bytes it downloaded. Every server started is stopped by PID.
+for that p99 (what the download does to any round trip on these cores). Median and worst of the rounds, and
+the issue's targets for the 1 GiB model: full miss <= 1.3 x the best download floor + 0.2 s, disk hit <= 0.3 s,
+the memory-hit model's p99 during the miss <= 2 x idle. Then a warm restart, three times: a replica with three
+ONNX versions in memory (1 GiB, 300 MiB, 50 MiB) is stopped and started again; the time until all three are in
+memory against the time to ready plus their longest load, and the bytes it downloaded. Every server started is
+stopped by PID.
 
     .venv/bin/python scripts/bench_cold.py --rounds 3
 """
@@ -46,6 +47,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -281,7 +283,7 @@ class Replica:
             time.sleep(0.05)
 
 
-LOADS = {"50/s": 50.0, "closed loop": None}
+LOADS = {"50/s": 50.0, "closed loop": None}  # the small model's load: paced (as in the issue), or flat out
 
 # The machine's own floor for the small model's p99: a bare TCP echo in a process of its own, asked 50 times a
 # second beside it. What it sees during a miss (a download through the loopback device, SeaweedFS's CPU) no
@@ -316,34 +318,38 @@ class Echo:
     def loop(self, stop: threading.Event, out: list[tuple[float, float]], rate: float = 50.0) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=60) as c:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            due = time.perf_counter()
-            while not stop.is_set():
-                due += 1 / rate
-                stop.wait(max(0.0, due - time.perf_counter()))
-                started = time.perf_counter()
+
+            def round_trip() -> None:
                 c.sendall(b"x" * 200)
                 got = 0
                 while got < 200:
                     got += len(c.recv(4096))
-                out.append((started, time.perf_counter() - started))
+
+            paced(round_trip, stop, out, rate)
 
     def stop(self) -> None:
         self.proc.kill()
-        self.proc.wait()  # the small model's load: paced (as in the issue), or flat out
+        self.proc.wait()
+
+
+def paced(ask: Callable[[], object], stop: threading.Event, out: list[tuple[float, float]],
+          rate: float | None) -> None:
+    """Call `ask` until `stop`, `rate` times a second (None: each call as soon as the last returned); (when it
+    started, how long it took) per call into `out`."""
+    due = time.perf_counter()
+    while not stop.is_set():
+        if rate:
+            due += 1 / rate
+            stop.wait(max(0.0, due - time.perf_counter()))
+        started = time.perf_counter()
+        ask()
+        out.append((started, time.perf_counter() - started))
 
 
 def hammer(r: Replica, stop: threading.Event, out: list[tuple[float, float]], rate: float | None) -> None:
-    """Ask the small model until `stop`, `rate` requests a second (None: each as soon as the last answered);
-    (when it was sent, its latency) per request."""
+    """Ask the small model until `stop`, at `rate` (see `paced`)."""
     with requests.Session() as s:
-        due = time.perf_counter()
-        while not stop.is_set():
-            if rate:
-                due += 1 / rate
-                stop.wait(max(0.0, due - time.perf_counter()))
-            started = time.perf_counter()
-            s.post(r.proc.base + "/", params={"model": "hot"}, json={}, timeout=60)
-            out.append((started, time.perf_counter() - started))
+        paced(lambda: s.post(r.proc.base + "/", params={"model": "hot"}, json={}, timeout=60), stop, out, rate)
 
 
 def p99(values: list[float]) -> float:

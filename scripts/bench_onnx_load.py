@@ -138,8 +138,9 @@ def main() -> int:
     for (mib, what, layout, prepacking), values in results.items():
         unit = "s" if what == "load" else "ms"
         fmt = (lambda v: f"{v:.3f} s") if unit == "s" else (lambda v: f"{v:.1f} ms")
+        packing = prepacking if isinstance(prepacking, str) else "on" if prepacking else "off"
         print(f"| {mib} MiB | {'session + first run' if what == 'load' else what + ' (one run)'} | {layout} | "
-              f"{prepacking if isinstance(prepacking, str) else 'on' if prepacking else 'off'} | {fmt(statistics.median(values))} | {fmt(max(values))} |")
+              f"{packing} | {fmt(statistics.median(values))} | {fmt(max(values))} |")
     return 0
 
 

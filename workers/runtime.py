@@ -85,7 +85,8 @@ class Runtime:
 
     def _make_client(self):
         pred = self.api.predictor
-        self._loader = framework_loader(pred, self.registry)  # None: the predictor's load_model, bound once the predictor exists
+        # None: the predictor's load_model, bound once the predictor exists
+        self._loader = framework_loader(pred, self.registry)
         if pred.type == "onnx":
             from workers.onnx_client import ONNXClient
 
